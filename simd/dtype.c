@@ -1,0 +1,137 @@
+/* dtype.c — dtype names and exact conversions; the e4m3 table is built
+ * at compile time from the format definition so no runtime init is needed. */
+#include <math.h>
+#include "dtype.h"
+
+static const size_t dtype_sizes[DS_DT_COUNT] = {4, 2, 2, 1, 4, 8, 1};
+static const char *dtype_names[DS_DT_COUNT] = {"F32", "F16", "BF16", "F8_E4M3", "I32", "I64", "U8"};
+
+size_t ds_dtype_size(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_sizes[t] : 0; }
+const char *ds_dtype_name(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_names[t] : "?"; }
+
+int ds_dtype_from_name(const char *name)
+{
+    for (int i = 0; i < DS_DT_COUNT; i++)
+        if (strcmp(name, dtype_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* e4m3fn value of code c: exponent field e, mantissa m.
+ * e == 0: m * 2^-9 (subnormal); else (8 + m) * 2^(e - 10). */
+#define E4M3_MAG(c) ((((c) >> 3) & 15) == 0 ? ((c) & 7) / 512.0f \
+    : (8 + ((c) & 7)) * (float)(1u << (((c) >> 3) & 15)) / 1024.0f)
+#define E4M3(c) (((c) & 0x7f) == 0x7f ? NAN : (((c) & 0x80) ? -E4M3_MAG(c) : E4M3_MAG(c)))
+#define R4(c) E4M3(c), E4M3((c) + 1), E4M3((c) + 2), E4M3((c) + 3)
+#define R16(c) R4(c), R4((c) + 4), R4((c) + 8), R4((c) + 12)
+#define R64(c) R16(c), R16((c) + 16), R16((c) + 32), R16((c) + 48)
+const float ds_e4m3_table[256] = {R64(0), R64(64), R64(128), R64(192)};
+
+uint8_t ds_f32_to_e4m3(float f)
+{
+    if (isnan(f))
+        return 0x7f;
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    float a = fabsf(f);
+    if (a >= 464.0f)                 /* 448 + half an ulp (32/2): ties go to even 448 below */
+        return sign | 0x7e;
+    if (a < 0.015625f) {             /* below 2^-6: subnormal grid of 2^-9; code 8 is 2^-6 */
+        float q = nearbyintf(a * 512.0f);
+        return sign | (uint8_t)q;
+    }
+    int e;
+    float m = frexpf(a, &e);         /* a = m * 2^e, m in [0.5, 1) */
+    float frac = nearbyintf((m * 2.0f - 1.0f) * 8.0f);
+    int exp = e - 1 + 7;
+    if (frac >= 8.0f) {
+        frac = 0.0f;
+        exp++;
+    }
+    unsigned code = ((unsigned)exp << 3) | (unsigned)frac;
+    if (code > 0x7e)
+        code = 0x7e;
+    return sign | (uint8_t)code;
+}
+
+uint16_t ds_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float ds_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    int exp = (h >> 10) & 31;
+    uint32_t man = h & 0x3ff;
+    float f;
+    if (exp == 0) {
+        f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    uint32_t u;
+    if (exp == 31)
+        u = sign | 0x7f800000u | (man << 13);
+    else
+        u = sign | ((uint32_t)(exp - 15 + 127) << 23) | (man << 13);
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t ds_f32_to_f16(float f)
+{
+    uint16_t sign = signbit(f) ? 0x8000 : 0;
+    float a = fabsf(f);
+    if (isnan(f))
+        return 0x7e00;
+    if (a >= 65520.0f)
+        return sign | 0x7c00;
+    if (a < 6.103515625e-05f) {      /* subnormal: multiples of 2^-24 */
+        return sign | (uint16_t)nearbyintf(a * 16777216.0f);
+    }
+    int e;
+    float m = frexpf(a, &e);
+    float frac = nearbyintf((m * 2.0f - 1.0f) * 1024.0f);
+    int exp = e - 1 + 15;
+    if (frac >= 1024.0f) {
+        frac = 0.0f;
+        exp++;
+    }
+    return sign | (uint16_t)((exp << 10) | (int)frac);
+}
+
+void ds_convert_to_f32(ds_dtype t, const void *src, float *dst, size_t n)
+{
+    const uint8_t *b = src;
+    switch (t) {
+    case DS_DT_F32:
+        memcpy(dst, src, n * 4);
+        break;
+    case DS_DT_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t v;
+            memcpy(&v, b + 2 * i, 2);
+            dst[i] = ds_bf16_to_f32(v);
+        }
+        break;
+    case DS_DT_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t v;
+            memcpy(&v, b + 2 * i, 2);
+            dst[i] = ds_f16_to_f32(v);
+        }
+        break;
+    case DS_DT_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ds_e4m3_table[b[i]];
+        break;
+    default:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = 0.0f;
+        break;
+    }
+}

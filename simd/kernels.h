@@ -1,0 +1,48 @@
+/* kernels.h — numeric kernels: matrix-vector / matrix-matrix products over
+ * quantised weight matrices (dequantised inside the kernel, f32 accumulate)
+ * and the element-wise ops of a transformer.  Knows nothing of DeepSeek.
+ *
+ * The scalar versions here are the reference every SIMD kernel is tested
+ * against. */
+#ifndef DS_KERNELS_H
+#define DS_KERNELS_H
+
+#include <stdint.h>
+#include "dtype.h"
+
+#define DS_QBLOCK 128  /* FP8 block-scale tile edge (weight_block_size) */
+
+/* A read-only view of a weight matrix [rows, cols], row-major.
+ * For DS_DT_F8_E4M3, scale is [ceil(rows/128), ceil(cols/128)] f32
+ * dequantisation multipliers (HF `weight_scale_inv`). */
+typedef struct ds_mat {
+    ds_dtype dtype;
+    int rows, cols;
+    const void *data;
+    const float *scale;
+} ds_mat;
+
+/* Dequantises row r into out[cols]. */
+void ds_mat_row(const ds_mat *m, int r, float *out);
+
+/* y[i] = sum_c W[r0 + i][c] * x[c], i < nrows. */
+void ds_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y);
+/* y[c] = sum_i W[r0 + i][c] * x[i] for every column c (transposed product). */
+void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y);
+/* Y[t][i] = sum_c W[r0 + i][c] * X[t][c] for t < n; X has row stride ldx,
+ * Y row stride ldy (both in floats). */
+void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
+             float *Y, int ldy);
+
+/* Element-wise and reduction ops (f32). */
+float ds_dot(const float *a, const float *b, int n);
+void ds_axpy(float a, const float *x, float *y, int n);          /* y += a x */
+void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y);
+void ds_layernorm(const float *x, const float *w, const float *b, float eps, int n, float *y);
+void ds_softmax(float *x, int n);
+/* In-place Walsh-Hadamard transform (Sylvester order) of n = 2^k values,
+ * scaled by n^-1/2. */
+void ds_hadamard(float *x, int n);
+float ds_silu(float x);
+
+#endif

@@ -1,0 +1,180 @@
+/* kernels_scalar.c — scalar reference kernels (see kernels.h). Rows are
+ * split across OpenMP threads for large matrices; each row is dequantised
+ * block by block and accumulated in f32. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels.h"
+
+/* Dot of one stored row with x, dequantising on the fly. */
+static float row_dot(const ds_mat *m, int r, const float *x)
+{
+    const int cols = m->cols;
+    switch (m->dtype) {
+    case DS_DT_F32: {
+        const float *w = (const float *)m->data + (size_t)r * cols;
+        float s = 0.0f;
+        for (int c = 0; c < cols; c++)
+            s += w[c] * x[c];
+        return s;
+    }
+    case DS_DT_BF16: {
+        const uint16_t *w = (const uint16_t *)m->data + (size_t)r * cols;
+        float s = 0.0f;
+        for (int c = 0; c < cols; c++)
+            s += ds_bf16_to_f32(w[c]) * x[c];
+        return s;
+    }
+    case DS_DT_F16: {
+        const uint16_t *w = (const uint16_t *)m->data + (size_t)r * cols;
+        float s = 0.0f;
+        for (int c = 0; c < cols; c++)
+            s += ds_f16_to_f32(w[c]) * x[c];
+        return s;
+    }
+    case DS_DT_F8_E4M3: {
+        const uint8_t *w = (const uint8_t *)m->data + (size_t)r * cols;
+        const int sc = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
+        const float *srow = m->scale + (size_t)(r / DS_QBLOCK) * sc;
+        float s = 0.0f;
+        for (int b = 0; b < sc; b++) {
+            int c0 = b * DS_QBLOCK, c1 = c0 + DS_QBLOCK < cols ? c0 + DS_QBLOCK : cols;
+            float bs = 0.0f;
+            for (int c = c0; c < c1; c++)
+                bs += ds_e4m3_table[w[c]] * x[c];
+            s += bs * srow[b];
+        }
+        return s;
+    }
+    default:
+        return 0.0f;
+    }
+}
+
+void ds_mat_row(const ds_mat *m, int r, float *out)
+{
+    const int cols = m->cols;
+    const uint8_t *base = (const uint8_t *)m->data + (size_t)r * cols * ds_dtype_size(m->dtype);
+    ds_convert_to_f32(m->dtype, base, out, (size_t)cols);
+    if (m->dtype == DS_DT_F8_E4M3) {
+        const int sc = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
+        const float *srow = m->scale + (size_t)(r / DS_QBLOCK) * sc;
+        for (int c = 0; c < cols; c++)
+            out[c] *= srow[c / DS_QBLOCK];
+    }
+}
+
+static int worth_threads(long work) { return work >= (1L << 16); }
+
+void ds_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+#pragma omp parallel for schedule(static) if (worth_threads((long)nrows * m->cols))
+    for (int i = 0; i < nrows; i++)
+        y[i] = row_dot(m, r0 + i, x);
+}
+
+void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+    const int cols = m->cols;
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    memset(y, 0, sizeof(float) * (size_t)cols);
+    if (!row)
+        return;
+    for (int i = 0; i < nrows; i++) {
+        ds_mat_row(m, r0 + i, row);
+        ds_axpy(x[i], row, y, cols);
+    }
+    free(row);
+}
+
+void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
+             float *Y, int ldy)
+{
+    if (n == 1) {
+        ds_gemv(m, r0, nrows, X, Y);
+        return;
+    }
+    const int cols = m->cols;
+#pragma omp parallel if (worth_threads((long)nrows * cols * n))
+    {
+        float *row = malloc(sizeof(float) * (size_t)cols);
+#pragma omp for schedule(static)
+        for (int i = 0; i < nrows; i++) {
+            if (!row)
+                continue;
+            ds_mat_row(m, r0 + i, row);
+            for (int t = 0; t < n; t++)
+                Y[(size_t)t * ldy + i] = ds_dot(row, X + (size_t)t * ldx, cols);
+        }
+        free(row);
+    }
+}
+
+float ds_dot(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+void ds_axpy(float a, const float *x, float *y, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        y[i] = x[i] * r * w[i];
+}
+
+void ds_layernorm(const float *x, const float *w, const float *b, float eps, int n, float *y)
+{
+    double mean = 0.0, var = 0.0;
+    for (int i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    float r = 1.0f / sqrtf((float)var + eps);
+    for (int i = 0; i < n; i++)
+        y[i] = (float)(x[i] - mean) * r * w[i] + b[i];
+}
+
+void ds_softmax(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    for (int i = 0; i < n; i++)
+        x[i] /= s;
+}
+
+void ds_hadamard(float *x, int n)
+{
+    for (int h = 1; h < n; h *= 2)
+        for (int i = 0; i < n; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    float s = 1.0f / sqrtf((float)n);
+    for (int i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+float ds_silu(float x) { return x / (1.0f + expf(-x)); }

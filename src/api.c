@@ -1,0 +1,204 @@
+/* api.c — the public handles: model load/free (config + tensor table +
+ * weight binding + expert cache), contexts with their KV arena, ds_eval and
+ * the trace hook. */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "model.h"
+
+void ds_load_params_init(ds_load_params *p) { p->threads = 0; }
+
+void ds_context_params_init(ds_context_params *p)
+{
+    p->ctx_size = 0;
+    p->kv_type = DS_KV_FP8;
+    p->threads = 0;
+}
+
+static void fill_info(ds_model *m)
+{
+    const ds_config *c = &m->cfg;
+    ds_model_info *i = &m->info;
+    snprintf(i->model_type, sizeof i->model_type, "%s", c->model_type);
+    i->vocab_size = c->vocab_size;
+    i->hidden_size = c->hidden_size;
+    i->num_layers = c->num_hidden_layers;
+    i->first_dense_layers = c->first_k_dense_replace;
+    i->num_heads = c->num_attention_heads;
+    i->q_lora_rank = c->q_lora_rank;
+    i->kv_lora_rank = c->kv_lora_rank;
+    i->qk_nope_dim = c->qk_nope_head_dim;
+    i->qk_rope_dim = c->qk_rope_head_dim;
+    i->v_head_dim = c->v_head_dim;
+    i->n_routed_experts = c->n_routed_experts;
+    i->n_shared_experts = c->n_shared_experts;
+    i->experts_per_token = c->num_experts_per_tok;
+    i->n_group = c->n_group;
+    i->topk_group = c->topk_group;
+    i->has_indexer = c->is_v32;
+    i->index_n_heads = c->index_n_heads;
+    i->index_head_dim = c->index_head_dim;
+    i->index_topk = c->index_topk;
+    i->bos_token_id = c->bos_token_id;
+    i->eos_token_id = c->eos_token_id;
+    i->max_position_embeddings = c->max_position_embeddings;
+    i->scale_ue8m0 = c->scale_ue8m0;
+    i->n_tensors = ds_table_count(m->table);
+    i->weight_bytes = 0;
+    for (int k = 0; k < ds_table_count(m->table); k++)
+        i->weight_bytes += (int64_t)ds_table_at(m->table, k)->nbytes;
+}
+
+static ds_status check_limits(const ds_model *m, ds_error *err)
+{
+    const ds_config *c = &m->cfg;
+    if (c->n_routed_experts > 1024)
+        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s/config.json: n_routed_experts %d exceeds the supported 1024",
+                       m->dir, c->n_routed_experts);
+    if (c->is_v32 && (c->index_head_dim & (c->index_head_dim - 1)))
+        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s/config.json: index_head_dim %d is not a power of two",
+                       m->dir, c->index_head_dim);
+    return DS_OK;
+}
+
+ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out, ds_error *err)
+{
+    ds_error_clear(err);
+    if (!dir || !out)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_model_load: NULL argument");
+    *out = NULL;
+    ds_model *m = ds_calloc(1, sizeof *m, err);
+    if (!m)
+        return DS_ERR_NOMEM;
+    ds_status st = DS_ERR_NOMEM;
+    m->dir = strdup(dir);
+    char *path = malloc(strlen(dir) + 32);
+    if (!m->dir || !path)
+        goto fail;
+    sprintf(path, "%s/config.json", dir);
+    st = ds_config_load(path, &m->cfg, err);
+    if (st == DS_OK)
+        st = check_limits(m, err);
+    if (st == DS_OK)
+        st = ds_table_open(dir, &m->table, err);
+    if (st == DS_OK)
+        st = ds_weights_bind(m, err);
+    if (st == DS_OK)
+        st = ds_experts_create(m, &m->experts, err);
+    if (st == DS_OK)
+        st = ds_rope_init(m, err);
+    if (st != DS_OK)
+        goto fail;
+    if (p && p->threads > 0)
+        omp_set_num_threads(p->threads);
+    fill_info(m);
+    free(path);
+    *out = m;
+    return DS_OK;
+fail:
+    free(path);
+    ds_model_free(m);
+    return st;
+}
+
+void ds_model_free(ds_model *m)
+{
+    if (!m)
+        return;
+    ds_experts_free(m->experts);
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    if (m->table)
+        ds_table_free(m->table);
+    free(m->dir);
+    free(m);
+}
+
+const ds_model_info *ds_model_get_info(const ds_model *m) { return m ? &m->info : NULL; }
+
+ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context **out, ds_error *err)
+{
+    ds_error_clear(err);
+    if (!m || !out)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_context_create: NULL argument");
+    ds_context_params def;
+    ds_context_params_init(&def);
+    if (!p)
+        p = &def;
+    if (p->kv_type != DS_KV_FP8 && p->kv_type != DS_KV_F32)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "unknown KV cache type %d", (int)p->kv_type);
+    int size = p->ctx_size;
+    if (size < 0)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d is negative", size);
+    if (size == 0)
+        size = m->cfg.max_position_embeddings < 4096 ? m->cfg.max_position_embeddings : 4096;
+    ds_context *c = ds_calloc(1, sizeof *c, err);
+    if (!c)
+        return DS_ERR_NOMEM;
+    c->model = m;
+    c->ctx_size = size;
+    c->kv_type = p->kv_type;
+    ds_status st = ds_kv_alloc(c, err);
+    if (st != DS_OK) {
+        free(c);
+        return st;
+    }
+    if (p->threads > 0)
+        omp_set_num_threads(p->threads);
+    *out = c;
+    return DS_OK;
+}
+
+void ds_context_free(ds_context *c)
+{
+    if (!c)
+        return;
+    ds_kv_free(c);
+    free(c);
+}
+
+int ds_context_pos(const ds_context *c) { return c ? c->pos : 0; }
+int ds_context_size(const ds_context *c) { return c ? c->ctx_size : 0; }
+
+ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err)
+{
+    if (!c || pos < 0 || pos > c->pos)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "cannot truncate the context to position %d (it holds %d)",
+                       pos, c ? c->pos : 0);
+    c->pos = pos;
+    return DS_OK;
+}
+
+void ds_context_set_trace(ds_context *c, ds_trace_fn fn, void *user)
+{
+    c->trace = fn;
+    c->trace_user = user;
+}
+
+ds_status ds_eval(ds_context *c, const int32_t *tokens, int n, float *logits, int all_logits, ds_error *err)
+{
+    ds_error_clear(err);
+    if (!c || (!tokens && n > 0))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval: NULL argument");
+    return ds_forward(c, tokens, n, logits, all_logits, err);
+}
+
+int ds_model_tensor_count(const ds_model *m) { return m ? ds_table_count(m->table) : 0; }
+
+ds_status ds_model_tensor_info(const ds_model *m, int i, ds_tensor_info *out, ds_error *err)
+{
+    if (!m || !out || i < 0 || i >= ds_table_count(m->table))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "tensor index %d out of range", i);
+    const ds_tensor *t = ds_table_at(m->table, i);
+    out->name = t->name;
+    out->dtype = ds_dtype_name(t->dtype);
+    out->ndim = t->ndim;
+    for (int k = 0; k < 4; k++)
+        out->shape[k] = k < t->ndim ? t->shape[k] : 0;
+    out->nbytes = t->nbytes;
+    out->file = ds_table_file_path(m->table, t->file);
+    return DS_OK;
+}

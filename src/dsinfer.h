@@ -1,0 +1,195 @@
+/* dsinfer.h — the public API of libdsinfer, a CPU inference runtime for
+ * DeepSeek V3 / V3.1 / V3.2 checkpoints.
+ *
+ * All objects are opaque handles.  Functions report failure through a
+ * ds_status and, when the caller passes one, a ds_error holding a one-line
+ * message.  The library never prints and never exits. */
+#ifndef DSINFER_H
+#define DSINFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DSINFER_VERSION "0.1.0"
+
+typedef enum ds_status {
+    DS_OK = 0,
+    DS_ERR_INVALID_ARG,   /* bad parameter from the caller */
+    DS_ERR_IO,            /* file missing, unreadable, short read */
+    DS_ERR_FORMAT,        /* malformed / inconsistent checkpoint or input file */
+    DS_ERR_UNSUPPORTED,   /* valid but not supported (dtype, architecture) */
+    DS_ERR_NOMEM,         /* allocation failed */
+    DS_ERR_CONTEXT_FULL,  /* the context has no room for more tokens */
+    DS_ERR_INPUT          /* bad user input (token id out of range, invalid UTF-8) */
+} ds_status;
+
+typedef struct ds_error {
+    ds_status code;
+    char msg[512];
+} ds_error;
+
+/* Short English name of a status code ("format error", ...). */
+const char *ds_status_str(ds_status s);
+const char *ds_version(void);
+
+/* ---- model ---------------------------------------------------------- */
+typedef struct ds_model ds_model;
+
+typedef struct ds_model_info {
+    char model_type[32];     /* "deepseek_v3" or "deepseek_v32" */
+    int vocab_size;
+    int hidden_size;
+    int num_layers;
+    int first_dense_layers;
+    int num_heads;
+    int q_lora_rank;
+    int kv_lora_rank;
+    int qk_nope_dim, qk_rope_dim, v_head_dim;
+    int n_routed_experts, n_shared_experts, experts_per_token;
+    int n_group, topk_group;
+    int has_indexer;         /* DSA lightning indexer present (V3.2) */
+    int index_n_heads, index_head_dim, index_topk;
+    int bos_token_id, eos_token_id;
+    int max_position_embeddings;
+    int scale_ue8m0;         /* quantization_config.scale_fmt == "ue8m0" */
+    int64_t n_tensors;
+    int64_t weight_bytes;    /* bytes of all tensors in the checkpoint */
+} ds_model_info;
+
+typedef struct ds_load_params {
+    int threads;             /* 0 = all cores */
+} ds_load_params;
+
+void ds_load_params_init(ds_load_params *p);
+
+/* Loads (maps and validates) an HF checkpoint directory: config.json plus
+ * model.safetensors.index.json and its shards, or a single model.safetensors. */
+ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out, ds_error *err);
+void ds_model_free(ds_model *m);
+const ds_model_info *ds_model_get_info(const ds_model *m);
+
+/* Read-only description of one checkpoint tensor (for inspection tools). */
+typedef struct ds_tensor_info {
+    const char *name;
+    const char *dtype;       /* safetensors spelling: "F8_E4M3", "BF16", ... */
+    int ndim;
+    int64_t shape[4];
+    uint64_t nbytes;
+    const char *file;        /* path of the file holding it */
+} ds_tensor_info;
+
+int ds_model_tensor_count(const ds_model *m);
+ds_status ds_model_tensor_info(const ds_model *m, int i, ds_tensor_info *out, ds_error *err);
+
+/* ---- context: one sequence and its KV cache --------------------------- */
+typedef struct ds_context ds_context;
+
+typedef enum ds_kv_type {
+    DS_KV_FP8 = 0,           /* latent as e4m3 with one scale per 128 values (DeepSeek's deployment) */
+    DS_KV_F32 = 1            /* latent in f32 (the strict conformance mode) */
+} ds_kv_type;
+
+typedef struct ds_context_params {
+    int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max */
+    ds_kv_type kv_type;
+    int threads;             /* 0 = keep the current OpenMP setting */
+} ds_context_params;
+
+void ds_context_params_init(ds_context_params *p);
+ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context **out, ds_error *err);
+void ds_context_free(ds_context *c);
+int ds_context_pos(const ds_context *c);      /* tokens in the cache */
+int ds_context_size(const ds_context *c);
+/* Forget cached tokens from position pos on (0 = clear). */
+ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err);
+
+/* Runs n tokens at the context's current position (prefill when n > 1,
+ * decode when n == 1) and appends them to the cache.  logits receives
+ * n * vocab_size floats when all_logits is non-zero, else vocab_size floats
+ * for the last token; it may be NULL. */
+ds_status ds_eval(ds_context *c, const int32_t *tokens, int n, float *logits,
+                  int all_logits, ds_error *err);
+
+/* Observation hooks for debugging and conformance dumps.  The callback runs
+ * synchronously inside ds_eval. */
+typedef enum ds_trace_kind {
+    DS_TRACE_LAYER_OUT = 1,      /* float[hidden]: residual stream after block `layer` */
+    DS_TRACE_INDEXER_TOPK,       /* int32[n]: selected key positions, ascending */
+    DS_TRACE_INDEXER_SCORES,     /* float[n = pos+1]: indexer scores of keys 0..pos */
+    DS_TRACE_MOE_EXPERTS,        /* int32[k]: routed experts, ascending */
+    DS_TRACE_MOE_WEIGHTS,        /* float[k]: their weights, aligned with DS_TRACE_MOE_EXPERTS */
+    DS_TRACE_ATTN_ROWS           /* int32[1]: latent rows attention read for this query (all heads) */
+} ds_trace_kind;
+typedef void (*ds_trace_fn)(void *user, ds_trace_kind kind, int layer, int pos,
+                            const void *data, int n);
+void ds_context_set_trace(ds_context *c, ds_trace_fn fn, void *user);
+
+/* ---- sampling --------------------------------------------------------- */
+typedef struct ds_sampler_params {
+    float temperature;       /* 0 = greedy */
+    float top_p;             /* 1 = off */
+    int top_k;               /* 0 = off */
+    uint64_t seed;
+} ds_sampler_params;
+
+void ds_sampler_params_init(ds_sampler_params *p);
+typedef struct ds_sampler ds_sampler;
+ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_error *err);
+void ds_sampler_free(ds_sampler *s);
+int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int vocab_size);
+
+/* ---- tokenizer ---------------------------------------------------------- */
+/* Byte-level BPE tokenizer read from a Hugging Face tokenizer.json.
+ * A tokenizer is immutable after loading; one may be shared by threads. */
+typedef struct ds_tokenizer ds_tokenizer;
+
+/* path_or_dir is a tokenizer.json file or a directory holding one.  A
+ * tokenizer_config.json beside it, when present, names the BOS/EOS tokens
+ * and carries the chat template. */
+ds_status ds_tokenizer_load(const char *path_or_dir, ds_tokenizer **out, ds_error *err);
+void ds_tokenizer_free(ds_tokenizer *t);
+/* One past the largest token id (vocabulary plus added tokens). */
+int ds_tokenizer_vocab_size(const ds_tokenizer *t);
+/* Encodes len bytes of UTF-8 text (NUL bytes allowed); no BOS is added.
+ * parse_special = 0 treats the text of special tokens as plain text (the
+ * non-special added tokens such as <｜User｜> are still recognised).
+ * *ids is malloc'ed (free() it); invalid UTF-8 gives DS_ERR_INPUT. */
+ds_status ds_tokenizer_encode(const ds_tokenizer *t, const char *text, size_t len,
+                              int parse_special, int32_t **ids, int *n, ds_error *err);
+/* Decodes ids into a malloc'ed, NUL-terminated UTF-8 string (invalid byte
+ * sequences become U+FFFD); skip_special drops special tokens.  An id that
+ * names no token gives DS_ERR_INPUT. */
+ds_status ds_tokenizer_decode(const ds_tokenizer *t, const int32_t *ids, int n, int skip_special,
+                              char **text, size_t *len, ds_error *err);
+/* Id of a token given in its tokenizer.json spelling ("Ġhello", "<｜User｜>"); -1 if none. */
+int32_t ds_tokenizer_token_id(const ds_tokenizer *t, const char *token);
+/* tokenizer.json spelling of a token; NULL for an unknown id. */
+const char *ds_tokenizer_token_str(const ds_tokenizer *t, int32_t id);
+/* The raw bytes a token decodes to (not NUL-terminated); NULL for an unknown id. */
+const char *ds_tokenizer_token_bytes(const ds_tokenizer *t, int32_t id, size_t *len);
+int ds_tokenizer_is_special(const ds_tokenizer *t, int32_t id);
+/* From tokenizer_config.json; -1 / NULL when not known. */
+int32_t ds_tokenizer_bos_id(const ds_tokenizer *t);
+int32_t ds_tokenizer_eos_id(const ds_tokenizer *t);
+const char *ds_tokenizer_chat_template(const ds_tokenizer *t);
+
+/* Streaming detokenizer: push ids one at a time as they are generated and
+ * get back only complete UTF-8 characters; an incomplete multi-byte tail
+ * is held until the next push.  *out is malloc'ed and NUL-terminated
+ * (free() it), possibly empty.  The tokenizer must outlive the detok. */
+typedef struct ds_detok ds_detok;
+ds_detok *ds_detok_create(const ds_tokenizer *t, int skip_special);
+ds_status ds_detok_push(ds_detok *d, int32_t id, char **out, size_t *len, ds_error *err);
+/* Emits the held-back tail (as U+FFFD, since it is incomplete) and resets. */
+ds_status ds_detok_flush(ds_detok *d, char **out, size_t *len, ds_error *err);
+void ds_detok_free(ds_detok *d);
+/* ---- end tokenizer ------------------------------------------------------ */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

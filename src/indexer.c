@@ -1,0 +1,193 @@
+/* indexer.c — the DSA lightning indexer of DeepSeek-V3.2: index keys and
+ * queries (LayerNorm / RoPE half-split, rope dims first / 128-point
+ * Hadamard / FP8 e4m3 per-vector quantisation), the ReLU-weighted head sum
+ * of FP8 dot products, and the top-k selection of key positions that
+ * sparse MLA attends to. */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "model.h"
+
+/* e4m3 value * 2^9 is an integer for every finite code, so a dot product of
+ * two e4m3 vectors is exact in int64 and rounded once to f32, as the
+ * reference's FP8 dot does. */
+static int32_t e4m3_int[256];
+static pthread_once_t e4m3_int_once = PTHREAD_ONCE_INIT;
+static void fill_e4m3_int(void)
+{
+    for (int i = 0; i < 256; i++) {
+        float v = ds_e4m3_table[i];
+        e4m3_int[i] = isnan(v) ? 0 : (int32_t)(v * 512.0f);
+    }
+}
+
+static float dot_e4m3(const uint8_t *a, const uint8_t *b, int n)
+{
+    int64_t s = 0;
+    for (int i = 0; i < n; i++)
+        s += (int64_t)e4m3_int[a[i]] * e4m3_int[b[i]];
+    return (float)((double)s * (1.0 / 262144.0));
+}
+
+/* Worse-than ordering for the selection heap: lower score, or equal score
+ * and higher position (ties keep the lower position). */
+static int worse(const float *score, int32_t a, int32_t b)
+{
+    return score[a] < score[b] || (score[a] == score[b] && a > b);
+}
+
+static void sift_down(int32_t *heap, int k, int i, const float *score)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < k && worse(score, heap[l], heap[m]))
+            m = l;
+        if (r < k && worse(score, heap[r], heap[m]))
+            m = r;
+        if (m == i)
+            return;
+        int32_t t = heap[i];
+        heap[i] = heap[m];
+        heap[m] = t;
+        i = m;
+    }
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int ds_topk_positions(const float *score, int n, int k, int32_t *out)
+{
+    if (k >= n) {
+        for (int i = 0; i < n; i++)
+            out[i] = i;
+        return n;
+    }
+    if (k <= 0)
+        return 0;
+    for (int i = 0; i < k; i++)
+        out[i] = i;
+    for (int i = k / 2 - 1; i >= 0; i--)
+        sift_down(out, k, i, score);
+    for (int j = k; j < n; j++) {
+        if (worse(score, out[0], j)) {
+            out[0] = j;
+            sift_down(out, k, 0, score);
+        }
+    }
+    qsort(out, (size_t)k, sizeof(int32_t), cmp_i32);
+    return k;
+}
+
+/* LayerNorm/RoPE/Hadamard/quantise one index key and store it at pos. */
+static void index_key(ds_context *c, int layer, float *k, int pos)
+{
+    const ds_model *m = c->model;
+    const ds_config *cfg = &m->cfg;
+    const ds_layer_w *L = &m->layers[layer];
+    const int id = cfg->index_head_dim;
+    float *tmp = k + id;
+    ds_layernorm(k, L->idx_k_norm_w, L->idx_k_norm_b, 1e-6f, id, tmp);
+    ds_rope_halves(tmp, cfg->qk_rope_head_dim, pos, m->rope_freq, m->rope_mscale);
+    ds_hadamard(tmp, id);
+    ds_kv_layer *kv = &c->kv[layer];
+    kv->idx_s[pos] = ds_quant_e4m3_block(tmp, id, cfg->scale_ue8m0, kv->idx_k + (size_t)pos * id);
+}
+
+static void score_keys(const ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys,
+                       float *score)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
+    const ds_kv_layer *kv = &c->kv[layer];
+    for (int j = 0; j < nkeys; j++) {
+        const uint8_t *k8 = kv->idx_k + (size_t)j * id;
+        float s = 0.0f;
+        for (int h = 0; h < ih; h++) {
+            float d = dot_e4m3(q8 + (size_t)h * id, k8, id);
+            if (d > 0.0f)
+                s += w[h] * d;
+        }
+        score[j] = s * kv->idx_s[j];
+    }
+}
+
+ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
+                         int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_config *cfg = &m->cfg;
+    const ds_layer_w *L = &m->layers[layer];
+    const int H = cfg->hidden_size, id = cfg->index_head_dim, ih = cfg->index_n_heads;
+    const int ql = cfg->q_lora_rank, topk = cfg->index_topk;
+    ds_status st = DS_OK;
+    pthread_once(&e4m3_int_once, fill_e4m3_int);
+
+    float *kbuf = ds_calloc((size_t)T * 2 * id, sizeof(float), err);
+    float *qbuf = ds_calloc((size_t)T * ih * id, sizeof(float), err);
+    float *wbuf = ds_calloc((size_t)T * ih, sizeof(float), err);
+    uint8_t *q8 = ds_calloc((size_t)T * ih * id, 1, err);
+    if (!kbuf || !qbuf || !wbuf || !q8) {
+        st = DS_ERR_NOMEM;
+        goto out;
+    }
+    /* Keys of this chunk first: queries may select any of them. */
+    for (int t = 0; t < T; t++)
+        ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, kbuf + (size_t)t * 2 * id);
+    for (int t = 0; t < T; t++)
+        index_key(c, layer, kbuf + (size_t)t * 2 * id, start + t);
+
+    ds_gemm(&L->idx_wq_b, 0, ih * id, qr, ql, T, qbuf, ih * id);
+    ds_gemm(&L->idx_wproj, 0, ih, x, H, T, wbuf, ih);
+    const float head_scale = 1.0f / sqrtf((float)ih), dim_scale = 1.0f / sqrtf((float)id);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < ih; h++) {
+            float *q = qbuf + ((size_t)t * ih + h) * id;
+            ds_rope_halves(q, cfg->qk_rope_head_dim, start + t, m->rope_freq, m->rope_mscale);
+            ds_hadamard(q, id);
+            float qs = ds_quant_e4m3_block(q, id, cfg->scale_ue8m0, q8 + ((size_t)t * ih + h) * id);
+            float *w = wbuf + (size_t)t * ih + h;
+            *w = *w * head_scale * qs * dim_scale;
+        }
+    }
+
+    int fail = 0;
+#pragma omp parallel
+    {
+        float *score = malloc(sizeof(float) * (size_t)(start + T));
+        if (!score) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < T; t++) {
+            if (!score)
+                continue;
+            int n = start + t + 1;
+            score_keys(c, layer, q8 + (size_t)t * ih * id, wbuf + (size_t)t * ih, n, score);
+            nsel[t] = ds_topk_positions(score, n, topk, sel + (size_t)t * sel_stride);
+            if (c->trace) {
+#pragma omp critical(ds_trace)
+                {
+                    c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start + t, score, n);
+                    c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start + t,
+                             sel + (size_t)t * sel_stride, nsel[t]);
+                }
+            }
+        }
+        free(score);
+    }
+    if (fail)
+        st = ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
+out:
+    free(kbuf);
+    free(qbuf);
+    free(wbuf);
+    free(q8);
+    return st;
+}

@@ -1,0 +1,24 @@
+/* internal.h — helpers shared by the library's translation units:
+ * error reporting into ds_error and checked allocation. */
+#ifndef DS_INTERNAL_H
+#define DS_INTERNAL_H
+
+#include <stddef.h>
+#include "dsinfer.h"
+
+#if defined(__GNUC__)
+#define DS_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define DS_PRINTF(a, b)
+#endif
+
+/* Fills err (if non-NULL) and returns code, so callers can `return ds_fail(...)`. */
+ds_status ds_fail(ds_error *err, ds_status code, const char *fmt, ...) DS_PRINTF(3, 4);
+void ds_error_clear(ds_error *err);
+
+/* Allocation that reports DS_ERR_NOMEM instead of returning NULL silently. */
+void *ds_calloc(size_t n, size_t size, ds_error *err);
+/* 64-byte aligned, zeroed; free with free(). */
+void *ds_alloc_aligned(size_t bytes, ds_error *err);
+
+#endif

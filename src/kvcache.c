@@ -1,0 +1,129 @@
+/* kvcache.c — the per-sequence KV arena: for every layer and position the
+ * MLA latent (f32, or e4m3 with one scale per 128 values), the rotated rope
+ * key (f32) and the indexer key (128 x e4m3 + f32 scale).  One allocation
+ * per context, sized by ctx_size, locked in RAM when the system allows. */
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include "internal.h"
+#include "model.h"
+
+float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q)
+{
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(v[i]);
+        if (a > amax)
+            amax = a;
+    }
+    if (amax < 1e-4f)
+        amax = 1e-4f;
+    float s = amax * (1.0f / 448.0f);
+    if (ue8m0) {
+        /* smallest power of two >= s, from s's bits as the reference does */
+        uint32_t u;
+        memcpy(&u, &s, 4);
+        uint32_t e = (u >> 23) & 0xff;
+        if (u & 0x7fffff)
+            e++;
+        u = e << 23;
+        memcpy(&s, &u, 4);
+    }
+    for (int i = 0; i < n; i++) {
+        float y = v[i] / s;
+        y = y > 448.0f ? 448.0f : (y < -448.0f ? -448.0f : y);
+        q[i] = ds_f32_to_e4m3(y);
+    }
+    return s;
+}
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+ds_status ds_kv_alloc(ds_context *c, ds_error *err)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const size_t P = (size_t)c->ctx_size, L = (size_t)cfg->num_hidden_layers;
+    const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    size_t lat = c->kv_type == DS_KV_F32 ? align64(P * kvl * 4) : align64(P * kvl) + align64(P * nb * 4);
+    size_t per_layer = lat + align64(P * (size_t)cfg->qk_rope_head_dim * 4);
+    if (cfg->is_v32)
+        per_layer += align64(P * (size_t)cfg->index_head_dim) + align64(P * 4);
+    if (per_layer != 0 && L > SIZE_MAX / per_layer)
+        return ds_fail(err, DS_ERR_NOMEM, "KV cache for %zu positions is too large", P);
+    c->kv = ds_calloc(L, sizeof(ds_kv_layer), err);
+    if (!c->kv)
+        return DS_ERR_NOMEM;
+    c->arena_bytes = per_layer * L;
+    c->arena = ds_alloc_aligned(c->arena_bytes, err);
+    if (!c->arena) {
+        free(c->kv);
+        c->kv = NULL;
+        return ds_fail(err, DS_ERR_NOMEM, "cannot allocate the KV cache: %zu bytes for %zu positions",
+                       c->arena_bytes, P);
+    }
+    (void)mlock(c->arena, c->arena_bytes);   /* best effort: RLIMIT_MEMLOCK may refuse */
+    uint8_t *p = c->arena;
+    for (size_t l = 0; l < L; l++) {
+        ds_kv_layer *k = &c->kv[l];
+        if (c->kv_type == DS_KV_F32) {
+            k->latent_f32 = (float *)p;
+            p += align64(P * kvl * 4);
+        } else {
+            k->latent_q = p;
+            p += align64(P * kvl);
+            k->latent_s = (float *)p;
+            p += align64(P * nb * 4);
+        }
+        k->kpe = (float *)p;
+        p += align64(P * (size_t)cfg->qk_rope_head_dim * 4);
+        if (cfg->is_v32) {
+            k->idx_k = p;
+            p += align64(P * (size_t)cfg->index_head_dim);
+            k->idx_s = (float *)p;
+            p += align64(P * 4);
+        }
+    }
+    return DS_OK;
+}
+
+void ds_kv_free(ds_context *c)
+{
+    if (c->arena) {
+        munlock(c->arena, c->arena_bytes);
+        free(c->arena);
+    }
+    free(c->kv);
+    c->arena = NULL;
+    c->kv = NULL;
+}
+
+void ds_kv_store_latent(ds_context *c, int layer, int pos, const float *latent)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int kvl = cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    ds_kv_layer *k = &c->kv[layer];
+    if (c->kv_type == DS_KV_F32) {
+        memcpy(k->latent_f32 + (size_t)pos * kvl, latent, sizeof(float) * (size_t)kvl);
+        return;
+    }
+    for (int b = 0; b < nb; b++) {
+        int n = kvl - b * DS_QBLOCK < DS_QBLOCK ? kvl - b * DS_QBLOCK : DS_QBLOCK;
+        k->latent_s[(size_t)pos * nb + b] = ds_quant_e4m3_block(
+            latent + b * DS_QBLOCK, n, cfg->scale_ue8m0, k->latent_q + (size_t)pos * kvl + b * DS_QBLOCK);
+    }
+}
+
+void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
+{
+    const int kvl = c->model->cfg.kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    const ds_kv_layer *k = &c->kv[layer];
+    if (c->kv_type == DS_KV_F32) {
+        memcpy(out, k->latent_f32 + (size_t)pos * kvl, sizeof(float) * (size_t)kvl);
+        return;
+    }
+    const uint8_t *q = k->latent_q + (size_t)pos * kvl;
+    const float *s = k->latent_s + (size_t)pos * nb;
+    for (int i = 0; i < kvl; i++)
+        out[i] = ds_e4m3_to_f32(q[i]) * s[i / DS_QBLOCK];
+}

@@ -1,0 +1,240 @@
+/* mla.c — Multi-head Latent Attention.  Projections (q LoRA, compressed
+ * latent + shared rope key), cache writes, then attention over the key
+ * positions the indexer selected (all causal keys for V3 / short contexts):
+ * prefill in the expanded "MHA" form (k_nope and v from kv_b per key),
+ * decode in the absorbed form directly over the cached latent.  Only
+ * selected keys are ever touched. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "model.h"
+
+typedef struct mla_dims {
+    int H, nh, nope, rope, vd, kvl, ql, qk, kvb_rows;
+} mla_dims;
+
+static mla_dims dims_of(const ds_config *c)
+{
+    mla_dims d = {c->hidden_size, c->num_attention_heads, c->qk_nope_head_dim, c->qk_rope_head_dim,
+                  c->v_head_dim, c->kv_lora_rank, c->q_lora_rank, 0, 0};
+    d.qk = d.nope + d.rope;
+    d.kvb_rows = d.nope + d.vd;
+    return d;
+}
+
+static int key_at(const int32_t *sel, int i) { return sel ? sel[i] : i; }
+
+static void report_rows(ds_context *c, int layer, int pos, int rows)
+{
+    if (c->trace)
+        c->trace(c->trace_user, DS_TRACE_ATTN_ROWS, layer, pos, &rows, 1);
+}
+
+/* Absorbed attention of one query over nk keys: q_nope is folded through
+ * W_UK so scores are taken against the latent itself, and the weighted
+ * latent sum is expanded through W_UV once per head. */
+static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int pos, const int32_t *sel,
+                                 int nk, float *o, ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_layer_w *L = &m->layers[layer];
+    const mla_dims d = dims_of(&m->cfg);
+    float *qabs = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
+    float *p = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
+    float *olat = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
+    float *lat = ds_calloc((size_t)d.kvl, sizeof(float), err);
+    if (!qabs || !p || !olat || !lat) {
+        free(qabs), free(p), free(olat), free(lat);
+        return DS_ERR_NOMEM;
+    }
+    for (int h = 0; h < d.nh; h++)
+        ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, qabs + (size_t)h * d.kvl);
+    const ds_kv_layer *kv = &c->kv[layer];
+    for (int i = 0; i < nk; i++) {
+        int j = key_at(sel, i);
+        ds_kv_load_latent(c, layer, j, lat);
+        const float *kpe = kv->kpe + (size_t)j * d.rope;
+        for (int h = 0; h < d.nh; h++) {
+            float s = ds_dot(qabs + (size_t)h * d.kvl, lat, d.kvl) +
+                      ds_dot(q + (size_t)h * d.qk + d.nope, kpe, d.rope);
+            p[(size_t)h * nk + i] = s * m->attn_scale;
+        }
+    }
+    for (int h = 0; h < d.nh; h++)
+        ds_softmax(p + (size_t)h * nk, nk);
+    for (int i = 0; i < nk; i++) {
+        ds_kv_load_latent(c, layer, key_at(sel, i), lat);
+        for (int h = 0; h < d.nh; h++)
+            ds_axpy(p[(size_t)h * nk + i], lat, olat + (size_t)h * d.kvl, d.kvl);
+    }
+    for (int h = 0; h < d.nh; h++)
+        ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
+    report_rows(c, layer, pos, nk);
+    free(qabs), free(p), free(olat), free(lat);
+    return DS_OK;
+}
+
+/* Expanded (MHA) attention for a chunk of T queries: k_nope and v are
+ * computed once for every key that some query selected. */
+static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T, int start,
+                                 const int32_t *sel, const int *nsel, int stride, float *o,
+                                 ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_layer_w *L = &m->layers[layer];
+    const mla_dims d = dims_of(&m->cfg);
+    const int nkeys = start + T;
+    ds_status st = DS_OK;
+    int32_t *slot = malloc(sizeof(int32_t) * (size_t)nkeys);
+    int32_t *keys = malloc(sizeof(int32_t) * (size_t)nkeys);
+    float *lat = NULL, *kvb = NULL;
+    if (!slot || !keys) {
+        st = ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+        goto out;
+    }
+    for (int j = 0; j < nkeys; j++)
+        slot[j] = -1;
+    int nu = 0;
+    for (int t = 0; t < T; t++) {
+        int n = sel ? nsel[t] : start + t + 1;
+        for (int i = 0; i < n; i++) {
+            int j = key_at(sel ? sel + (size_t)t * stride : NULL, i);
+            if (slot[j] < 0)
+                slot[j] = 1;
+        }
+    }
+    for (int j = 0; j < nkeys; j++)
+        if (slot[j] >= 0) {
+            slot[j] = nu;
+            keys[nu++] = j;
+        }
+    const int kw = d.nh * d.kvb_rows;
+    lat = ds_calloc((size_t)nu * d.kvl, sizeof(float), err);
+    kvb = ds_calloc((size_t)nu * kw, sizeof(float), err);
+    if (!lat || !kvb) {
+        st = DS_ERR_NOMEM;
+        goto out;
+    }
+    for (int u = 0; u < nu; u++)
+        ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
+    ds_gemm(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw);
+
+    const ds_kv_layer *kv = &c->kv[layer];
+    int fail = 0;
+#pragma omp parallel
+    {
+        float *p = malloc(sizeof(float) * (size_t)nkeys);
+        if (!p) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < T; t++) {
+            if (!p)
+                continue;
+            const int32_t *ts = sel ? sel + (size_t)t * stride : NULL;
+            int n = sel ? nsel[t] : start + t + 1;
+            for (int h = 0; h < d.nh; h++) {
+                const float *qh = q + ((size_t)t * d.nh + h) * d.qk;
+                for (int i = 0; i < n; i++) {
+                    int j = key_at(ts, i);
+                    const float *kn = kvb + (size_t)slot[j] * kw + (size_t)h * d.kvb_rows;
+                    float s = ds_dot(qh, kn, d.nope) + ds_dot(qh + d.nope, kv->kpe + (size_t)j * d.rope, d.rope);
+                    p[i] = s * m->attn_scale;
+                }
+                ds_softmax(p, n);
+                float *oh = o + ((size_t)t * d.nh + h) * d.vd;
+                memset(oh, 0, sizeof(float) * (size_t)d.vd);
+                for (int i = 0; i < n; i++) {
+                    int j = key_at(ts, i);
+                    ds_axpy(p[i], kvb + (size_t)slot[j] * kw + (size_t)h * d.kvb_rows + d.nope, oh, d.vd);
+                }
+            }
+            if (c->trace) {
+#pragma omp critical(ds_trace)
+                report_rows(c, layer, start + t, n);
+            }
+        }
+        free(p);
+    }
+    if (fail)
+        st = ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+out:
+    free(slot);
+    free(keys);
+    free(lat);
+    free(kvb);
+    return st;
+}
+
+/* Projections for T tokens; writes the latent and rope key of each into the
+ * cache and returns the rotated queries [T][nh][qk] and q LoRA output qr. */
+static void project(ds_context *c, int layer, const float *x, int T, int start, float *q, float *qr,
+                    float *kva)
+{
+    const ds_model *m = c->model;
+    const ds_layer_w *L = &m->layers[layer];
+    const mla_dims d = dims_of(&m->cfg);
+    const float eps = m->cfg.rms_norm_eps;
+    ds_gemm(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql);
+    for (int t = 0; t < T; t++)
+        ds_rmsnorm(qr + (size_t)t * d.ql, L->q_a_norm, eps, d.ql, qr + (size_t)t * d.ql);
+    ds_gemm(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < d.nh; h++)
+            ds_rope_interleaved(q + ((size_t)t * d.nh + h) * d.qk + d.nope, d.rope, start + t,
+                                m->rope_freq, m->rope_mscale);
+    const int kw = d.kvl + d.rope;
+    ds_gemm(&L->kv_a, 0, kw, x, d.H, T, kva, kw);
+    ds_kv_layer *kv = &c->kv[layer];
+    for (int t = 0; t < T; t++) {
+        float *row = kva + (size_t)t * kw;
+        ds_rmsnorm(row, L->kv_a_norm, eps, d.kvl, row);
+        ds_kv_store_latent(c, layer, start + t, row);
+        ds_rope_interleaved(row + d.kvl, d.rope, start + t, m->rope_freq, m->rope_mscale);
+        memcpy(kv->kpe + (size_t)(start + t) * d.rope, row + d.kvl, sizeof(float) * (size_t)d.rope);
+    }
+}
+
+ds_status ds_mla_forward(ds_context *c, int layer, const float *x, int T, int start, float *out,
+                         ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_config *cfg = &m->cfg;
+    const ds_layer_w *L = &m->layers[layer];
+    const mla_dims d = dims_of(cfg);
+    ds_status st = DS_OK;
+    int stride = cfg->is_v32 ? (cfg->index_topk < start + T ? cfg->index_topk : start + T) : 0;
+    float *q = ds_calloc((size_t)T * d.nh * d.qk, sizeof(float), err);
+    float *qr = ds_calloc((size_t)T * d.ql, sizeof(float), err);
+    float *kva = ds_calloc((size_t)T * (d.kvl + d.rope), sizeof(float), err);
+    float *o = ds_calloc((size_t)T * d.nh * d.vd, sizeof(float), err);
+    int32_t *sel = cfg->is_v32 ? ds_calloc((size_t)T * stride, sizeof(int32_t), err) : NULL;
+    int *nsel = cfg->is_v32 ? ds_calloc((size_t)T, sizeof(int), err) : NULL;
+    if (!q || !qr || !kva || !o || (cfg->is_v32 && (!sel || !nsel))) {
+        st = DS_ERR_NOMEM;
+        goto out;
+    }
+    project(c, layer, x, T, start, q, qr, kva);
+    if (cfg->is_v32) {
+        st = ds_indexer_run(c, layer, x, qr, T, start, sel, nsel, stride, err);
+        if (st != DS_OK)
+            goto out;
+    }
+    if (T == 1)
+        st = attend_absorbed(c, layer, q, start, sel, sel ? nsel[0] : start + 1, o, err);
+    else
+        st = attend_expanded(c, layer, q, T, start, sel, nsel, stride, o, err);
+    if (st != DS_OK)
+        goto out;
+    ds_gemm(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H);
+out:
+    free(q);
+    free(qr);
+    free(kva);
+    free(o);
+    free(sel);
+    free(nsel);
+    return st;
+}

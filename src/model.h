@@ -1,0 +1,137 @@
+/* model.h — internal structures of the DeepSeek forward pass: the bound
+ * weights of every layer, the per-sequence context with its KV arena, and
+ * the functions of each model concept (one file each: mla.c, indexer.c,
+ * router.c, moe.c, rope.c, kvcache.c, expert_cache.c). */
+#ifndef DS_MODEL_H
+#define DS_MODEL_H
+
+#include <stdint.h>
+#include "dsinfer.h"
+#include "config.h"
+#include "format.h"
+#include "kernels.h"
+
+/* gate (w1), up (w3), down (w2) of a SwiGLU MLP: dense MLP, expert or shared expert. */
+typedef struct ds_ffn_w {
+    ds_mat gate, up, down;
+} ds_ffn_w;
+
+typedef struct ds_layer_w {
+    float *attn_norm, *ffn_norm;
+    /* MLA */
+    ds_mat q_a, q_b, kv_a, kv_b, o;
+    float *q_a_norm, *kv_a_norm;
+    /* DSA lightning indexer (V3.2 only) */
+    ds_mat idx_wq_b, idx_wk, idx_wproj;
+    float *idx_k_norm_w, *idx_k_norm_b;
+    /* FFN */
+    int is_moe;
+    ds_ffn_w mlp;          /* dense layers */
+    ds_mat gate;           /* router [experts, hidden] */
+    float *gate_bias;      /* e_score_correction_bias [experts] */
+    int has_shared;
+    ds_ffn_w shared;
+} ds_layer_w;
+
+/* Owner of the routed experts (DESIGN decision 2).  Today every slab is a
+ * resident view of the mapped checkpoint; streaming slabs come later behind
+ * the same get/release pair. */
+typedef struct ds_expert_cache ds_expert_cache;
+ds_status ds_experts_create(ds_model *m, ds_expert_cache **out, ds_error *err);
+void ds_experts_free(ds_expert_cache *c);
+/* Returns the weights of expert e of layer l, pinned until released. */
+const ds_ffn_w *ds_experts_get(ds_expert_cache *c, int layer, int e, ds_error *err);
+void ds_experts_release(ds_expert_cache *c, int layer, int e);
+
+struct ds_model {
+    ds_config cfg;
+    ds_model_info info;
+    ds_tensor_table *table;
+    char *dir;
+    ds_mat embed, lm_head;
+    float *final_norm;
+    ds_layer_w *layers;
+    ds_expert_cache *experts;
+    float *rope_freq;      /* [qk_rope_head_dim / 2] YaRN-corrected frequencies */
+    float rope_mscale;     /* cos/sin multiplier (HF YaRN attention factor; 1 for DeepSeek configs) */
+    float attn_scale;      /* MLA softmax scale incl. YaRN mscale^2 */
+    void **owned;          /* buffers to free with the model */
+    int n_owned, cap_owned;
+};
+
+/* Per-layer KV arena slices. */
+typedef struct ds_kv_layer {
+    float *latent_f32;     /* [ctx][kv_lora] when DS_KV_F32 */
+    uint8_t *latent_q;     /* [ctx][kv_lora] e4m3 when DS_KV_FP8 */
+    float *latent_s;       /* [ctx][kv_lora/128 rounded up] scales */
+    float *kpe;            /* [ctx][rope] rotated rope key */
+    uint8_t *idx_k;        /* [ctx][index_head_dim] e4m3 */
+    float *idx_s;          /* [ctx] */
+} ds_kv_layer;
+
+struct ds_context {
+    ds_model *model;
+    int ctx_size, pos;
+    ds_kv_type kv_type;
+    void *arena;
+    size_t arena_bytes;
+    ds_kv_layer *kv;
+    ds_trace_fn trace;
+    void *trace_user;
+};
+
+/* weights.c */
+ds_status ds_weights_bind(ds_model *m, ds_error *err);
+ds_status ds_weights_bind_expert(ds_model *m, int layer, int e, ds_ffn_w *w, ds_error *err);
+void *ds_model_own(ds_model *m, size_t bytes, ds_error *err);
+
+/* rope.c */
+ds_status ds_rope_init(ds_model *m, ds_error *err);
+float ds_yarn_mscale(double factor, double mscale);
+void ds_yarn_freqs(const ds_config *cfg, float *freq);
+void ds_rope_interleaved(float *x, int dim, int pos, const float *freq, float mscale);
+void ds_rope_halves(float *x, int dim, int pos, const float *freq, float mscale);
+
+/* kvcache.c */
+ds_status ds_kv_alloc(ds_context *c, ds_error *err);
+void ds_kv_free(ds_context *c);
+void ds_kv_store_latent(ds_context *c, int layer, int pos, const float *latent);
+void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out);
+
+/* FP8 block quantisation shared by the latent cache and the indexer:
+ * amax = max(max|v|, 1e-4), s = amax * fp32(1/448) (rounded up to a power
+ * of two with ue8m0), q = e4m3(clamp(v / s)).  n <= 128. */
+float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q);
+
+/* indexer.c: computes and caches the index keys of tokens [start, start+T)
+ * and returns for each token the selected key positions (ascending) in
+ * sel[t * topk ...] with counts nsel[t]. */
+ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
+                         int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err);
+/* Positions of the k largest scores among n, ascending; ties prefer the
+ * lower position.  Exposed for unit tests. */
+int ds_topk_positions(const float *score, int n, int k, int32_t *out);
+
+/* mla.c: attention block for T tokens at positions [start, start+T). */
+ds_status ds_mla_forward(ds_context *c, int layer, const float *x, int T, int start,
+                         float *out, ds_error *err);
+
+/* router.c: noaux_tc group-limited sigmoid routing of one token.  Writes
+ * k experts ascending and their weights.  Exposed for unit tests. */
+typedef struct ds_router_params {
+    int n_experts, n_group, topk_group, k;
+    float scale;
+    int norm;
+} ds_router_params;
+void ds_route(const ds_router_params *p, const float *logits, const float *bias,
+              int32_t *experts, float *weights);
+
+/* moe.c: FFN block (dense MLP or routed experts + shared expert). */
+ds_status ds_ffn_forward(ds_context *c, int layer, const float *x, int T, int start,
+                         float *out, ds_error *err);
+
+/* model.c */
+ds_status ds_forward(ds_context *c, const int32_t *tokens, int T, float *logits, int all,
+                     ds_error *err);
+
+#endif

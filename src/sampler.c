@@ -1,0 +1,143 @@
+/* sampler.c — next-token choice from logits: greedy argmax (ties -> lower
+ * id), or temperature sampling with optional top-k and top-p (nucleus),
+ * seeded with a xoshiro256** generator so runs are reproducible. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdlib.h>
+#include "internal.h"
+
+struct ds_sampler {
+    ds_sampler_params p;
+    uint64_t s[4];
+    float *prob;
+    int *idx;
+    int cap;
+};
+
+void ds_sampler_params_init(ds_sampler_params *p)
+{
+    p->temperature = 0.0f;
+    p->top_p = 1.0f;
+    p->top_k = 0;
+    p->seed = 0x5eed;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static double next_unit(ds_sampler *s)
+{
+    uint64_t *q = s->s;
+    uint64_t r = rotl(q[1] * 5, 7) * 9, t = q[1] << 17;
+    q[2] ^= q[0];
+    q[3] ^= q[1];
+    q[1] ^= q[2];
+    q[0] ^= q[3];
+    q[2] ^= t;
+    q[3] = rotl(q[3], 45);
+    return (double)(r >> 11) * (1.0 / 9007199254740992.0);
+}
+
+ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_error *err)
+{
+    if (!p || !out)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "sampler: NULL argument");
+    if (!(p->temperature >= 0.0f) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || p->top_k < 0)
+        return ds_fail(err, DS_ERR_INVALID_ARG,
+                       "sampler: temperature must be >= 0, top_p in (0, 1], top_k >= 0");
+    ds_sampler *s = ds_calloc(1, sizeof *s, err);
+    if (!s)
+        return DS_ERR_NOMEM;
+    s->p = *p;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->s[i] = splitmix64(&x);
+    *out = s;
+    return DS_OK;
+}
+
+void ds_sampler_free(ds_sampler *s)
+{
+    if (!s)
+        return;
+    free(s->prob);
+    free(s->idx);
+    free(s);
+}
+
+static int argmax(const float *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+static int by_prob_desc(const void *a, const void *b, void *keys)
+{
+    const float *sort_keys = keys;
+    int x = *(const int *)a, y = *(const int *)b;
+    if (sort_keys[x] != sort_keys[y])
+        return sort_keys[x] < sort_keys[y] ? 1 : -1;
+    return (x > y) - (x < y);
+}
+
+int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
+{
+    if (n <= 0)
+        return -1;
+    if (s->p.temperature <= 0.0f)
+        return argmax(logits, n);
+    if (s->cap < n) {
+        float *np = realloc(s->prob, sizeof(float) * (size_t)n);
+        if (np)
+            s->prob = np;
+        int *ni = realloc(s->idx, sizeof(int) * (size_t)n);
+        if (ni)
+            s->idx = ni;
+        if (!np || !ni)
+            return argmax(logits, n);
+        s->cap = n;
+    }
+    float mx = logits[argmax(logits, n)];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        s->prob[i] = expf((logits[i] - mx) / s->p.temperature);
+        sum += s->prob[i];
+        s->idx[i] = i;
+    }
+    int m = n;
+    if (s->p.top_k > 0 || s->p.top_p < 1.0f) {
+        qsort_r(s->idx, (size_t)n, sizeof(int), by_prob_desc, s->prob);
+        if (s->p.top_k > 0 && s->p.top_k < m)
+            m = s->p.top_k;
+        double cut = 0.0, tot = 0.0;
+        for (int i = 0; i < m; i++)
+            tot += s->prob[s->idx[i]];
+        for (int i = 0; i < m; i++) {
+            cut += s->prob[s->idx[i]];
+            if (cut >= s->p.top_p * tot) {
+                m = i + 1;
+                break;
+            }
+        }
+        sum = 0.0;
+        for (int i = 0; i < m; i++)
+            sum += s->prob[s->idx[i]];
+    }
+    double r = next_unit(s) * sum, acc = 0.0;
+    for (int i = 0; i < m; i++) {
+        acc += s->prob[s->idx[i]];
+        if (r < acc)
+            return s->idx[i];
+    }
+    return s->idx[m - 1];
+}

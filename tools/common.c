@@ -1,0 +1,144 @@
+/* common.c — shared tool helpers (see common.h). */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common.h"
+
+void tool_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", tool_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+int tool_exit_code(ds_status s)
+{
+    switch (s) {
+    case DS_OK: return EXIT_OK;
+    case DS_ERR_INVALID_ARG: return EXIT_USAGE;
+    case DS_ERR_IO: return EXIT_IO;
+    case DS_ERR_FORMAT:
+    case DS_ERR_UNSUPPORTED:
+    case DS_ERR_INPUT: return EXIT_INPUT;
+    default: return EXIT_RUNTIME;
+    }
+}
+
+void tool_die_err(const ds_error *err)
+{
+    tool_die(tool_exit_code(err->code), "%s", err->msg[0] ? err->msg : ds_status_str(err->code));
+}
+
+void tool_print_version(void)
+{
+    printf("%s (dsinfer) %s\n", tool_name, ds_version());
+    exit(EXIT_OK);
+}
+
+long tool_parse_long(const char *opt, const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected an integer in [%ld, %ld])",
+                 opt, s, lo, hi);
+    return v;
+}
+
+double tool_parse_double(const char *opt, const char *s, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected a number in [%g, %g])",
+                 opt, s, lo, hi);
+    return v;
+}
+
+uint64_t tool_parse_u64(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-')
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected a non-negative integer)", opt, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end)
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected a non-negative integer)", opt, s);
+    return (uint64_t)v;
+}
+
+char *tool_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (n < cap) {
+            if (ferror(f)) {
+                free(buf);
+                buf = NULL;
+                errno = EIO;
+            }
+            break;
+        }
+        char *nb = realloc(buf, cap * 2 + 1);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            errno = ENOMEM;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        if (len)
+            *len = n;
+    }
+    return buf;
+}
+
+int32_t *tool_parse_ids(const char *opt, const char *s, int *n)
+{
+    int cap = 16, cnt = 0;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    const char *p = s;
+    if (!ids)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n')
+            p++;
+        if (!*p)
+            break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX)
+            tool_die(EXIT_USAGE, "invalid token id list for %s near '%.20s'", opt, p);
+        if (cnt == cap) {
+            cap *= 2;
+            ids = realloc(ids, sizeof(int32_t) * cap);
+            if (!ids)
+                tool_die(EXIT_RUNTIME, "out of memory");
+        }
+        ids[cnt++] = (int32_t)v;
+        p = end;
+    }
+    *n = cnt;
+    return ids;
+}

@@ -1,0 +1,42 @@
+/* common.h — what every dsinfer command-line tool shares: exit codes,
+ * --help/--version handling, number parsing and whole-file reads. */
+#ifndef DS_TOOLS_COMMON_H
+#define DS_TOOLS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "dsinfer.h"
+
+/* Exit codes, documented in every man page. */
+enum {
+    EXIT_OK = 0,
+    EXIT_USAGE = 1,     /* bad command line */
+    EXIT_INPUT = 2,     /* bad input file or model */
+    EXIT_IO = 3,        /* cannot read or write a file */
+    EXIT_RUNTIME = 4    /* failure while running (out of memory, context full) */
+};
+
+extern const char *tool_name;
+
+/* Prints "NAME: message" to stderr and exits with code. */
+void tool_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+/* Maps a library status to an exit code (format/input -> 2, I/O -> 3, ...). */
+int tool_exit_code(ds_status s);
+/* Dies with the library error's message and the matching exit code. */
+void tool_die_err(const ds_error *err) __attribute__((noreturn));
+void tool_print_version(void) __attribute__((noreturn));
+
+/* Strict parsers: the whole string must be a number within [lo, hi], else
+ * tool_die(EXIT_USAGE, "invalid value for OPT: ..."). */
+long tool_parse_long(const char *opt, const char *s, long lo, long hi);
+double tool_parse_double(const char *opt, const char *s, double lo, double hi);
+uint64_t tool_parse_u64(const char *opt, const char *s);
+
+/* Reads a whole file (NUL-terminated, *len excludes the NUL); NULL on error
+ * with errno set. */
+char *tool_read_file(const char *path, size_t *len);
+
+/* Parses a comma- or space-separated list of integer token ids. Dies on bad input. */
+int32_t *tool_parse_ids(const char *opt, const char *s, int *n);
+
+#endif

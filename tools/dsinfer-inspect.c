@@ -1,0 +1,138 @@
+/* dsinfer-inspect — loads and validates a checkpoint and prints its
+ * configuration, tensor count, bytes by dtype and routed-expert bytes per
+ * layer. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common.h"
+
+const char *tool_name = "dsinfer-inspect";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: dsinfer-inspect [--model] DIR [--tensors] [--json]\n"
+        "\n"
+        "Validates a DeepSeek checkpoint directory and prints its configuration,\n"
+        "tensor count, bytes by dtype and routed-expert bytes per layer.\n"
+        "\n"
+        "  -m, --model DIR   checkpoint directory (HF layout)\n"
+        "      --tensors     also list every tensor (name, dtype, shape, bytes, file)\n"
+        "      --json        print one JSON object instead of text\n"
+        "  -h, --help        show this help\n"
+        "  -V, --version     show the version\n"
+        "\n"
+        "Exit status: 0 valid, 1 usage, 2 invalid model, 3 I/O error.\n");
+}
+
+#define MAX_DT 16
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int list = 0, json = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, 'T'},
+        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'T': list = 1; break;
+        case 'j': json = 1; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case 'V': tool_print_version();
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (!dir && optind < argc)
+        dir = argv[optind++];
+    if (optind < argc)
+        tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!dir)
+        tool_die(EXIT_USAGE, "no checkpoint directory given (see --help)");
+
+    ds_error err;
+    ds_model *m;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        if (json)
+            printf("{\"model\": \"%s\", \"valid\": false}\n", dir);
+        else
+            printf("validation: FAILED\n");
+        tool_die_err(&err);
+    }
+    const ds_model_info *i = ds_model_get_info(m);
+    const char *dt_name[MAX_DT];
+    uint64_t dt_bytes[MAX_DT];
+    int ndt = 0;
+    int L = i->num_layers;
+    uint64_t *expert_bytes = calloc((size_t)L + 1, sizeof(uint64_t));
+    if (!expert_bytes)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    int n = ds_model_tensor_count(m);
+    for (int k = 0; k < n; k++) {
+        ds_tensor_info t;
+        ds_model_tensor_info(m, k, &t, NULL);
+        int d = 0;
+        while (d < ndt && strcmp(dt_name[d], t.dtype) != 0)
+            d++;
+        if (d == ndt && ndt < MAX_DT) {
+            dt_name[ndt] = t.dtype;
+            dt_bytes[ndt++] = 0;
+        }
+        if (d < ndt)
+            dt_bytes[d] += t.nbytes;
+        int layer, off = 0;
+        if (sscanf(t.name, "model.layers.%d.mlp.experts.%n", &layer, &off) == 1 && off > 0 &&
+            layer >= 0 && layer < L)
+            expert_bytes[layer] += t.nbytes;
+        if (list && !json) {
+            printf("%-64s %-8s [", t.name, t.dtype);
+            for (int s = 0; s < t.ndim; s++)
+                printf(s ? ", %lld" : "%lld", (long long)t.shape[s]);
+            printf("] %llu %s\n", (unsigned long long)t.nbytes, t.file);
+        }
+    }
+    if (json) {
+        printf("{\"model\": \"%s\", \"valid\": true, \"model_type\": \"%s\", \"vocab_size\": %d, "
+               "\"hidden_size\": %d, \"num_layers\": %d, \"first_dense_layers\": %d, \"num_heads\": %d, "
+               "\"q_lora_rank\": %d, \"kv_lora_rank\": %d, \"n_routed_experts\": %d, "
+               "\"n_shared_experts\": %d, \"experts_per_token\": %d, \"has_indexer\": %s, "
+               "\"index_n_heads\": %d, \"index_topk\": %d, \"tensors\": %d, \"bytes\": %lld, \"bytes_by_dtype\": {",
+               dir, i->model_type, i->vocab_size, i->hidden_size, i->num_layers, i->first_dense_layers,
+               i->num_heads, i->q_lora_rank, i->kv_lora_rank, i->n_routed_experts, i->n_shared_experts,
+               i->experts_per_token, i->has_indexer ? "true" : "false", i->index_n_heads, i->index_topk,
+               n, (long long)i->weight_bytes);
+        for (int d = 0; d < ndt; d++)
+            printf("%s\"%s\": %llu", d ? ", " : "", dt_name[d], (unsigned long long)dt_bytes[d]);
+        printf("}, \"expert_bytes_per_layer\": [");
+        for (int l = 0; l < L; l++)
+            printf("%s%llu", l ? ", " : "", (unsigned long long)expert_bytes[l]);
+        printf("]}\n");
+    } else {
+        printf("model:        %s\n", dir);
+        printf("model_type:   %s%s\n", i->model_type, i->has_indexer ? " (DSA lightning indexer)" : " (dense MLA)");
+        printf("vocab:        %d\nhidden:       %d\nlayers:       %d (%d dense)\n", i->vocab_size,
+               i->hidden_size, i->num_layers, i->first_dense_layers);
+        printf("attention:    %d heads, q_lora %d, kv_lora %d, nope %d, rope %d, v %d\n", i->num_heads,
+               i->q_lora_rank, i->kv_lora_rank, i->qk_nope_dim, i->qk_rope_dim, i->v_head_dim);
+        printf("experts:      %d routed (%d groups, %d kept, %d per token), %d shared\n",
+               i->n_routed_experts, i->n_group, i->topk_group, i->experts_per_token, i->n_shared_experts);
+        if (i->has_indexer)
+            printf("indexer:      %d heads x %d, top-k %d\n", i->index_n_heads, i->index_head_dim, i->index_topk);
+        printf("scale_fmt:    %s\n", i->scale_ue8m0 ? "ue8m0" : "none");
+        printf("tensors:      %d, %lld bytes\n", n, (long long)i->weight_bytes);
+        for (int d = 0; d < ndt; d++)
+            printf("  %-10s  %llu bytes\n", dt_name[d], (unsigned long long)dt_bytes[d]);
+        printf("routed expert bytes per layer:\n");
+        for (int l = 0; l < L; l++)
+            if (expert_bytes[l])
+                printf("  layer %-4d  %llu\n", l, (unsigned long long)expert_bytes[l]);
+        printf("validation:   OK\n");
+    }
+    free(expert_bytes);
+    ds_model_free(m);
+    return EXIT_OK;
+}
