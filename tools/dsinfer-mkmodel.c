@@ -345,9 +345,10 @@ static int64_t cfg_int(json_t *cfg, const char *key, int64_t lo, int64_t hi)
     if (json_is_integer(v))
         x = json_integer_value(v);
     else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
-             fabs(json_real_value(v)) < 9e15)
+             fabs(json_real_value(v)) < 9e15) {
         x = (int64_t)json_real_value(v);
-    else
+        json_object_set_new(cfg, key, json_integer(x)); /* write 1000, not 1000.0 */
+    } else
         tool_die(EXIT_INPUT, "config: '%s' must be an integer", key);
     if (x < lo || x > hi)
         tool_die(EXIT_INPUT, "config: '%s' is %lld, expected a value in [%lld, %lld]", key,
@@ -1004,7 +1005,10 @@ int main(int argc, char **argv)
         case O_TOK: tokenizer = optarg; break;
         case O_NOTOK: no_tok = 1; break;
         case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return EXIT_OK;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return EXIT_OK;
         case 'V': tool_print_version(); break;
         case ':':
             tool_die(EXIT_USAGE, "option '%s' needs an argument (see --help)", argv[optind - 1]);

@@ -1,0 +1,325 @@
+/* test_numerics.c — unit tests of the numeric building blocks of the
+ * forward pass against independent expectations: FP8 e4m3 codes and
+ * rounding, the block quantiser (plain and ue8m0 scales), the FP8 latent
+ * cache round trip, the Hadamard transform, YaRN frequencies and mscale,
+ * noaux_tc routing on hand-made scores, and top-k selection. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model.h"
+
+static int failures;
+#define CHECK(cond, ...) do { if (!(cond)) { failures++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+    printf(__VA_ARGS__); printf("\n"); } } while (0)
+
+/* e4m3fn from its definition: bias 7, 3 mantissa bits, subnormals at 2^-9. */
+static double e4m3_value(int c)
+{
+    int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
+    if ((c & 0x7f) == 0x7f)
+        return NAN;
+    double v = e == 0 ? ldexp(m, -9) : ldexp(1.0 + m / 8.0, e - 7);
+    return s ? -v : v;
+}
+
+static void test_e4m3_codes(void)
+{
+    for (int c = 0; c < 256; c++) {
+        double want = e4m3_value(c);
+        float got = ds_e4m3_to_f32((uint8_t)c);
+        if (isnan(want))
+            CHECK(isnan(got), "code 0x%02x should be NaN", c);
+        else {
+            CHECK(got == (float)want, "code 0x%02x decodes to %g, expected %g", c, got, want);
+            CHECK(ds_f32_to_e4m3(got) == c || (c == 0x80 && ds_f32_to_e4m3(got) == 0x80),
+                  "code 0x%02x does not round-trip (got 0x%02x)", c, ds_f32_to_e4m3(got));
+        }
+    }
+    CHECK(ds_e4m3_to_f32(0x7e) == 448.0f, "max finite is 448");
+    CHECK(ds_e4m3_to_f32(0x01) == ldexpf(1, -9), "smallest subnormal is 2^-9");
+}
+
+static void test_e4m3_rounding(void)
+{
+    /* Every midpoint between neighbouring positive codes rounds to the even code;
+     * a hair above goes up, a hair below goes down. */
+    for (int c = 0; c < 0x7e; c++) {
+        double lo = e4m3_value(c), hi = e4m3_value(c + 1), mid = (lo + hi) / 2;
+        int even = (c % 2 == 0) ? c : c + 1;
+        CHECK(ds_f32_to_e4m3((float)mid) == even, "midpoint %g between 0x%02x/0x%02x -> 0x%02x", mid, c,
+              c + 1, ds_f32_to_e4m3((float)mid));
+        CHECK(ds_f32_to_e4m3((float)(mid + (hi - lo) * 0.01)) == c + 1, "above midpoint of 0x%02x", c);
+        CHECK(ds_f32_to_e4m3((float)(mid - (hi - lo) * 0.01)) == c, "below midpoint of 0x%02x", c);
+        CHECK(ds_f32_to_e4m3((float)-mid) == (0x80 | even), "negative midpoint of 0x%02x", c);
+    }
+    /* saturation, NaN, signed zero, below half the smallest subnormal */
+    CHECK(ds_f32_to_e4m3(448.0f) == 0x7e, "448");
+    CHECK(ds_f32_to_e4m3(463.0f) == 0x7e, "463 saturates");
+    CHECK(ds_f32_to_e4m3(1e6f) == 0x7e, "1e6 saturates");
+    CHECK(ds_f32_to_e4m3(-1e6f) == 0xfe, "-1e6 saturates");
+    CHECK(ds_f32_to_e4m3(INFINITY) == 0x7e, "inf saturates");
+    CHECK((ds_f32_to_e4m3(NAN) & 0x7f) == 0x7f, "NaN stays NaN");
+    CHECK(ds_f32_to_e4m3(-0.0f) == 0x80, "-0");
+    CHECK(ds_f32_to_e4m3(ldexpf(1, -10)) == 0x00, "2^-10 ties to even 0");
+    CHECK(ds_f32_to_e4m3(ldexpf(3, -10)) == 0x02, "3 * 2^-10 ties to even 2 * 2^-9");
+}
+
+static float ref_ue8m0(float amax)
+{
+    float s = amax * (1.0f / 448.0f);
+    int e;
+    float m = frexpf(s, &e);        /* s = m 2^e, m in [0.5, 1) */
+    return m == 0.5f ? s : ldexpf(1.0f, e);
+}
+
+static void test_block_quant(void)
+{
+    float v[128];
+    uint8_t q[128];
+    srand(7);
+    for (int ue = 0; ue <= 1; ue++)
+        for (int trial = 0; trial < 200; trial++) {
+            float mag = ldexpf(1.0f, rand() % 20 - 10);
+            int n = trial % 3 == 0 ? 64 : 128;
+            float amax = 0.0f;
+            for (int i = 0; i < n; i++) {
+                v[i] = mag * ((float)rand() / RAND_MAX * 2.0f - 1.0f);
+                amax = fmaxf(amax, fabsf(v[i]));
+            }
+            if (trial == 5)
+                amax = 448.0f * ldexpf(1.0f, -5), v[3] = amax;   /* amax/448 a power of two */
+            if (trial == 6) {
+                memset(v, 0, sizeof v);                          /* all zero: amax floor 1e-4 */
+                amax = 0.0f;
+            }
+            float want_s = ue ? ref_ue8m0(fmaxf(amax, 1e-4f)) : fmaxf(amax, 1e-4f) * (1.0f / 448.0f);
+            float s = ds_quant_e4m3_block(v, n, ue, q);
+            CHECK(s == want_s, "scale %g, expected %g (ue8m0 %d, amax %g)", s, want_s, ue, amax);
+            for (int i = 0; i < n; i++) {
+                float y = fminf(fmaxf(v[i] / want_s, -448.0f), 448.0f);
+                CHECK(q[i] == ds_f32_to_e4m3(y), "element %d quantised to 0x%02x", i, q[i]);
+                CHECK(fabsf(ds_e4m3_to_f32(q[i]) * s - v[i]) <= fabsf(v[i]) / 16 + ldexpf(s, -9),
+                      "element %d round trip error too large", i);
+            }
+        }
+    /* ue8m0 scales are powers of two */
+    float x[128];
+    for (int i = 0; i < 128; i++)
+        x[i] = 3.0f * (i % 2 ? 1 : -1);
+    float s = ds_quant_e4m3_block(x, 128, 1, q);
+    CHECK(s == ldexpf(1.0f, -7), "ue8m0 scale of amax 3 is 2^-7 (got %g)", s);
+}
+
+static void test_hadamard(void)
+{
+    for (int n = 1; n <= 128; n *= 2) {
+        float x[128], y[128];
+        for (int i = 0; i < n; i++)
+            x[i] = (float)rand() / RAND_MAX - 0.5f;
+        memcpy(y, x, sizeof(float) * n);
+        ds_hadamard(y, n);
+        for (int i = 0; i < n; i++) {
+            double s = 0.0;
+            for (int j = 0; j < n; j++)
+                s += (__builtin_popcount(i & j) & 1 ? -1.0 : 1.0) * x[j];
+            s /= sqrt((double)n);
+            CHECK(fabs(s - y[i]) < 1e-5, "hadamard n=%d row %d: %g vs %g", n, i, y[i], s);
+        }
+    }
+}
+
+static void test_yarn(void)
+{
+    ds_config c;
+    memset(&c, 0, sizeof c);
+    c.qk_rope_head_dim = 64;
+    c.qk_nope_head_dim = 128;
+    c.rope_theta = 10000.0;
+    c.yarn = 1;
+    c.rope_factor = 40.0;
+    c.beta_fast = 32;
+    c.beta_slow = 1;
+    c.original_max_position_embeddings = 4096;
+    float f[32];
+    ds_yarn_freqs(&c, f);
+    /* SPEC 3.4: pairs 0..10 unchanged, 11..22 blended, 23.. divided by 40 */
+    const struct { int i; double v; } want[] = {
+        {0, 1.0}, {1, 0.7498942}, {8, 0.1}, {10, 0.05623413}, {11, 0.03900693}, {12, 0.02687936},
+        {13, 0.01837814}, {16, 0.0055}, {19, 0.001370513}, {22, 1.778279e-4}};
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+        CHECK(fabs(f[want[k].i] - want[k].v) <= 2e-6 * want[k].v + 1e-12, "yarn f[%d] = %.9g, expected %.9g",
+              want[k].i, f[want[k].i], want[k].v);
+    for (int i = 23; i < 32; i++) {
+        double base = pow(10000.0, -2.0 * i / 64) / 40.0;
+        CHECK(fabs(f[i] - base) <= 1e-6 * base, "yarn f[%d] = %g, expected %g", i, f[i], base);
+    }
+    float m = ds_yarn_mscale(40.0, 1.0);
+    CHECK(fabsf(m - 1.3688879454f) < 1e-6f, "mscale %g", m);
+    CHECK(fabs(m * m / sqrt(192.0) - 0.1352337789) < 1e-6, "softmax scale %g", m * m / sqrt(192.0));
+    /* the conformance configs: 64 original positions give low 0, high 9 */
+    c.original_max_position_embeddings = 64;
+    ds_yarn_freqs(&c, f);
+    CHECK(f[0] == 1.0f, "pair 0 keeps its frequency");
+    for (int i = 9; i < 32; i++)
+        CHECK(fabs(f[i] - pow(10000.0, -2.0 * i / 64) / 40.0) <= 1e-6 * f[i], "pair %d divided by 40", i);
+    CHECK(f[4] < pow(10000.0, -8.0 / 64) && f[4] > pow(10000.0, -8.0 / 64) / 40, "pair 4 blends");
+    /* no rope_scaling: plain RoPE */
+    c.yarn = 0;
+    ds_yarn_freqs(&c, f);
+    CHECK(fabs(f[31] - pow(10000.0, -62.0 / 64)) < 1e-9, "plain rope frequency");
+    /* interleaved and half-split layouts rotate different pairs by the same angle */
+    float x[8] = {1, 0, 0, 0, 0, 0, 0, 0}, fr[4] = {0.5f, 0.25f, 0.125f, 0.0625f};
+    ds_rope_interleaved(x, 8, 2, fr, 1.0f);
+    CHECK(fabsf(x[0] - cosf(1.0f)) < 1e-6f && fabsf(x[1] - sinf(1.0f)) < 1e-6f, "interleaved pair (0,1)");
+    float y[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    ds_rope_halves(y, 8, 2, fr, 1.0f);
+    CHECK(fabsf(y[0] - cosf(1.0f)) < 1e-6f && fabsf(y[4] - sinf(1.0f)) < 1e-6f && y[1] == 0.0f,
+          "half-split pair (0,4)");
+}
+
+static float logit_of(double p) { return (float)log(p / (1.0 - p)); }
+
+static void test_router(void)
+{
+    int32_t ex[8];
+    float w[8];
+    float lg[8], bias[8] = {0};
+    /* group score = sum of the two best: group 1 (0.7+0.7) beats group 0 (0.95+0.05) */
+    const double s1[8] = {0.95, 0.05, 0.7, 0.7, 0.1, 0.1, 0.2, 0.2};
+    for (int i = 0; i < 8; i++)
+        lg[i] = logit_of(s1[i]);
+    ds_router_params p = {8, 4, 1, 2, 2.5f, 1};
+    ds_route(&p, lg, bias, ex, w);
+    CHECK(ex[0] == 2 && ex[1] == 3, "sum-of-top-2 group rule: got %d %d", ex[0], ex[1]);
+    CHECK(fabsf(w[0] - 1.25f) < 1e-6f && fabsf(w[1] - 1.25f) < 1e-6f, "weights %g %g", w[0], w[1]);
+    /* the bias steers selection; weights use the unbiased scores */
+    const double s2[8] = {0.9, 0.3, 0.8, 0.2, 0.1, 0.1, 0.1, 0.1};
+    for (int i = 0; i < 8; i++)
+        lg[i] = logit_of(s2[i]);
+    bias[1] = 0.7f;      /* b1 = 1.0 > b2 = 0.8 */
+    ds_router_params p2 = {8, 2, 1, 2, 1.0f, 1};
+    ds_route(&p2, lg, bias, ex, w);
+    CHECK(ex[0] == 0 && ex[1] == 1, "bias selects expert 1: got %d %d", ex[0], ex[1]);
+    CHECK(fabsf(w[0] - 0.75f) < 1e-5f && fabsf(w[1] - 0.25f) < 1e-5f, "unbiased weights %g %g", w[0], w[1]);
+    /* without normalisation the weight is score * scale */
+    ds_router_params p3 = {8, 2, 1, 2, 2.0f, 0};
+    ds_route(&p3, lg, bias, ex, w);
+    CHECK(fabsf(w[0] - 1.8f) < 1e-5f && fabsf(w[1] - 0.6f) < 1e-5f, "unnormalised weights %g %g", w[0], w[1]);
+    /* ties everywhere: lowest groups, then lowest experts */
+    memset(bias, 0, sizeof bias);
+    for (int i = 0; i < 8; i++)
+        lg[i] = 0.0f;
+    ds_router_params p4 = {8, 4, 2, 3, 2.5f, 1};
+    ds_route(&p4, lg, bias, ex, w);
+    CHECK(ex[0] == 0 && ex[1] == 1 && ex[2] == 2, "ties: got %d %d %d", ex[0], ex[1], ex[2]);
+    CHECK(fabsf(w[0] + w[1] + w[2] - 2.5f) < 1e-5f, "weights sum to the scale");
+    /* a dropped group's best expert is never chosen */
+    const double s5[8] = {0.99, 0.01, 0.6, 0.6, 0.55, 0.55, 0.01, 0.01};
+    for (int i = 0; i < 8; i++)
+        lg[i] = logit_of(s5[i]);
+    ds_router_params p5 = {8, 4, 2, 2, 1.0f, 1};
+    ds_route(&p5, lg, bias, ex, w);
+    CHECK(ex[0] == 2 && ex[1] == 3, "expert 0 sits in a dropped group: got %d %d", ex[0], ex[1]);
+}
+
+static int cmp_desc_then_pos(const void *a, const void *b, void *arg)
+{
+    const float *s = arg;
+    int x = *(const int *)a, y = *(const int *)b;
+    if (s[x] != s[y])
+        return s[x] < s[y] ? 1 : -1;
+    return x - y;
+}
+
+static void test_topk(void)
+{
+    float s[300];
+    int32_t got[300];
+    int order[300];
+    for (int trial = 0; trial < 100; trial++) {
+        int n = 1 + rand() % 300, k = 1 + rand() % 40;
+        for (int i = 0; i < n; i++)
+            s[i] = (float)(rand() % 50);              /* many ties */
+        for (int i = 0; i < n; i++)
+            order[i] = i;
+        qsort_r(order, (size_t)n, sizeof(int), cmp_desc_then_pos, s);
+        int m = ds_topk_positions(s, n, k, got);
+        int want_m = k < n ? k : n;
+        CHECK(m == want_m, "top-%d of %d returned %d", k, n, m);
+        char *in = calloc((size_t)n, 1);
+        for (int i = 0; i < want_m; i++)
+            in[order[i]] = 1;
+        for (int i = 0; i < m; i++) {
+            CHECK(in[got[i]], "position %d should not be selected", got[i]);
+            if (i)
+                CHECK(got[i] > got[i - 1], "selection is not ascending");
+        }
+        free(in);
+    }
+}
+
+/* The FP8 latent cache stores e4m3(v / s) with one scale per 128 values
+ * (power of two with ue8m0) and reads back code * scale. */
+static void test_latent_cache(void)
+{
+    const char *top = getenv("top_srcdir");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/data/tiny-dsa/model", top ? top : ".");
+    ds_model *m;
+    ds_error err;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        CHECK(0, "cannot load %s: %s", dir, err.msg);
+        return;
+    }
+    for (int ue = 0; ue <= 1; ue++) {
+        m->cfg.scale_ue8m0 = ue;
+        ds_context_params cp;
+        ds_context_params_init(&cp);
+        cp.ctx_size = 4;
+        ds_context *c;
+        if (ds_context_create(m, &cp, &c, &err) != DS_OK) {
+            CHECK(0, "context: %s", err.msg);
+            break;
+        }
+        const int n = m->cfg.kv_lora_rank;
+        float *v = malloc(sizeof(float) * n), *back = malloc(sizeof(float) * n);
+        for (int i = 0; i < n; i++)
+            v[i] = ((float)rand() / RAND_MAX - 0.5f) * (i < 128 ? 0.01f : 3.0f);
+        ds_kv_store_latent(c, 1, 2, v);
+        ds_kv_load_latent(c, 1, 2, back);
+        for (int b = 0; b < n / 128; b++) {
+            float amax = 0.0f;
+            for (int i = 0; i < 128; i++)
+                amax = fmaxf(amax, fabsf(v[b * 128 + i]));
+            float s = ue ? ref_ue8m0(amax) : amax * (1.0f / 448.0f);
+            for (int i = b * 128; i < b * 128 + 128; i++) {
+                float want = ds_e4m3_to_f32(ds_f32_to_e4m3(v[i] / s)) * s;
+                CHECK(back[i] == want, "latent %d: %g, expected %g (ue8m0 %d)", i, back[i], want, ue);
+            }
+        }
+        free(v);
+        free(back);
+        ds_context_free(c);
+    }
+    ds_model_free(m);
+}
+
+int main(void)
+{
+    srand(1234);
+    test_e4m3_codes();
+    test_e4m3_rounding();
+    test_block_quant();
+    test_hadamard();
+    test_yarn();
+    test_router();
+    test_topk();
+    test_latent_cache();
+    if (failures)
+        printf("%d checks failed\n", failures);
+    else
+        printf("all numeric checks passed\n");
+    return failures != 0;
+}
