@@ -119,9 +119,24 @@ def main():
         c.check(worst <= lim, "%s: layer_out max dev / layer max %.3g <= %g" % (name, worst, lim))
 
         # chunked prefill onto the cache (positions 0..4, 5..21, 22..) must equal one-shot prefill
-        chunked = run_eval(ev, case, tmp, "f32", ["--chunk", "17"])
-        d = max_abs(chunked, got)
-        c.check(d <= 1e-4, "%s: prefill in chunks of 17 equals one-shot prefill (max |diff| %.3g)" % (name, d))
+        for chunk in ("1", "7", "17", str(P - 1)):
+            chunked = run_eval(ev, case, tmp, "f32", ["--chunk", chunk])
+            d = max_abs(chunked, got)
+            c.check(d <= 1e-4, "%s: prefill in chunks of %s equals one-shot prefill (max |diff| %.3g)" % (name, chunk, d))
+
+        # decode step k (absorbed MLA over the latent cache) equals row P+k of one prefill
+        # of prompt + decode_inputs (expanded MLA)
+        toks = json.load(open(os.path.join(case, "tokens.json")))
+        whole = os.path.join(tmp, "whole.json")
+        json.dump({"prompt": toks["prompt"] + toks["decode_inputs"][:D]}, open(whole, "w"))
+        r = subprocess.run([ev, "--model", os.path.join(case, "model"), "--tokens", whole, "--out",
+                            f("whole.f32"), "--kv-cache", "f32"], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit("eval failed: " + r.stderr)
+        pre = load(f("whole.f32"), "f")
+        d = max_abs(pre[P * V:], got[P * V:])
+        c.check(len(pre) == len(got) and d <= 2e-4,
+                "%s: decode steps equal one prefill of prompt + decode inputs (max |diff| %.3g)" % (name, d))
 
         b = man["tolerance"]["fp8_latent_class"]
         got8 = run_eval(ev, case, tmp, "fp8")
