@@ -248,7 +248,7 @@ static void test_topk(void)
         int m = ds_topk_positions(s, n, k, got);
         int want_m = k < n ? k : n;
         CHECK(m == want_m, "top-%d of %d returned %d", k, n, m);
-        char *in = calloc((size_t)n, 1);
+        char *in = calloc(300, 1);
         for (int i = 0; i < want_m; i++)
             in[order[i]] = 1;
         for (int i = 0; i < m; i++) {
