@@ -2,7 +2,9 @@
  * quantised weight matrices (dequantised inside the kernel, f32 accumulate)
  * and the element-wise ops of a transformer.  Knows nothing of DeepSeek.
  *
- * The scalar versions here are the reference every SIMD kernel is tested
+ * ds_mat_row, ds_gemv, ds_gemv_t, ds_gemm, ds_dot and ds_axpy dispatch to
+ * the SIMD table chosen once per process (cpu.h, kernels_isa.h); the scalar
+ * table (kernels_scalar.c) is the reference every SIMD kernel is tested
  * against. */
 #ifndef DS_KERNELS_H
 #define DS_KERNELS_H

@@ -1,10 +1,15 @@
-/* kernels_scalar.c — scalar reference kernels (see kernels.h). Rows are
- * split across OpenMP threads for large matrices; each row is dequantised
- * block by block and accumulated in f32. */
+/* kernels_scalar.c — scalar reference kernels (see kernels.h): the table
+ * ds_kernels_scalar that every SIMD table is tested against, and the
+ * element-wise ops that have no SIMD version.  Rows are split across OpenMP
+ * threads for large matrices; each row is dequantised block by block and
+ * accumulated in f32. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "kernels.h"
+#include "kernels_isa.h"
+
+static float scalar_dot(const float *a, const float *b, int n);
+static void scalar_axpy(float a, const float *x, float *y, int n);
 
 /* Dot of one stored row with x, dequantising on the fly. */
 static float row_dot(const ds_mat *m, int r, const float *x)
@@ -51,7 +56,7 @@ static float row_dot(const ds_mat *m, int r, const float *x)
     }
 }
 
-void ds_mat_row(const ds_mat *m, int r, float *out)
+static void scalar_mat_row(const ds_mat *m, int r, float *out)
 {
     const int cols = m->cols;
     const uint8_t *base = (const uint8_t *)m->data + (size_t)r * cols * ds_dtype_size(m->dtype);
@@ -64,16 +69,14 @@ void ds_mat_row(const ds_mat *m, int r, float *out)
     }
 }
 
-static int worth_threads(long work) { return work >= (1L << 16); }
-
-void ds_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+static void scalar_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-#pragma omp parallel for schedule(static) if (worth_threads((long)nrows * m->cols))
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
     for (int i = 0; i < nrows; i++)
         y[i] = row_dot(m, r0 + i, x);
 }
 
-void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+static void scalar_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
     const int cols = m->cols;
     float *row = malloc(sizeof(float) * (size_t)cols);
@@ -81,36 +84,36 @@ void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
     if (!row)
         return;
     for (int i = 0; i < nrows; i++) {
-        ds_mat_row(m, r0 + i, row);
-        ds_axpy(x[i], row, y, cols);
+        scalar_mat_row(m, r0 + i, row);
+        scalar_axpy(x[i], row, y, cols);
     }
     free(row);
 }
 
-void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
-             float *Y, int ldy)
+static void scalar_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
+                        float *Y, int ldy)
 {
     if (n == 1) {
-        ds_gemv(m, r0, nrows, X, Y);
+        scalar_gemv(m, r0, nrows, X, Y);
         return;
     }
     const int cols = m->cols;
-#pragma omp parallel if (worth_threads((long)nrows * cols * n))
+#pragma omp parallel if (ds_worth_threads((long)nrows * cols * n))
     {
         float *row = malloc(sizeof(float) * (size_t)cols);
 #pragma omp for schedule(static)
         for (int i = 0; i < nrows; i++) {
             if (!row)
                 continue;
-            ds_mat_row(m, r0 + i, row);
+            scalar_mat_row(m, r0 + i, row);
             for (int t = 0; t < n; t++)
-                Y[(size_t)t * ldy + i] = ds_dot(row, X + (size_t)t * ldx, cols);
+                Y[(size_t)t * ldy + i] = scalar_dot(row, X + (size_t)t * ldx, cols);
         }
         free(row);
     }
 }
 
-float ds_dot(const float *a, const float *b, int n)
+static float scalar_dot(const float *a, const float *b, int n)
 {
     float s = 0.0f;
     for (int i = 0; i < n; i++)
@@ -118,11 +121,21 @@ float ds_dot(const float *a, const float *b, int n)
     return s;
 }
 
-void ds_axpy(float a, const float *x, float *y, int n)
+static void scalar_axpy(float a, const float *x, float *y, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] += a * x[i];
 }
+
+const ds_kernels ds_kernels_scalar = {
+    .name = "scalar",
+    .mat_row = scalar_mat_row,
+    .gemv = scalar_gemv,
+    .gemv_t = scalar_gemv_t,
+    .gemm = scalar_gemm,
+    .dot = scalar_dot,
+    .axpy = scalar_axpy,
+};
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)
 {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "cpu.h"
 
 void ds_load_params_init(ds_load_params *p) { p->threads = 0; }
 
@@ -46,9 +47,23 @@ static void fill_info(ds_model *m)
     i->max_position_embeddings = c->max_position_embeddings;
     i->scale_ue8m0 = c->scale_ue8m0;
     i->n_tensors = ds_table_count(m->table);
-    i->weight_bytes = 0;
-    for (int k = 0; k < ds_table_count(m->table); k++)
-        i->weight_bytes += (int64_t)ds_table_at(m->table, k)->nbytes;
+    i->weight_bytes = i->expert_bytes = i->active_bytes_per_token = 0;
+    for (int k = 0; k < ds_table_count(m->table); k++) {
+        const ds_tensor *t = ds_table_at(m->table, k);
+        int layer = -1, off = 0;
+        i->weight_bytes += (int64_t)t->nbytes;
+        if (sscanf(t->name, "model.layers.%d.%n", &layer, &off) == 1 && layer >= c->num_hidden_layers)
+            continue;                                   /* MTP layers are not run */
+        if (layer >= 0 && strncmp(t->name + off, "mlp.experts.", 12) == 0)
+            i->expert_bytes += (int64_t)t->nbytes;
+        else if (strcmp(t->name, "model.embed_tokens.weight") == 0)
+            i->active_bytes_per_token += (int64_t)(t->nbytes / (uint64_t)c->vocab_size);
+        else
+            i->active_bytes_per_token += (int64_t)t->nbytes;
+    }
+    if (c->n_routed_experts > 0)
+        i->active_bytes_per_token += (int64_t)((double)i->expert_bytes * c->num_experts_per_tok /
+                                               c->n_routed_experts);
 }
 
 static ds_status check_limits(const ds_model *m, ds_error *err)
@@ -183,7 +198,25 @@ ds_status ds_eval(ds_context *c, const int32_t *tokens, int n, float *logits, in
     ds_error_clear(err);
     if (!c || (!tokens && n > 0))
         return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval: NULL argument");
-    return ds_forward(c, tokens, n, logits, all_logits, err);
+    ds_batch_item it = {c, tokens, n, logits, all_logits};
+    return ds_forward(&it, 1, err);
+}
+
+ds_status ds_eval_batch(const ds_batch_item *items, int n_items, ds_error *err)
+{
+    ds_error_clear(err);
+    if (!items || n_items <= 0)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval_batch: no items");
+    for (int i = 0; i < n_items; i++) {
+        if (!items[i].ctx || (!items[i].tokens && items[i].n > 0))
+            return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval_batch: item %d has a NULL context or tokens", i);
+        if (items[i].ctx->model != items[0].ctx->model)
+            return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval_batch: item %d belongs to another model", i);
+        for (int j = 0; j < i; j++)
+            if (items[j].ctx == items[i].ctx)
+                return ds_fail(err, DS_ERR_INVALID_ARG, "ds_eval_batch: items %d and %d share a context", j, i);
+    }
+    return ds_forward(items, n_items, err);
 }
 
 int ds_model_tensor_count(const ds_model *m) { return m ? ds_table_count(m->table) : 0; }
@@ -202,3 +235,5 @@ ds_status ds_model_tensor_info(const ds_model *m, int i, ds_tensor_info *out, ds
     out->file = ds_table_file_path(m->table, t->file);
     return DS_OK;
 }
+
+const char *ds_kernel_isa(void) { return ds_cpu_isa_name(); }

@@ -35,6 +35,9 @@ typedef struct ds_error {
 /* Short English name of a status code ("format error", ...). */
 const char *ds_status_str(ds_status s);
 const char *ds_version(void);
+/* SIMD level the kernels run with ("scalar", "avx2", "avx512", "neon"); chosen once from
+ * the CPU, or forced with the environment variable DSINFER_ISA. */
+const char *ds_kernel_isa(void);
 
 /* ---- model ---------------------------------------------------------- */
 typedef struct ds_model ds_model;
@@ -58,6 +61,10 @@ typedef struct ds_model_info {
     int scale_ue8m0;         /* quantization_config.scale_fmt == "ue8m0" */
     int64_t n_tensors;
     int64_t weight_bytes;    /* bytes of all tensors in the checkpoint */
+    int64_t expert_bytes;    /* bytes of all routed experts */
+    int64_t active_bytes_per_token;  /* weight bytes one decoded token reads: dense weights,
+                                        experts_per_token of the routed experts per MoE layer,
+                                        one embedding row */
 } ds_model_info;
 
 typedef struct ds_load_params {
@@ -113,6 +120,22 @@ ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err);
  * for the last token; it may be NULL. */
 ds_status ds_eval(ds_context *c, const int32_t *tokens, int n, float *logits,
                   int all_logits, ds_error *err);
+
+/* One sequence's share of a batched step: n tokens appended to ctx at its
+ * current position; logits as for ds_eval (may be NULL). */
+typedef struct ds_batch_item {
+    ds_context *ctx;
+    const int32_t *tokens;
+    int n;
+    float *logits;
+    int all_logits;
+} ds_batch_item;
+
+/* Runs one step over several sequences of the same model at once: attention
+ * per sequence, the FFN / MoE over all tokens together (each expert's weights
+ * are read once for every token routed to it).  Contexts must be distinct.
+ * On error no context advances. */
+ds_status ds_eval_batch(const ds_batch_item *items, int n_items, ds_error *err);
 
 /* Observation hooks for debugging and conformance dumps.  The callback runs
  * synchronously inside ds_eval. */
@@ -187,6 +210,85 @@ ds_status ds_detok_push(ds_detok *d, int32_t id, char **out, size_t *len, ds_err
 /* Emits the held-back tail (as U+FFFD, since it is incomplete) and resets. */
 ds_status ds_detok_flush(ds_detok *d, char **out, size_t *len, ds_error *err);
 void ds_detok_free(ds_detok *d);
+/* Chat encoding: renders a conversation into the prompt text the model was
+ * trained on, and parses a generated completion back into a message.
+ *
+ * DS_CHAT_V32 is DeepSeek-V3.2's encoding (DSML tool calls, thinking and
+ * chat modes); DS_CHAT_V3 is the V3/V3.1 chat template of tokenizer_config.json
+ * (legacy tool-call tokens).  DS_CHAT_AUTO is resolved by the caller from the
+ * model with ds_chat_format_for_model(); passed to ds_chat_render it means V3.2. */
+typedef enum ds_chat_format { DS_CHAT_AUTO = 0, DS_CHAT_V3, DS_CHAT_V32 } ds_chat_format;
+
+/* "deepseek_v32" -> DS_CHAT_V32; any other model type -> DS_CHAT_V3;
+ * NULL (no model) -> DS_CHAT_V32. */
+ds_chat_format ds_chat_format_for_model(const char *model_type);
+const char *ds_chat_format_name(ds_chat_format f);   /* "auto", "v3", "v3.2" */
+
+typedef struct ds_chat_options {
+    int thinking;              /* 1 = thinking mode: the prompt ends with <think> (default 0) */
+    int drop_thinking;         /* V3.2: the reference's dropping of earlier reasoning (default 1) */
+    int add_bos;               /* start with <｜begin▁of▁sentence｜> (default 1) */
+    int add_generation_prompt; /* V3: end with <｜Assistant｜> (default 1); V3.2 user
+                                * turns always open the assistant turn */
+} ds_chat_options;
+void ds_chat_options_init(ds_chat_options *o);
+
+/* conversation_json (len bytes, UTF-8) is either an array of OpenAI-style
+ * messages ({"role": system|user|assistant|developer|tool, "content",
+ * "reasoning_content", "tool_calls", "tools", "response_format"}) or an
+ * object {"messages": [...], "tools": [...], "response_format": {...}}.
+ * The object's tools and response_format are attached to the first system
+ * message (replacing any it carries); when there is none, a system message
+ * with empty content is inserted first to carry them.  V3 ignores tools and
+ * response_format (its template has no place for them).  opt may be NULL
+ * (defaults).  *prompt is malloc'ed and NUL-terminated; free() it. */
+ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size_t len,
+                         const ds_chat_options *opt, char **prompt, size_t *prompt_len,
+                         ds_error *err);
+
+/* Parses a V3.2 completion (the generated text after the prompt) into an
+ * OpenAI assistant message as JSON in json.dumps style (free() it):
+ * {"role": "assistant", "content": "...", "reasoning_content": "..." (thinking
+ * mode only), "tool_calls": [{"type": "function", "function": {"name": ...,
+ * "arguments": "<JSON object as a string>"}}] (only when there are calls)}.
+ * In thinking mode the reasoning runs to </think> (all of the text when it
+ * never comes); the content runs to <｜end▁of▁sentence｜>, with well-formed
+ * "\n\n<｜DSML｜function_calls>" blocks taken out as tool calls.  A truncated
+ * or malformed block stays in the content as plain text.  Text after the
+ * end-of-sentence token is ignored. */
+ds_status ds_chat_parse_completion(const char *text, size_t len, int thinking,
+                                   char **message_json, ds_error *err);
+
+/* Incremental form of ds_chat_parse_completion for streaming: push the
+ * generated bytes as they come (any split, even inside a UTF-8 character or
+ * a marker) and get events; bytes that may begin a marker ("</think>",
+ * "<｜DSML｜...", the end-of-sentence token) or end inside a UTF-8 character
+ * are held back until decided.  The concatenated deltas and the tool calls
+ * equal what the one-shot parse returns, whatever the chunking.  A tool call
+ * is reported once its whole function_calls block has been parsed. */
+typedef enum ds_chat_event_kind {
+    DS_CHAT_EV_REASONING = 1,  /* text: a piece of reasoning_content */
+    DS_CHAT_EV_CONTENT,        /* text: a piece of content */
+    DS_CHAT_EV_TOOL_CALL       /* name, arguments (JSON object text) of one call */
+} ds_chat_event_kind;
+typedef struct ds_chat_event {
+    ds_chat_event_kind kind;
+    const char *text;          /* NUL-terminated; len bytes */
+    size_t len;
+    const char *name, *arguments;
+} ds_chat_event;
+typedef struct ds_chat_stream ds_chat_stream;
+ds_chat_stream *ds_chat_stream_create(int thinking);   /* NULL when out of memory */
+/* The events (and their strings) belong to the stream and stay valid until
+ * the next push, finish or free. */
+ds_status ds_chat_stream_push(ds_chat_stream *s, const char *bytes, size_t len,
+                              const ds_chat_event **events, size_t *n_events, ds_error *err);
+/* End of the completion: releases everything held back. */
+ds_status ds_chat_stream_finish(ds_chat_stream *s, const ds_chat_event **events,
+                                size_t *n_events, ds_error *err);
+/* Non-zero once the end-of-sentence token has been seen (later bytes are ignored). */
+int ds_chat_stream_stopped(const ds_chat_stream *s);
+void ds_chat_stream_free(ds_chat_stream *s);
 /* ---- end tokenizer ------------------------------------------------------ */
 
 #ifdef __cplusplus

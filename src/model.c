@@ -1,81 +1,144 @@
-/* model.c — the DeepSeek forward pass over a chunk of tokens: embeddings,
- * per block RMSNorm -> MLA (+ indexer) -> residual -> RMSNorm -> FFN/MoE ->
- * residual, final norm and lm_head.  Works for prefill (T > 1, at any
- * start position: chunked prefill) and decode (T == 1). */
+/* model.c — the DeepSeek forward pass over one step of a batch: the new
+ * tokens of one or more sequences.  Embeddings, then per block RMSNorm ->
+ * MLA (+ indexer) per sequence -> residual -> RMSNorm -> FFN/MoE over all
+ * tokens together -> residual, then final norm and lm_head.  A sequence may
+ * bring several tokens (prefill, also at start > 0: chunked prefill) or one
+ * (decode). */
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 #include "model.h"
 
-static ds_status embed(const ds_model *m, const int32_t *tokens, int T, float *h, ds_error *err)
+typedef struct step {
+    const ds_batch_item *items;
+    int n_items;
+    int T;                 /* tokens in the step */
+    int *off;              /* first row of item i */
+    int *start;            /* cache position of item i's first token */
+    ds_tok_ref *tr;        /* sequence and position of every row */
+} step;
+
+static ds_status check_items(const ds_batch_item *items, int n, ds_error *err)
 {
-    const int H = m->cfg.hidden_size;
-    for (int t = 0; t < T; t++) {
-        if (tokens[t] < 0 || tokens[t] >= m->cfg.vocab_size)
-            return ds_fail(err, DS_ERR_INPUT, "token id %d at index %d is outside the vocabulary [0, %d)",
-                           tokens[t], t, m->cfg.vocab_size);
-        ds_mat_row(&m->embed, tokens[t], h + (size_t)t * H);
+    for (int i = 0; i < n; i++) {
+        const ds_context *c = items[i].ctx;
+        if (items[i].n <= 0)
+            return ds_fail(err, DS_ERR_INVALID_ARG, "no tokens to evaluate");
+        if (items[i].n > c->ctx_size - c->pos)
+            return ds_fail(err, DS_ERR_CONTEXT_FULL,
+                           "context full: %d cached + %d new tokens exceed the context size %d (raise --ctx-size)",
+                           c->pos, items[i].n, c->ctx_size);
+        for (int t = 0; t < items[i].n; t++)
+            if (items[i].tokens[t] < 0 || items[i].tokens[t] >= c->model->cfg.vocab_size)
+                return ds_fail(err, DS_ERR_INPUT, "token id %d at index %d is outside the vocabulary [0, %d)",
+                               items[i].tokens[t], t, c->model->cfg.vocab_size);
     }
     return DS_OK;
 }
 
-static ds_status block(ds_context *c, int l, float *h, float *x, float *y, int T, int start, ds_error *err)
+static ds_status plan_step(const ds_batch_item *items, int n, step *s, ds_error *err)
 {
-    const ds_model *m = c->model;
+    s->items = items;
+    s->n_items = n;
+    s->T = 0;
+    for (int i = 0; i < n; i++)
+        s->T += items[i].n;
+    s->off = ds_calloc((size_t)n, sizeof(int), err);
+    s->start = ds_calloc((size_t)n, sizeof(int), err);
+    s->tr = ds_calloc((size_t)s->T, sizeof(ds_tok_ref), err);
+    if (!s->off || !s->start || !s->tr)
+        return DS_ERR_NOMEM;
+    for (int i = 0, row = 0; i < n; i++) {
+        s->off[i] = row;
+        s->start[i] = items[i].ctx->pos;
+        for (int t = 0; t < items[i].n; t++, row++) {
+            s->tr[row].ctx = items[i].ctx;
+            s->tr[row].pos = s->start[i] + t;
+        }
+    }
+    return DS_OK;
+}
+
+static ds_status block(const ds_model *m, const step *s, int l, float *h, float *x, float *y, ds_error *err)
+{
     const ds_layer_w *L = &m->layers[l];
-    const int H = m->cfg.hidden_size;
+    const int H = m->cfg.hidden_size, T = s->T;
     const float eps = m->cfg.rms_norm_eps;
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->attn_norm, eps, H, x + (size_t)t * H);
-    ds_status st = ds_mla_forward(c, l, x, T, start, y, err);
-    if (st != DS_OK)
-        return st;
+    for (int i = 0; i < s->n_items; i++) {
+        size_t o = (size_t)s->off[i] * H;
+        ds_status st = ds_mla_forward(s->items[i].ctx, l, x + o, s->items[i].n, s->start[i], y + o, err);
+        if (st != DS_OK)
+            return st;
+    }
     for (size_t i = 0; i < (size_t)T * H; i++)
         h[i] += y[i];
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->ffn_norm, eps, H, x + (size_t)t * H);
-    st = ds_ffn_forward(c, l, x, T, start, y, err);
+    ds_status st = ds_ffn_forward(m, l, x, T, s->tr, y, err);
     if (st != DS_OK)
         return st;
     for (size_t i = 0; i < (size_t)T * H; i++)
         h[i] += y[i];
-    if (c->trace)
-        for (int t = 0; t < T; t++)
-            c->trace(c->trace_user, DS_TRACE_LAYER_OUT, l, start + t, h + (size_t)t * H, H);
+    for (int t = 0; t < T; t++) {
+        const ds_context *c = s->tr[t].ctx;
+        if (c->trace)
+            c->trace(c->trace_user, DS_TRACE_LAYER_OUT, l, s->tr[t].pos, h + (size_t)t * H, H);
+    }
     return DS_OK;
 }
 
-ds_status ds_forward(ds_context *c, const int32_t *tokens, int T, float *logits, int all, ds_error *err)
+/* Final norm and lm_head for the rows each item asked logits for. */
+static void head(const ds_model *m, const step *s, const float *h, float *x)
 {
-    const ds_model *m = c->model;
     const ds_config *cfg = &m->cfg;
-    const int H = cfg->hidden_size, start = c->pos;
-    if (T <= 0)
-        return ds_fail(err, DS_ERR_INVALID_ARG, "no tokens to evaluate");
-    if (T > c->ctx_size - start)
-        return ds_fail(err, DS_ERR_CONTEXT_FULL,
-                       "context full: %d cached + %d new tokens exceed the context size %d (raise --ctx-size)",
-                       start, T, c->ctx_size);
-    ds_status st = DS_ERR_NOMEM;
-    float *h = ds_calloc((size_t)T * H, sizeof(float), err);
-    float *x = ds_calloc((size_t)T * H, sizeof(float), err);
-    float *y = ds_calloc((size_t)T * H, sizeof(float), err);
-    if (!h || !x || !y)
-        goto out;
-    st = embed(m, tokens, T, h, err);
-    for (int l = 0; l < cfg->num_hidden_layers && st == DS_OK; l++)
-        st = block(c, l, h, x, y, T, start, err);
+    const int H = cfg->hidden_size;
+    for (int i = 0; i < s->n_items; i++) {
+        const ds_batch_item *it = &s->items[i];
+        if (!it->logits)
+            continue;
+        int first = it->all_logits ? 0 : it->n - 1, n = it->n - first;
+        for (int t = 0; t < n; t++)
+            ds_rmsnorm(h + (size_t)(s->off[i] + first + t) * H, m->final_norm, cfg->rms_norm_eps, H,
+                       x + (size_t)t * H);
+        ds_gemm(&m->lm_head, 0, cfg->vocab_size, x, H, n, it->logits, cfg->vocab_size);
+    }
+}
+
+ds_status ds_forward(const ds_batch_item *items, int n_items, ds_error *err)
+{
+    const ds_model *m = items[0].ctx->model;
+    const int H = m->cfg.hidden_size;
+    step s = {0};
+    float *h = NULL, *x = NULL, *y = NULL;
+    ds_status st = check_items(items, n_items, err);
+    if (st == DS_OK)
+        st = plan_step(items, n_items, &s, err);
     if (st != DS_OK)
         goto out;
-    /* The cache now holds the chunk: only advance after every layer succeeded. */
-    c->pos = start + T;
-    if (logits) {
-        int first = all ? 0 : T - 1, n = T - first;
-        for (int t = first; t < T; t++)
-            ds_rmsnorm(h + (size_t)t * H, m->final_norm, cfg->rms_norm_eps, H, x + (size_t)(t - first) * H);
-        ds_gemm(&m->lm_head, 0, cfg->vocab_size, x, H, n, logits, cfg->vocab_size);
-    }
+    st = DS_ERR_NOMEM;
+    h = ds_calloc((size_t)s.T * H, sizeof(float), err);
+    x = ds_calloc((size_t)s.T * H, sizeof(float), err);
+    y = ds_calloc((size_t)s.T * H, sizeof(float), err);
+    if (!h || !x || !y)
+        goto out;
+    for (int t = 0, i = 0; i < n_items; i++)
+        for (int k = 0; k < items[i].n; k++, t++)
+            ds_mat_row(&m->embed, items[i].tokens[k], h + (size_t)t * H);
+    st = DS_OK;
+    for (int l = 0; l < m->cfg.num_hidden_layers && st == DS_OK; l++)
+        st = block(m, &s, l, h, x, y, err);
+    if (st != DS_OK)
+        goto out;
+    /* The caches now hold the step: advance only after every layer succeeded. */
+    for (int i = 0; i < n_items; i++)
+        items[i].ctx->pos = s.start[i] + items[i].n;
+    head(m, &s, h, x);
 out:
+    free(s.off);
+    free(s.start);
+    free(s.tr);
     free(h);
     free(x);
     free(y);

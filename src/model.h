@@ -126,12 +126,20 @@ typedef struct ds_router_params {
 void ds_route(const ds_router_params *p, const float *logits, const float *bias,
               int32_t *experts, float *weights);
 
-/* moe.c: FFN block (dense MLP or routed experts + shared expert). */
-ds_status ds_ffn_forward(ds_context *c, int layer, const float *x, int T, int start,
+/* The sequence and position of one token of a batch (for traces). */
+typedef struct ds_tok_ref {
+    const ds_context *ctx;
+    int pos;
+} ds_tok_ref;
+
+/* moe.c: FFN block (dense MLP or routed experts + shared expert) over the
+ * tokens of every sequence of a batch at once, so each expert's weights are
+ * read once per step. */
+ds_status ds_ffn_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
                          float *out, ds_error *err);
 
-/* model.c */
-ds_status ds_forward(ds_context *c, const int32_t *tokens, int T, float *logits, int all,
-                     ds_error *err);
+/* model.c: one step over the tokens of several sequences (ds_batch_item in
+ * dsinfer.h); every context must belong to the same model. */
+ds_status ds_forward(const ds_batch_item *items, int n_items, ds_error *err);
 
 #endif

@@ -28,10 +28,9 @@ static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float
     return DS_OK;
 }
 
-static ds_status route_tokens(ds_context *c, int layer, const float *x, int T, int start,
+static ds_status route_tokens(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
                               int32_t *experts, float *weights, ds_error *err)
 {
-    const ds_model *m = c->model;
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
     const int H = cfg->hidden_size, E = cfg->n_routed_experts, K = cfg->num_experts_per_tok;
@@ -43,9 +42,10 @@ static ds_status route_tokens(ds_context *c, int layer, const float *x, int T, i
     ds_gemm(&L->gate, 0, E, x, H, T, logits, E);
     for (int t = 0; t < T; t++) {
         ds_route(&rp, logits + (size_t)t * E, L->gate_bias, experts + (size_t)t * K, weights + (size_t)t * K);
-        if (c->trace) {
-            c->trace(c->trace_user, DS_TRACE_MOE_EXPERTS, layer, start + t, experts + (size_t)t * K, K);
-            c->trace(c->trace_user, DS_TRACE_MOE_WEIGHTS, layer, start + t, weights + (size_t)t * K, K);
+        const ds_context *c = tr ? tr[t].ctx : NULL;
+        if (c && c->trace) {
+            c->trace(c->trace_user, DS_TRACE_MOE_EXPERTS, layer, tr[t].pos, experts + (size_t)t * K, K);
+            c->trace(c->trace_user, DS_TRACE_MOE_WEIGHTS, layer, tr[t].pos, weights + (size_t)t * K, K);
         }
     }
     free(logits);
@@ -53,11 +53,11 @@ static ds_status route_tokens(ds_context *c, int layer, const float *x, int T, i
 }
 
 /* Runs expert e on the tokens routed to it and adds weight * output. */
-static ds_status run_expert(ds_context *c, int layer, int e, const float *x, int T, const int32_t *experts,
+static ds_status run_expert(const ds_model *m, int layer, int e, const float *x, int T, const int32_t *experts,
                             const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
                             ds_error *err)
 {
-    const ds_config *cfg = &c->model->cfg;
+    const ds_config *cfg = &m->cfg;
     const int H = cfg->hidden_size, K = cfg->num_experts_per_tok;
     int n = 0;
     for (int t = 0; t < T; t++)
@@ -70,11 +70,11 @@ static ds_status run_expert(ds_context *c, int layer, int e, const float *x, int
             }
     if (n == 0)
         return DS_OK;
-    const ds_ffn_w *w = ds_experts_get(c->model->experts, layer, e, err);
+    const ds_ffn_w *w = ds_experts_get(m->experts, layer, e, err);
     if (!w)
         return err ? err->code : DS_ERR_INVALID_ARG;
     ds_status st = swiglu(w, xs, n, H, ys, H, err);
-    ds_experts_release(c->model->experts, layer, e);
+    ds_experts_release(m->experts, layer, e);
     if (st != DS_OK)
         return st;
     for (int i = 0; i < n; i++)
@@ -82,10 +82,9 @@ static ds_status run_expert(ds_context *c, int layer, int e, const float *x, int
     return DS_OK;
 }
 
-static ds_status moe_forward(ds_context *c, int layer, const float *x, int T, int start, float *out,
-                             ds_error *err)
+static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
+                             float *out, ds_error *err)
 {
-    const ds_model *m = c->model;
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
     const int H = cfg->hidden_size, E = cfg->n_routed_experts, K = cfg->num_experts_per_tok;
@@ -98,10 +97,10 @@ static ds_status moe_forward(ds_context *c, int layer, const float *x, int T, in
     float *tw = ds_calloc((size_t)T, sizeof(float), err);
     if (!experts || !weights || !xs || !ys || !tok || !tw)
         goto out;
-    st = route_tokens(c, layer, x, T, start, experts, weights, err);
+    st = route_tokens(m, layer, x, T, tr, experts, weights, err);
     memset(out, 0, sizeof(float) * (size_t)T * H);
     for (int e = 0; e < E && st == DS_OK; e++)
-        st = run_expert(c, layer, e, x, T, experts, weights, out, xs, ys, tok, tw, err);
+        st = run_expert(m, layer, e, x, T, experts, weights, out, xs, ys, tok, tw, err);
     if (st == DS_OK && L->has_shared) {
         st = swiglu(&L->shared, x, T, H, ys, H, err);
         for (size_t i = 0; st == DS_OK && i < (size_t)T * H; i++)
@@ -117,11 +116,11 @@ out:
     return st;
 }
 
-ds_status ds_ffn_forward(ds_context *c, int layer, const float *x, int T, int start, float *out,
-                         ds_error *err)
+ds_status ds_ffn_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
+                         float *out, ds_error *err)
 {
-    const ds_layer_w *L = &c->model->layers[layer];
+    const ds_layer_w *L = &m->layers[layer];
     if (L->is_moe)
-        return moe_forward(c, layer, x, T, start, out, err);
-    return swiglu(&L->mlp, x, T, c->model->cfg.hidden_size, out, c->model->cfg.hidden_size, err);
+        return moe_forward(m, layer, x, T, tr, out, err);
+    return swiglu(&L->mlp, x, T, m->cfg.hidden_size, out, m->cfg.hidden_size, err);
 }

@@ -22,7 +22,7 @@ expect() {
         bad "$* -> $rc (wanted $code, /$pat/): $(head -c 300 "$T/err")"; fi
 }
 
-for tool in dsinfer dsinfer-eval dsinfer-inspect dsinfer-mkmodel; do
+for tool in dsinfer dsinfer-eval dsinfer-inspect dsinfer-mkmodel dsinfer-bench; do
     "$B/$tool" --help >"$T/help" 2>&1 && grep -qi usage "$T/help" && ok "$tool --help" || bad "$tool --help"
     "$B/$tool" --version | grep -q "^$tool (dsinfer) [0-9]" && ok "$tool --version" || bad "$tool --version"
     man="$top_srcdir/man/$tool.1"
@@ -55,6 +55,21 @@ want=$(python3 -c "import json;t=json.load(open('$CASE/tokens.json'));print(' '.
 prompt=$(python3 -c "import json;print(','.join(map(str,json.load(open('$CASE/tokens.json'))['prompt'])))")
 got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache f32)
 [ "$got" = "$want" ] && ok "greedy continuation equals the reference's ($got)" || bad "greedy: got '$got', want '$want'"
+
+# the benchmark prints one JSON object with positive speeds; --compare runs a command
+"$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 --membw-mb 16 \
+    --compare "echo '{\"pp_tps\": 2.0, \"tg_tps\": 4.0}'" >"$T/bench.json" &&
+python3 - "$T/bench.json" <<'PY' && ok "dsinfer-bench JSON" || bad "dsinfer-bench JSON: $(cat "$T/bench.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["prefill_tps"] > 0 and d["decode_tps"] > 0 and d["membw_GBps"] > 0, d
+# tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
+# less the 1024 x 512 BF16 embedding of which it reads one row
+assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 * 512 * 2 + 512 * 2, d
+assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-6 * d["decode_tps"], d["compare"]
+assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-6 * d["prefill_tps"], d["compare"]
+PY
+expect 1 "model" "$B/dsinfer-bench" -p 4
 
 # errors
 expect 1 "prompt-ids" "$B/dsinfer" -m "$CASE/model"

@@ -1,0 +1,381 @@
+/* kernels_avx2.c — the AVX2 (+FMA, F16C) kernel table ds_kernels_avx2:
+ * row dot products, row dequantisation, GEMV, transposed GEMV, a register-
+ * tiled GEMM and dot/axpy over F32, BF16, F16 and FP8 e4m3 (128x128 block
+ * scales) weights.
+ *
+ * Only the functions carry target attributes, so the file builds in a
+ * generic x86-64 compile and is entered only after cpu.c has checked that
+ * CPU and OS support AVX2, FMA and F16C.  Same structure as
+ * kernels_avx512.c; AVX2 has no masked loads for 8/16-bit elements, so
+ * weight tails are copied into a zero-padded temporary.  OpenMP regions live in plain functions that
+ * call target-attributed ones (never inline them), which keeps GCC's
+ * outlined OpenMP bodies free of target-option mismatches.
+ *
+ * FP8 decoding: an e4m3 byte s.eeee.mmm is moved into the f16 bit layout
+ * s.0eeee.mmm0000000 (sign-extend to 16 bits, shift left 7, clear bit 14)
+ * and converted with vcvtph2ps.  f16 has exponent bias 15 against e4m3's 7,
+ * so every value, subnormals included, comes out exactly 2^-8 times the
+ * true one; the 2^8 is folded into the block scale (an exact power-of-two
+ * product).  The NaN codes 0x7f/0xff decode to the finite +-480 instead of
+ * NaN: valid weights never contain them and nothing faults. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels_isa.h"
+
+#define T256 __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) T256
+#define NOINL static __attribute__((noinline)) T256
+
+enum {
+    VW = 8,             /* floats per vector */
+    KC = 512,           /* GEMM column chunk: 4 rows + 2 tokens of it stay in L1 */
+    RT = 4,             /* GEMM rows per register tile */
+    TT = 2,             /* GEMM tokens per register tile: 8 accumulators + 4 weights of 16 ymm */
+};
+
+/* Lanes j < left are all-ones (for maskload/maskstore). */
+INL __m256i tail_mask(int left)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+INL float hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 8 e4m3 codes -> 8 floats, each 2^-8 times its true value (see top). */
+INL __m256 e4m3x8(__m128i b)
+{
+    __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(b), 7);
+    h = _mm_and_si128(h, _mm_set1_epi16((short)0xbf80));
+    return _mm256_cvtph_ps(h);
+}
+
+/* 8 weights of dtype dt starting at element c.  dt is a constant at every
+ * (inlined) call site, so the switch folds. */
+INL __m256 load_w(ds_dtype dt, const void *w, int c)
+{
+    switch (dt) {
+    case DS_DT_F32:
+        return _mm256_loadu_ps((const float *)w + c);
+    case DS_DT_BF16: {
+        __m128i u = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + c));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(u), 16));
+    }
+    case DS_DT_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + c)));
+    case DS_DT_F8_E4M3:
+        return e4m3x8(_mm_loadl_epi64((const __m128i *)((const uint8_t *)w + c)));
+    default:
+        return _mm256_setzero_ps();
+    }
+}
+
+/* The last left < 8 weights from element c, zero-padded: copied first
+ * because a full-width load could run past the end of the matrix. */
+INL __m256 load_w_tail(ds_dtype dt, const void *w, int c, int left)
+{
+    if (dt == DS_DT_F32)
+        return _mm256_maskload_ps((const float *)w + c, tail_mask(left));
+    const size_t es = ds_dtype_size(dt);
+    uint8_t tmp[VW * sizeof(float)] = {0};
+    memcpy(tmp, (const uint8_t *)w + (size_t)c * es, (size_t)left * es);
+    return load_w(dt, tmp, 0);
+}
+
+/* Lane sums of w[0..n) * x[0..n) (FP8 values still 2^-8 scaled). */
+INL __m256 span_dot(ds_dtype dt, const void *w, const float *x, int n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 2 * VW <= n; c += 2 * VW) {
+        a0 = _mm256_fmadd_ps(load_w(dt, w, c), _mm256_loadu_ps(x + c), a0);
+        a1 = _mm256_fmadd_ps(load_w(dt, w, c + VW), _mm256_loadu_ps(x + c + VW), a1);
+    }
+    if (c + VW <= n) {
+        a0 = _mm256_fmadd_ps(load_w(dt, w, c), _mm256_loadu_ps(x + c), a0);
+        c += VW;
+    }
+    if (c < n)
+        a1 = _mm256_fmadd_ps(load_w_tail(dt, w, c, n - c), _mm256_maskload_ps(x + c, tail_mask(n - c)), a1);
+    return _mm256_add_ps(a0, a1);
+}
+
+INL const void *row_ptr(const ds_mat *m, int r)
+{
+    return (const uint8_t *)m->data + (size_t)r * m->cols * ds_dtype_size(m->dtype);
+}
+
+INL const float *scale_row(const ds_mat *m, int r)
+{
+    return m->scale + (size_t)(r / DS_QBLOCK) * ((m->cols + DS_QBLOCK - 1) / DS_QBLOCK);
+}
+
+INL float fp8_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *w = row_ptr(m, r);
+    const float *s = scale_row(m, r);
+    __m256 total = _mm256_setzero_ps();
+    for (int c0 = 0, b = 0; c0 < m->cols; c0 += DS_QBLOCK, b++) {
+        int len = m->cols - c0 < DS_QBLOCK ? m->cols - c0 : DS_QBLOCK;
+        __m256 blk = span_dot(DS_DT_F8_E4M3, w + c0, x + c0, len);
+        total = _mm256_fmadd_ps(blk, _mm256_set1_ps(s[b] * 256.0f), total);
+    }
+    return hsum(total);
+}
+
+NOINL float row_dot(const ds_mat *m, int r, const float *x)
+{
+    switch (m->dtype) {
+    case DS_DT_F32: return hsum(span_dot(DS_DT_F32, row_ptr(m, r), x, m->cols));
+    case DS_DT_BF16: return hsum(span_dot(DS_DT_BF16, row_ptr(m, r), x, m->cols));
+    case DS_DT_F16: return hsum(span_dot(DS_DT_F16, row_ptr(m, r), x, m->cols));
+    case DS_DT_F8_E4M3: return fp8_row_dot(m, r, x);
+    default: return 0.0f;
+    }
+}
+
+/* out[j] = mul * w[j], j < n. */
+INL void span_convert(ds_dtype dt, const void *w, float mul, float *out, int n)
+{
+    const __m256 vm = _mm256_set1_ps(mul);
+    int c = 0;
+    for (; c + VW <= n; c += VW)
+        _mm256_storeu_ps(out + c, _mm256_mul_ps(load_w(dt, w, c), vm));
+    if (c < n)
+        _mm256_maskstore_ps(out + c, tail_mask(n - c), _mm256_mul_ps(load_w_tail(dt, w, c, n - c), vm));
+}
+
+/* out[j] = W[r][c0 + j] dequantised, j < len; c0 is a multiple of DS_QBLOCK
+ * so FP8 scale blocks start at chunk starts. */
+NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
+{
+    const void *w = row_ptr(m, r);
+    switch (m->dtype) {
+    case DS_DT_F32: memcpy(out, (const float *)w + c0, sizeof(float) * (size_t)len); break;
+    case DS_DT_BF16: span_convert(DS_DT_BF16, (const uint16_t *)w + c0, 1.0f, out, len); break;
+    case DS_DT_F16: span_convert(DS_DT_F16, (const uint16_t *)w + c0, 1.0f, out, len); break;
+    case DS_DT_F8_E4M3: {
+        const float *s = scale_row(m, r);
+        for (int j = 0; j < len; j += DS_QBLOCK) {
+            int n = len - j < DS_QBLOCK ? len - j : DS_QBLOCK;
+            float mul = s[(c0 + j) / DS_QBLOCK] * 256.0f;
+            span_convert(DS_DT_F8_E4M3, (const uint8_t *)w + c0 + j, mul, out + j, n);
+        }
+        break;
+    }
+    default: memset(out, 0, sizeof(float) * (size_t)len); break;
+    }
+}
+
+static void avx2_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
+
+static void avx2_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
+    for (int i = 0; i < nrows; i++)
+        y[i] = row_dot(m, r0 + i, x);
+}
+
+NOINL float avx2_dot(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 4 * VW <= n; i += 4 * VW) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + VW), _mm256_loadu_ps(b + i + VW), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 2 * VW), _mm256_loadu_ps(b + i + 2 * VW), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 3 * VW), _mm256_loadu_ps(b + i + 3 * VW), s3);
+    }
+    for (; i + VW <= n; i += VW)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i < n) {
+        const __m256i k = tail_mask(n - i);
+        s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k), s1);
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+NOINL void avx2_axpy(float a, const float *x, float *y, int n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 2 * VW <= n; i += 2 * VW) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + VW,
+                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + VW), _mm256_loadu_ps(y + i + VW)));
+    }
+    for (; i + VW <= n; i += VW)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        const __m256i k = tail_mask(n - i);
+        __m256 v = _mm256_fmadd_ps(va, _mm256_maskload_ps(x + i, k), _mm256_maskload_ps(y + i, k));
+        _mm256_maskstore_ps(y + i, k, v);
+    }
+}
+
+/* y[c] += a * W[r][c] for every column, decoding straight into the sum. */
+NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
+{
+    const void *w = row_ptr(m, r);
+    const int cols = m->cols;
+    if (m->dtype == DS_DT_F32) {
+        avx2_axpy(a, w, y, cols);
+        return;
+    }
+    const float *s = m->dtype == DS_DT_F8_E4M3 ? scale_row(m, r) : NULL;
+    for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
+        const int len = cols - c0 < DS_QBLOCK ? cols - c0 : DS_QBLOCK;
+        const __m256 va = _mm256_set1_ps(s ? a * s[c0 / DS_QBLOCK] * 256.0f : a);
+        int c = c0;
+        for (; c + VW <= c0 + len; c += VW) {
+            __m256 wv;
+            if (m->dtype == DS_DT_BF16)
+                wv = load_w(DS_DT_BF16, w, c);
+            else if (m->dtype == DS_DT_F16)
+                wv = load_w(DS_DT_F16, w, c);
+            else
+                wv = load_w(DS_DT_F8_E4M3, w, c);
+            _mm256_storeu_ps(y + c, _mm256_fmadd_ps(va, wv, _mm256_loadu_ps(y + c)));
+        }
+        if (c < c0 + len) {
+            const int left = c0 + len - c;
+            const __m256i k = tail_mask(left);
+            __m256 wv = load_w_tail(m->dtype, w, c, left);
+            _mm256_maskstore_ps(y + c, k, _mm256_fmadd_ps(va, wv, _mm256_maskload_ps(y + c, k)));
+        }
+    }
+}
+
+/* Transposed product; serial like the reference because callers issue it
+ * per attention head on small slices. */
+static void avx2_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+    memset(y, 0, sizeof(float) * (size_t)m->cols);
+    for (int i = 0; i < nrows; i++)
+        row_axpy(m, r0 + i, x[i], y);
+}
+
+/* out[r][t] = sum_c w[r][c] * x[t][c] over len columns, for RT rows and nt
+ * tokens.  Each weight vector is loaded once per column step and reused for
+ * every token; nt is a constant after inlining so the accumulators stay in
+ * registers. */
+INL void tile_dot(const float *const w[RT], const float *x, int ldx, int len, int nt, float out[RT][TT])
+{
+    __m256 acc[RT][TT];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++)
+            acc[r][t] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + VW <= len; c += VW) {
+        __m256 wv[RT];
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++)
+            wv[r] = _mm256_loadu_ps(w[r] + c);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m256 xv = _mm256_loadu_ps(x + (size_t)t * ldx + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < RT; r++)
+                acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    if (c < len) {
+        const __m256i k = tail_mask(len - c);
+        __m256 wv[RT];
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++)
+            wv[r] = _mm256_maskload_ps(w[r] + c, k);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m256 xv = _mm256_maskload_ps(x + (size_t)t * ldx + c, k);
+#pragma GCC unroll 4
+            for (int r = 0; r < RT; r++)
+                acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            out[r][t] = hsum(acc[r][t]);
+}
+
+NOINL void tile_dot_n(const float *const w[RT], const float *x, int ldx, int len, int nt, float out[RT][TT])
+{
+    if (nt == 1)
+        tile_dot(w, x, ldx, len, 1, out);
+    else
+        tile_dot(w, x, ldx, len, 2, out);
+}
+
+/* Rows i0 .. i0+nr-1 (nr <= RT) of the GEMM: each KC-column chunk of the
+ * rows is dequantised once into buf and reused by every token. */
+static void gemm_tile(const ds_mat *m, int r0, int i0, int nr, const float *X, int ldx, int n,
+                      float *Y, int ldy)
+{
+    float buf[RT][KC] __attribute__((aligned(64)));
+    const int cols = m->cols;
+    for (int c0 = 0; c0 < cols; c0 += KC) {
+        const int len = cols - c0 < KC ? cols - c0 : KC;
+        const float *w[RT];
+        for (int r = 0; r < RT; r++) {
+            if (r >= nr) {
+                w[r] = w[0];      /* padding row: computed, never stored */
+            } else if (m->dtype == DS_DT_F32) {
+                w[r] = (const float *)m->data + (size_t)(r0 + i0 + r) * cols + c0;
+            } else {
+                convert_span(m, r0 + i0 + r, c0, len, buf[r]);
+                w[r] = buf[r];
+            }
+        }
+        for (int t0 = 0; t0 < n; t0 += TT) {
+            const int nt = n - t0 < TT ? n - t0 : TT;
+            float out[RT][TT];
+            tile_dot_n(w, X + (size_t)t0 * ldx + c0, ldx, len, nt, out);
+            for (int t = 0; t < nt; t++) {
+                float *yr = Y + (size_t)(t0 + t) * ldy + i0;
+                for (int r = 0; r < nr; r++)
+                    yr[r] = c0 == 0 ? out[r][t] : yr[r] + out[r][t];
+            }
+        }
+    }
+}
+
+static void avx2_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
+                        float *Y, int ldy)
+{
+    if (n == 1) {
+        avx2_gemv(m, r0, nrows, X, Y);
+        return;
+    }
+    const int ntiles = (nrows + RT - 1) / RT;
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
+    for (int tile = 0; tile < ntiles; tile++) {
+        const int i0 = tile * RT;
+        const int nr = nrows - i0 < RT ? nrows - i0 : RT;
+        gemm_tile(m, r0, i0, nr, X, ldx, n, Y, ldy);
+    }
+}
+
+const ds_kernels ds_kernels_avx2 = {
+    .name = "avx2",
+    .mat_row = avx2_mat_row,
+    .gemv = avx2_gemv,
+    .gemv_t = avx2_gemv_t,
+    .gemm = avx2_gemm,
+    .dot = avx2_dot,
+    .axpy = avx2_axpy,
+};
+
+#endif /* x86 */

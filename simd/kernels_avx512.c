@@ -1,0 +1,332 @@
+/* kernels_avx512.c — the AVX-512 (F+BW+VL+DQ) kernel table ds_kernels_avx512:
+ * row dot products, row dequantisation, GEMV, transposed GEMV, a register-
+ * tiled GEMM and dot/axpy over F32, BF16, F16 and FP8 e4m3 (128x128 block
+ * scales) weights.
+ *
+ * Only the functions carry target attributes, so the file builds in a
+ * generic x86-64 compile and is entered only after cpu.c has checked that
+ * CPU and OS support AVX-512.  OpenMP regions live in plain functions that
+ * call target-attributed ones (never inline them), which keeps GCC's
+ * outlined OpenMP bodies free of target-option mismatches.
+ *
+ * FP8 decoding: an e4m3 byte s.eeee.mmm is moved into the f16 bit layout
+ * s.0eeee.mmm0000000 (sign-extend to 16 bits, shift left 7, clear bit 14)
+ * and converted with vcvtph2ps.  f16 has exponent bias 15 against e4m3's 7,
+ * so every value, subnormals included, comes out exactly 2^-8 times the
+ * true one; the 2^8 is folded into the block scale (an exact power-of-two
+ * product).  The NaN codes 0x7f/0xff decode to the finite +-480 instead of
+ * NaN: valid weights never contain them and nothing faults. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels_isa.h"
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define INL static inline __attribute__((always_inline)) T512
+#define NOINL static __attribute__((noinline)) T512
+
+enum {
+    VW = 16,            /* floats per vector */
+    KC = 512,           /* GEMM column chunk: 4 rows + 4 tokens of it stay in L1 */
+    RT = 4,             /* GEMM rows per register tile */
+    TT = 4,             /* GEMM tokens per register tile: 16 accumulators of 32 zmm */
+};
+
+INL __mmask16 tail_mask(int left) { return left >= VW ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+
+INL float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* 16 e4m3 codes -> 16 floats, each 2^-8 times its true value (see top). */
+INL __m512 e4m3x16(__m128i b)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7);
+    h = _mm256_and_si256(h, _mm256_set1_epi16((short)0xbf80));
+    return _mm512_cvtph_ps(h);
+}
+
+/* 16 weights of dtype dt starting at element c, masked lanes read as 0.
+ * dt is a constant at every (inlined) call site, so the switch folds. */
+INL __m512 load_w(ds_dtype dt, const void *w, int c, __mmask16 k)
+{
+    switch (dt) {
+    case DS_DT_F32:
+        return _mm512_maskz_loadu_ps(k, (const float *)w + c);
+    case DS_DT_BF16: {
+        __m256i u = _mm256_maskz_loadu_epi16(k, (const uint16_t *)w + c);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(u), 16));
+    }
+    case DS_DT_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const uint16_t *)w + c));
+    case DS_DT_F8_E4M3:
+        return e4m3x16(_mm_maskz_loadu_epi8(k, (const uint8_t *)w + c));
+    default:
+        return _mm512_setzero_ps();
+    }
+}
+
+/* Lane sums of w[0..n) * x[0..n) (FP8 values still 2^-8 scaled). */
+INL __m512 span_dot(ds_dtype dt, const void *w, const float *x, int n)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int c = 0;
+    for (; c + 2 * VW <= n; c += 2 * VW) {
+        a0 = _mm512_fmadd_ps(load_w(dt, w, c, 0xffff), _mm512_loadu_ps(x + c), a0);
+        a1 = _mm512_fmadd_ps(load_w(dt, w, c + VW, 0xffff), _mm512_loadu_ps(x + c + VW), a1);
+    }
+    for (; c < n; c += VW) {
+        __mmask16 k = tail_mask(n - c);
+        a0 = _mm512_fmadd_ps(load_w(dt, w, c, k), _mm512_maskz_loadu_ps(k, x + c), a0);
+    }
+    return _mm512_add_ps(a0, a1);
+}
+
+INL const void *row_ptr(const ds_mat *m, int r)
+{
+    return (const uint8_t *)m->data + (size_t)r * m->cols * ds_dtype_size(m->dtype);
+}
+
+INL const float *scale_row(const ds_mat *m, int r)
+{
+    return m->scale + (size_t)(r / DS_QBLOCK) * ((m->cols + DS_QBLOCK - 1) / DS_QBLOCK);
+}
+
+INL float fp8_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *w = row_ptr(m, r);
+    const float *s = scale_row(m, r);
+    __m512 total = _mm512_setzero_ps();
+    for (int c0 = 0, b = 0; c0 < m->cols; c0 += DS_QBLOCK, b++) {
+        int len = m->cols - c0 < DS_QBLOCK ? m->cols - c0 : DS_QBLOCK;
+        __m512 blk = span_dot(DS_DT_F8_E4M3, w + c0, x + c0, len);
+        total = _mm512_fmadd_ps(blk, _mm512_set1_ps(s[b] * 256.0f), total);
+    }
+    return hsum(total);
+}
+
+NOINL float row_dot(const ds_mat *m, int r, const float *x)
+{
+    switch (m->dtype) {
+    case DS_DT_F32: return hsum(span_dot(DS_DT_F32, row_ptr(m, r), x, m->cols));
+    case DS_DT_BF16: return hsum(span_dot(DS_DT_BF16, row_ptr(m, r), x, m->cols));
+    case DS_DT_F16: return hsum(span_dot(DS_DT_F16, row_ptr(m, r), x, m->cols));
+    case DS_DT_F8_E4M3: return fp8_row_dot(m, r, x);
+    default: return 0.0f;
+    }
+}
+
+/* out[j] = mul * w[j], j < n. */
+INL void span_convert(ds_dtype dt, const void *w, float mul, float *out, int n)
+{
+    const __m512 vm = _mm512_set1_ps(mul);
+    for (int c = 0; c < n; c += VW) {
+        __mmask16 k = tail_mask(n - c);
+        _mm512_mask_storeu_ps(out + c, k, _mm512_mul_ps(load_w(dt, w, c, k), vm));
+    }
+}
+
+/* out[j] = W[r][c0 + j] dequantised, j < len; c0 is a multiple of DS_QBLOCK
+ * so FP8 scale blocks start at chunk starts. */
+NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
+{
+    const void *w = row_ptr(m, r);
+    switch (m->dtype) {
+    case DS_DT_F32: memcpy(out, (const float *)w + c0, sizeof(float) * (size_t)len); break;
+    case DS_DT_BF16: span_convert(DS_DT_BF16, (const uint16_t *)w + c0, 1.0f, out, len); break;
+    case DS_DT_F16: span_convert(DS_DT_F16, (const uint16_t *)w + c0, 1.0f, out, len); break;
+    case DS_DT_F8_E4M3: {
+        const float *s = scale_row(m, r);
+        for (int j = 0; j < len; j += DS_QBLOCK) {
+            int n = len - j < DS_QBLOCK ? len - j : DS_QBLOCK;
+            float mul = s[(c0 + j) / DS_QBLOCK] * 256.0f;
+            span_convert(DS_DT_F8_E4M3, (const uint8_t *)w + c0 + j, mul, out + j, n);
+        }
+        break;
+    }
+    default: memset(out, 0, sizeof(float) * (size_t)len); break;
+    }
+}
+
+static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
+
+static void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
+    for (int i = 0; i < nrows; i++)
+        y[i] = row_dot(m, r0 + i, x);
+}
+
+NOINL float avx512_dot(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 4 * VW <= n; i += 4 * VW) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + VW), _mm512_loadu_ps(b + i + VW), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 2 * VW), _mm512_loadu_ps(b + i + 2 * VW), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 3 * VW), _mm512_loadu_ps(b + i + 3 * VW), s3);
+    }
+    for (; i < n; i += VW) {
+        __mmask16 k = tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
+    }
+    return hsum(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+NOINL void avx512_axpy(float a, const float *x, float *y, int n)
+{
+    const __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 2 * VW <= n; i += 2 * VW) {
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + i + VW,
+                         _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i + VW), _mm512_loadu_ps(y + i + VW)));
+    }
+    for (; i < n; i += VW) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
+        _mm512_mask_storeu_ps(y + i, k, v);
+    }
+}
+
+/* y[c] += a * W[r][c] for every column, decoding straight into the sum. */
+NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
+{
+    const void *w = row_ptr(m, r);
+    const int cols = m->cols;
+    if (m->dtype == DS_DT_F32) {
+        avx512_axpy(a, w, y, cols);
+        return;
+    }
+    const float *s = m->dtype == DS_DT_F8_E4M3 ? scale_row(m, r) : NULL;
+    for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
+        const int len = cols - c0 < DS_QBLOCK ? cols - c0 : DS_QBLOCK;
+        const __m512 va = _mm512_set1_ps(s ? a * s[c0 / DS_QBLOCK] * 256.0f : a);
+        for (int c = c0; c < c0 + len; c += VW) {
+            __mmask16 k = tail_mask(c0 + len - c);
+            __m512 wv;
+            if (m->dtype == DS_DT_BF16)
+                wv = load_w(DS_DT_BF16, w, c, k);
+            else if (m->dtype == DS_DT_F16)
+                wv = load_w(DS_DT_F16, w, c, k);
+            else
+                wv = load_w(DS_DT_F8_E4M3, w, c, k);
+            _mm512_mask_storeu_ps(y + c, k, _mm512_fmadd_ps(va, wv, _mm512_maskz_loadu_ps(k, y + c)));
+        }
+    }
+}
+
+/* Transposed product; serial like the reference because callers issue it
+ * per attention head on small slices. */
+static void avx512_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+    memset(y, 0, sizeof(float) * (size_t)m->cols);
+    for (int i = 0; i < nrows; i++)
+        row_axpy(m, r0 + i, x[i], y);
+}
+
+/* out[r][t] = sum_c w[r][c] * x[t][c] over len columns, for RT rows and nt
+ * tokens.  Each weight vector is loaded once per column step and reused for
+ * every token; nt is a constant after inlining so the accumulators stay in
+ * registers. */
+INL void tile_dot(const float *const w[RT], const float *x, int ldx, int len, int nt, float out[RT][TT])
+{
+    __m512 acc[RT][TT];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    for (int c = 0; c < len; c += VW) {
+        const __mmask16 k = tail_mask(len - c);
+        __m512 wv[RT];
+#pragma GCC unroll 4
+        for (int r = 0; r < RT; r++)
+            wv[r] = _mm512_maskz_loadu_ps(k, w[r] + c);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(k, x + (size_t)t * ldx + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < RT; r++)
+                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            out[r][t] = hsum(acc[r][t]);
+}
+
+NOINL void tile_dot_n(const float *const w[RT], const float *x, int ldx, int len, int nt, float out[RT][TT])
+{
+    switch (nt) {
+    case 1: tile_dot(w, x, ldx, len, 1, out); break;
+    case 2: tile_dot(w, x, ldx, len, 2, out); break;
+    case 3: tile_dot(w, x, ldx, len, 3, out); break;
+    default: tile_dot(w, x, ldx, len, 4, out); break;
+    }
+}
+
+/* Rows i0 .. i0+nr-1 (nr <= RT) of the GEMM: each KC-column chunk of the
+ * rows is dequantised once into buf and reused by every token. */
+static void gemm_tile(const ds_mat *m, int r0, int i0, int nr, const float *X, int ldx, int n,
+                      float *Y, int ldy)
+{
+    float buf[RT][KC] __attribute__((aligned(64)));
+    const int cols = m->cols;
+    for (int c0 = 0; c0 < cols; c0 += KC) {
+        const int len = cols - c0 < KC ? cols - c0 : KC;
+        const float *w[RT];
+        for (int r = 0; r < RT; r++) {
+            if (r >= nr) {
+                w[r] = w[0];      /* padding row: computed, never stored */
+            } else if (m->dtype == DS_DT_F32) {
+                w[r] = (const float *)m->data + (size_t)(r0 + i0 + r) * cols + c0;
+            } else {
+                convert_span(m, r0 + i0 + r, c0, len, buf[r]);
+                w[r] = buf[r];
+            }
+        }
+        for (int t0 = 0; t0 < n; t0 += TT) {
+            const int nt = n - t0 < TT ? n - t0 : TT;
+            float out[RT][TT];
+            tile_dot_n(w, X + (size_t)t0 * ldx + c0, ldx, len, nt, out);
+            for (int t = 0; t < nt; t++) {
+                float *yr = Y + (size_t)(t0 + t) * ldy + i0;
+                for (int r = 0; r < nr; r++)
+                    yr[r] = c0 == 0 ? out[r][t] : yr[r] + out[r][t];
+            }
+        }
+    }
+}
+
+static void avx512_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
+                        float *Y, int ldy)
+{
+    if (n == 1) {
+        avx512_gemv(m, r0, nrows, X, Y);
+        return;
+    }
+    const int ntiles = (nrows + RT - 1) / RT;
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
+    for (int tile = 0; tile < ntiles; tile++) {
+        const int i0 = tile * RT;
+        const int nr = nrows - i0 < RT ? nrows - i0 : RT;
+        gemm_tile(m, r0, i0, nr, X, ldx, n, Y, ldy);
+    }
+}
+
+const ds_kernels ds_kernels_avx512 = {
+    .name = "avx512",
+    .mat_row = avx512_mat_row,
+    .gemv = avx512_gemv,
+    .gemv_t = avx512_gemv_t,
+    .gemm = avx512_gemm,
+    .dot = avx512_dot,
+    .axpy = avx512_axpy,
+};
+
+#endif /* x86 */

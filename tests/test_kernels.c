@@ -1,0 +1,317 @@
+/* test_kernels.c — checks every SIMD kernel table this CPU can run (and the
+ * scalar one itself) against the scalar reference: row dequantisation,
+ * gemv, transposed gemv, gemm, dot and axpy over all weight dtypes, odd
+ * shapes, FP8 block scales and strided token matrices; plus the FP8 decoder
+ * on all 256 codes and the ISA selection rules. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu.h"
+#include "kernels_isa.h"
+
+static int failures;
+static long checks;
+
+#define FAIL(...) do { failures++; if (failures <= 20) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+
+static unsigned long long rng_state = 0x9e3779b97f4a7c15ull;
+
+static unsigned rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state >> 32);
+}
+
+static float frand(void) { return (float)rnd() / 4294967296.0f * 2.0f - 1.0f; }
+
+static float *rand_vec(size_t n)
+{
+    float *v = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand();
+    return v;
+}
+
+/* FP8 weight variants: block scales that are powers of two exercise the
+ * exactness of the decode, other scales the rounding of the product. */
+enum wkind { W_F32, W_BF16, W_F16, W_F8_POW2, W_F8_ANY, W_COUNT };
+static const char *wkind_names[W_COUNT] = {"F32", "BF16", "F16", "F8/pow2-scale", "F8/any-scale"};
+
+typedef struct test_mat {
+    ds_mat m;
+    void *data;
+    float *scale;
+    float *deq;      /* scalar-dequantised copy, for tolerances */
+} test_mat;
+
+static uint8_t rand_e4m3(void)
+{
+    uint8_t c;
+    do
+        c = (uint8_t)rnd();
+    while ((c & 0x7f) == 0x7f);   /* NaN codes never occur in weights */
+    return c;
+}
+
+static void make_mat(test_mat *t, enum wkind k, int rows, int cols)
+{
+    static const ds_dtype dts[W_COUNT] = {DS_DT_F32, DS_DT_BF16, DS_DT_F16, DS_DT_F8_E4M3, DS_DT_F8_E4M3};
+    const ds_dtype dt = dts[k];
+    const size_t n = (size_t)rows * cols;
+    t->data = malloc(n * ds_dtype_size(dt));
+    t->scale = NULL;
+    for (size_t i = 0; i < n; i++) {
+        switch (dt) {
+        case DS_DT_F32: ((float *)t->data)[i] = frand(); break;
+        case DS_DT_BF16: ((uint16_t *)t->data)[i] = ds_f32_to_bf16(frand()); break;
+        case DS_DT_F16: ((uint16_t *)t->data)[i] = ds_f32_to_f16(frand()); break;
+        default: ((uint8_t *)t->data)[i] = rand_e4m3(); break;
+        }
+    }
+    if (dt == DS_DT_F8_E4M3) {
+        const size_t ns = (size_t)((rows + DS_QBLOCK - 1) / DS_QBLOCK) * ((cols + DS_QBLOCK - 1) / DS_QBLOCK);
+        t->scale = malloc(sizeof(float) * ns);
+        for (size_t i = 0; i < ns; i++)
+            t->scale[i] = k == W_F8_POW2 ? ldexpf(1.0f, (int)(rnd() % 13) - 10)
+                                         : 0.0005f + 0.05f * (float)(rnd() % 10000) / 10000.0f;
+    }
+    t->m = (ds_mat){.dtype = dt, .rows = rows, .cols = cols, .data = t->data, .scale = t->scale};
+    t->deq = malloc(sizeof(float) * n);
+    for (int r = 0; r < rows; r++)
+        ds_kernels_scalar.mat_row(&t->m, r, t->deq + (size_t)r * cols);
+}
+
+static void free_mat(test_mat *t)
+{
+    free(t->data);
+    free(t->scale);
+    free(t->deq);
+}
+
+static int close_enough(float got, float want, double mag)
+{
+    return fabs((double)got - want) <= 1e-5 * mag + 1e-6;
+}
+
+/* sum_c |W[r][c] * x[c]|: the scale of the rounding differences. */
+static double row_mag(const test_mat *t, int r, const float *x)
+{
+    double s = 0.0;
+    for (int c = 0; c < t->m.cols; c++)
+        s += fabs((double)t->deq[(size_t)r * t->m.cols + c] * x[c]);
+    return s;
+}
+
+static void check_mat_row(const ds_kernels *k, const test_mat *t, const char *what)
+{
+    float *row = malloc(sizeof(float) * t->m.cols);
+    for (int r = 0; r < t->m.rows; r++) {
+        k->mat_row(&t->m, r, row);
+        checks++;
+        /* Dequantisation is exact in every ISA, so bitwise equal. */
+        if (memcmp(row, t->deq + (size_t)r * t->m.cols, sizeof(float) * t->m.cols) != 0) {
+            FAIL("%s %s: mat_row %d differs", k->name, what, r);
+            break;
+        }
+    }
+    free(row);
+}
+
+static void check_gemv(const ds_kernels *k, const test_mat *t, int r0, int nrows, const char *what)
+{
+    float *x = rand_vec(t->m.cols), *y = malloc(sizeof(float) * (nrows + 1));
+    y[nrows] = 12345.0f;
+    k->gemv(&t->m, r0, nrows, x, y);
+    for (int i = 0; i < nrows; i++) {
+        float want;
+        ds_kernels_scalar.gemv(&t->m, r0 + i, 1, x, &want);
+        checks++;
+        if (!close_enough(y[i], want, row_mag(t, r0 + i, x))) {
+            FAIL("%s %s: gemv r0=%d row %d: %.9g vs %.9g", k->name, what, r0, i, y[i], want);
+            break;
+        }
+    }
+    if (y[nrows] != 12345.0f)
+        FAIL("%s %s: gemv wrote past y", k->name, what);
+    free(x), free(y);
+}
+
+static void check_gemv_t(const ds_kernels *k, const test_mat *t, int r0, int nrows, const char *what)
+{
+    const int cols = t->m.cols;
+    float *x = rand_vec(nrows), *y = malloc(sizeof(float) * (cols + 1)), *want = malloc(sizeof(float) * cols);
+    y[cols] = 12345.0f;
+    k->gemv_t(&t->m, r0, nrows, x, y);
+    ds_kernels_scalar.gemv_t(&t->m, r0, nrows, x, want);
+    for (int c = 0; c < cols; c++) {
+        double mag = 0.0;
+        for (int i = 0; i < nrows; i++)
+            mag += fabs((double)t->deq[(size_t)(r0 + i) * cols + c] * x[i]);
+        checks++;
+        if (!close_enough(y[c], want[c], mag)) {
+            FAIL("%s %s: gemv_t r0=%d n=%d col %d: %.9g vs %.9g", k->name, what, r0, nrows, c, y[c], want[c]);
+            break;
+        }
+    }
+    if (y[cols] != 12345.0f)
+        FAIL("%s %s: gemv_t wrote past y", k->name, what);
+    free(x), free(y), free(want);
+}
+
+/* Y has stride ldy > nrows; the gap must stay untouched. */
+static void check_gemm(const ds_kernels *k, const test_mat *t, int r0, int nrows, int n, const char *what)
+{
+    const int cols = t->m.cols, ldx = cols + 3, ldy = nrows + 5;
+    float *X = rand_vec((size_t)n * ldx);
+    float *Y = malloc(sizeof(float) * (size_t)n * ldy), *W = malloc(sizeof(float) * (size_t)n * ldy);
+    for (size_t i = 0; i < (size_t)n * ldy; i++)
+        Y[i] = W[i] = -777.0f;
+    k->gemm(&t->m, r0, nrows, X, ldx, n, Y, ldy);
+    ds_kernels_scalar.gemm(&t->m, r0, nrows, X, ldx, n, W, ldy);
+    for (int tk = 0; tk < n; tk++) {
+        for (int i = 0; i < ldy; i++) {
+            const size_t at = (size_t)tk * ldy + i;
+            checks++;
+            if (i >= nrows) {
+                if (Y[at] != -777.0f) {
+                    FAIL("%s %s: gemm wrote into the stride gap", k->name, what);
+                    goto out;
+                }
+            } else if (!close_enough(Y[at], W[at], row_mag(t, r0 + i, X + (size_t)tk * ldx))) {
+                FAIL("%s %s: gemm r0=%d n=%d token %d row %d: %.9g vs %.9g", k->name, what, r0, n, tk, i,
+                     Y[at], W[at]);
+                goto out;
+            }
+        }
+    }
+out:
+    free(X), free(Y), free(W);
+}
+
+static void check_matrices(const ds_kernels *k)
+{
+    static const int rows_list[] = {1, 3, 127, 129, 300};
+    static const int cols_list[] = {1, 7, 64, 127, 128, 129, 200, 511, 576};
+    static const int n_list[] = {1, 2, 3, 5, 17};
+    char what[96];
+    for (int kind = 0; kind < W_COUNT; kind++)
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+            for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
+                const int rows = rows_list[ri], cols = cols_list[ci];
+                test_mat t;
+                make_mat(&t, (enum wkind)kind, rows, cols);
+                snprintf(what, sizeof what, "%s %dx%d", wkind_names[kind], rows, cols);
+                check_mat_row(k, &t, what);
+                check_gemv(k, &t, 0, rows, what);
+                check_gemv_t(k, &t, 0, rows, what);
+                if (rows > 2) {
+                    /* Sub-ranges that start inside an FP8 scale block. */
+                    check_gemv(k, &t, 1, rows - 2, what);
+                    check_gemv_t(k, &t, rows / 3, rows - rows / 3 - 1, what);
+                }
+                for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++) {
+                    check_gemm(k, &t, 0, rows, n_list[ni], what);
+                    if (rows > 2)
+                        check_gemm(k, &t, 2, rows - 2, n_list[ni], what);
+                }
+                free_mat(&t);
+            }
+}
+
+static void check_dot_axpy(const ds_kernels *k)
+{
+    for (int n = 0; n <= 600; n += (n < 70 ? 1 : 37)) {
+        float *a = rand_vec(n), *b = rand_vec(n + 1), *c = malloc(sizeof(float) * (n + 1));
+        double mag = 0.0;
+        for (int i = 0; i < n; i++)
+            mag += fabs((double)a[i] * b[i]);
+        float got = k->dot(a, b, n), want = ds_kernels_scalar.dot(a, b, n);
+        checks++;
+        if (!close_enough(got, want, mag))
+            FAIL("%s: dot n=%d: %.9g vs %.9g", k->name, n, got, want);
+        memcpy(c, b, sizeof(float) * (n + 1));
+        const float alpha = frand();
+        k->axpy(alpha, a, b, n);
+        ds_kernels_scalar.axpy(alpha, a, c, n);
+        for (int i = 0; i <= n; i++) {
+            checks++;
+            if (!close_enough(b[i], c[i], fabs((double)alpha * (i < n ? a[i] : 0.0f)) + fabs(c[i]))) {
+                FAIL("%s: axpy n=%d at %d: %.9g vs %.9g", k->name, n, i, b[i], c[i]);
+                break;
+            }
+        }
+        free(a), free(b), free(c);
+    }
+}
+
+/* All 256 codes through both decode paths (row dequantisation and the row
+ * dot product with one-hot vectors), against ds_e4m3_table. */
+static void check_e4m3_codes(const ds_kernels *k)
+{
+    uint8_t codes[256], finite[256];
+    float scale[2] = {1.0f, 1.0f}, row[256], x[256] = {0};   /* 256 columns: two scale blocks */
+    for (int i = 0; i < 256; i++) {
+        codes[i] = (uint8_t)i;
+        finite[i] = (i & 0x7f) == 0x7f ? 0 : (uint8_t)i;   /* NaN * 0 would poison the one-hot dots */
+    }
+    ds_mat m = {.dtype = DS_DT_F8_E4M3, .rows = 1, .cols = 256, .data = codes, .scale = scale};
+    k->mat_row(&m, 0, row);
+    m.data = finite;
+    for (int i = 0; i < 256; i++) {
+        const float want = ds_e4m3_table[i];
+        x[i] = 1.0f;
+        float got;
+        k->gemv(&m, 0, 1, x, &got);
+        x[i] = 0.0f;
+        if ((i & 0x7f) == 0x7f)
+            continue;   /* NaN codes: decoded to anything, as long as nothing faults */
+        checks += 2;
+        if (row[i] != want || signbit(row[i]) != signbit(want))
+            FAIL("%s: e4m3 code 0x%02x -> %.9g, want %.9g (mat_row)", k->name, i, row[i], want);
+        if (got != want)
+            FAIL("%s: e4m3 code 0x%02x -> %.9g, want %.9g (gemv)", k->name, i, got, want);
+    }
+}
+
+/* The chosen level honours DSINFER_ISA when the CPU has it, else is the best. */
+static void check_selection(void)
+{
+    const char *env = getenv("DSINFER_ISA");
+    const ds_isa got = ds_cpu_isa();
+    int want = env && *env ? ds_isa_from_name(env) : -1;
+    if (want < 0 || !ds_cpu_isa_supported((ds_isa)want))
+        want = ds_cpu_isa_best();
+    checks++;
+    if ((int)got != want)
+        FAIL("selected %s, expected %s", ds_isa_name(got), ds_isa_name((ds_isa)want));
+    if (ds_kernels_active() != ds_kernels_for(got))
+        FAIL("active table is not the one of %s", ds_isa_name(got));
+    if (!ds_cpu_isa_supported(DS_ISA_SCALAR) || !ds_kernels_for(DS_ISA_SCALAR))
+        FAIL("scalar level must always be available");
+}
+
+int main(void)
+{
+    const ds_cpu_features *f = ds_cpu_get_features();
+    printf("cpu: avx2=%d avx512=%d avx512_bf16=%d avx512_vnni=%d neon=%d; selected %s%s%s\n", f->avx2,
+           f->avx512, f->avx512_bf16, f->avx512_vnni, f->neon, ds_cpu_isa_name(),
+           ds_cpu_isa_note() ? " — " : "", ds_cpu_isa_note() ? ds_cpu_isa_note() : "");
+    check_selection();
+    printf("tested:");
+    for (int i = 0; i < DS_ISA_COUNT; i++) {
+        const ds_kernels *k = ds_kernels_for((ds_isa)i);
+        if (!k)
+            continue;
+        const int before = failures;
+        check_e4m3_codes(k);
+        check_dot_axpy(k);
+        check_matrices(k);
+        printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
+        fflush(stdout);
+    }
+    printf("\n%ld checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,314 @@
+/* dsinfer-bench — speed of a checkpoint on this machine, as one JSON object:
+ * load time, prefill tokens/s, decode tokens/s at a context depth, peak RSS,
+ * weight bytes read per decoded token, the achieved bandwidth and its share
+ * of the memory-bandwidth roofline the tool measures itself.  --compare runs
+ * another benchmark command in the same invocation for a side-by-side ratio. */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include "common.h"
+
+const char *tool_name = "dsinfer-bench";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: dsinfer-bench --model DIR [options]\n"
+        "\n"
+        "Measures prefill and decode speed and prints one JSON object.\n"
+        "\n"
+        "  -m, --model DIR        checkpoint directory (HF layout)\n"
+        "  -p, --prompt-len N     prefill test: tokens prefilled at once (default 512; 0 = skip)\n"
+        "  -n, --gen N            decode test: tokens decoded one at a time (default 128; 0 = skip)\n"
+        "  -d, --depth N          context depth before the decode test (default 0)\n"
+        "  -r, --repeat N         repetitions of each test; the median is reported (default 1)\n"
+        "  -t, --threads N        worker threads (default: all cores)\n"
+        "      --kv-cache TYPE    fp8 (default) or f32\n"
+        "      --membw-mb N       size of the bandwidth probe buffer in MiB (default 1024; 0 = skip)\n"
+        "      --compare CMD      run CMD through the shell after the tests; if it prints JSON\n"
+        "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"
+        "  -s, --seed N           seed of the random token ids (default 1)\n"
+        "  -h, --help             show this help\n"
+        "  -V, --version          show the version\n"
+        "\n"
+        "Exit status: 0 ok, 1 usage, 2 bad model, 3 I/O error, 4 runtime error.\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Best of several read passes over a large buffer with all threads: the
+ * bandwidth roofline decode speed is measured against. */
+static double measure_membw(size_t mib)
+{
+    size_t n = mib * 1024 * 1024 / sizeof(double);
+    double *a = malloc(n * sizeof(double));
+    if (!a)
+        return 0.0;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        a[i] = (double)(i & 1023);
+    double best = 0.0, sink = 0.0;
+    for (int pass = 0; pass < 5; pass++) {
+        double t0 = now_s(), s = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+        for (size_t i = 0; i < n; i++)
+            s += a[i];
+        double dt = now_s() - t0;
+        sink += s;
+        if (dt > 0 && n * sizeof(double) / dt > best)
+            best = n * sizeof(double) / dt;
+    }
+    free(a);
+    return sink >= 0 ? best / 1e9 : 0.0;
+}
+
+static void random_ids(int32_t *ids, int n, int vocab, uint64_t *state)
+{
+    for (int i = 0; i < n; i++) {
+        *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((*state >> 33) % (uint64_t)vocab);
+    }
+}
+
+typedef struct bench_opts {
+    int prompt_len, gen, depth, repeat;
+    ds_kv_type kv;
+    uint64_t seed;
+} bench_opts;
+
+static ds_context *new_context(ds_model *m, int size, ds_kv_type kv)
+{
+    ds_error err;
+    ds_context_params cp;
+    ds_context_params_init(&cp);
+    cp.ctx_size = size;
+    cp.kv_type = kv;
+    ds_context *c;
+    if (ds_context_create(m, &cp, &c, &err) != DS_OK)
+        tool_die_err(&err);
+    return c;
+}
+
+static double bench_prefill(ds_model *m, const bench_opts *o, float *logits)
+{
+    const ds_model_info *mi = ds_model_get_info(m);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)o->prompt_len);
+    double *t = malloc(sizeof(double) * (size_t)o->repeat);
+    uint64_t st = o->seed;
+    if (!ids || !t)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (int r = 0; r < o->repeat; r++) {
+        ds_error err;
+        ds_context *c = new_context(m, o->prompt_len, o->kv);
+        random_ids(ids, o->prompt_len, mi->vocab_size, &st);
+        double t0 = now_s();
+        if (ds_eval(c, ids, o->prompt_len, logits, 0, &err) != DS_OK)
+            tool_die_err(&err);
+        t[r] = o->prompt_len / (now_s() - t0);
+        ds_context_free(c);
+    }
+    double v = median(t, o->repeat);
+    free(ids);
+    free(t);
+    return v;
+}
+
+static double bench_decode(ds_model *m, const bench_opts *o, float *logits)
+{
+    const ds_model_info *mi = ds_model_get_info(m);
+    int total = o->depth + o->gen;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(total ? total : 1));
+    double *t = malloc(sizeof(double) * (size_t)o->repeat);
+    uint64_t st = o->seed + 1;
+    if (!ids || !t)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (int r = 0; r < o->repeat; r++) {
+        ds_error err;
+        ds_context *c = new_context(m, total, o->kv);
+        random_ids(ids, total, mi->vocab_size, &st);
+        const int chunk = 2048;
+        for (int s = 0; s < o->depth; s += chunk) {
+            int n = o->depth - s < chunk ? o->depth - s : chunk;
+            if (ds_eval(c, ids + s, n, NULL, 0, &err) != DS_OK)
+                tool_die_err(&err);
+        }
+        double t0 = now_s();
+        for (int k = 0; k < o->gen; k++)
+            if (ds_eval(c, ids + o->depth + k, 1, logits, 0, &err) != DS_OK)
+                tool_die_err(&err);
+        t[r] = o->gen / (now_s() - t0);
+        ds_context_free(c);
+    }
+    double v = median(t, o->repeat);
+    free(ids);
+    free(t);
+    return v;
+}
+
+/* Runs the comparison command; returns its JSON lines' last pp_tps / tg_tps. */
+static json_t *run_compare(const char *cmd, double pp, double tg)
+{
+    json_t *res = json_object();
+    json_object_set_new(res, "command", json_string(cmd));
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        json_object_set_new(res, "error", json_string("cannot run the command"));
+        return res;
+    }
+    char line[65536];
+    double opp = 0, otg = 0;
+    json_t *outputs = json_array();
+    while (fgets(line, sizeof line, p)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (!json_is_object(j)) {
+            json_decref(j);
+            continue;
+        }
+        json_t *v;
+        if ((v = json_object_get(j, "pp_tps")) && json_is_number(v) && json_number_value(v) > 0)
+            opp = json_number_value(v);
+        if ((v = json_object_get(j, "tg_tps")) && json_is_number(v) && json_number_value(v) > 0)
+            otg = json_number_value(v);
+        json_array_append_new(outputs, j);
+    }
+    int rc = pclose(p);
+    json_object_set_new(res, "exit_status", json_integer(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1));
+    json_object_set_new(res, "outputs", outputs);
+    if (opp > 0) {
+        json_object_set_new(res, "pp_tps", json_real(opp));
+        if (pp > 0)
+            json_object_set_new(res, "prefill_ratio", json_real(pp / opp));
+    }
+    if (otg > 0) {
+        json_object_set_new(res, "tg_tps", json_real(otg));
+        if (tg > 0)
+            json_object_set_new(res, "decode_ratio", json_real(tg / otg));
+    }
+    return res;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_dir = NULL, *compare = NULL;
+    bench_opts o = {512, 128, 0, 1, DS_KV_FP8, 1};
+    int threads = 0;
+    long membw_mb = 1024;
+    enum { O_KV = 256, O_MEMBW, O_COMPARE };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
+        {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
+        {"repeat", required_argument, 0, 'r'}, {"threads", required_argument, 0, 't'},
+        {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
+        {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:p:n:d:r:t:s:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'p': o.prompt_len = (int)tool_parse_long("--prompt-len", optarg, 0, 1 << 22); break;
+        case 'n': o.gen = (int)tool_parse_long("--gen", optarg, 0, 1 << 22); break;
+        case 'd': o.depth = (int)tool_parse_long("--depth", optarg, 0, 1 << 22); break;
+        case 'r': o.repeat = (int)tool_parse_long("--repeat", optarg, 1, 1000); break;
+        case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
+        case O_KV:
+            if (strcmp(optarg, "fp8") == 0)
+                o.kv = DS_KV_FP8;
+            else if (strcmp(optarg, "f32") == 0 || strcmp(optarg, "fp32") == 0)
+                o.kv = DS_KV_F32;
+            else
+                tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", optarg);
+            break;
+        case O_MEMBW: membw_mb = tool_parse_long("--membw-mb", optarg, 0, 1 << 20); break;
+        case O_COMPARE: compare = optarg; break;
+        case 's': o.seed = tool_parse_u64("--seed", optarg); break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case 'V': tool_print_version();
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc)
+        tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!model_dir)
+        tool_die(EXIT_USAGE, "--model is required (see --help)");
+    if (threads > 0)
+        omp_set_num_threads(threads);
+
+    ds_error err;
+    ds_model *m;
+    ds_load_params lp;
+    ds_load_params_init(&lp);
+    lp.threads = threads;
+    double t0 = now_s();
+    if (ds_model_load(model_dir, &lp, &m, &err) != DS_OK)
+        tool_die_err(&err);
+    double load_s = now_s() - t0;
+    const ds_model_info *mi = ds_model_get_info(m);
+    float *logits = malloc(sizeof(float) * (size_t)mi->vocab_size);
+    if (!logits)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    double pp = o.prompt_len ? bench_prefill(m, &o, logits) : 0.0;
+    double tg = o.gen ? bench_decode(m, &o, logits) : 0.0;
+    double bw = membw_mb ? measure_membw((size_t)membw_mb) : 0.0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+
+    json_t *j = json_object();
+    json_object_set_new(j, "tool", json_string("dsinfer-bench"));
+    json_object_set_new(j, "version", json_string(ds_version()));
+    json_object_set_new(j, "model", json_string(model_dir));
+    json_object_set_new(j, "model_type", json_string(mi->model_type));
+    json_object_set_new(j, "cpu_isa", json_string(ds_kernel_isa()));
+    json_object_set_new(j, "threads", json_integer(omp_get_max_threads()));
+    json_object_set_new(j, "kv_cache", json_string(o.kv == DS_KV_F32 ? "f32" : "fp8"));
+    json_object_set_new(j, "weight_bytes", json_integer(mi->weight_bytes));
+    json_object_set_new(j, "load_s", json_real(load_s));
+    json_object_set_new(j, "prompt_len", json_integer(o.prompt_len));
+    json_object_set_new(j, "prefill_tps", json_real(pp));
+    json_object_set_new(j, "depth", json_integer(o.depth));
+    json_object_set_new(j, "gen", json_integer(o.gen));
+    json_object_set_new(j, "decode_tps", json_real(tg));
+    json_object_set_new(j, "repeat", json_integer(o.repeat));
+    json_object_set_new(j, "peak_rss_mib", json_real(ru.ru_maxrss / 1024.0));
+    json_object_set_new(j, "active_bytes_per_token", json_integer(mi->active_bytes_per_token));
+    double gbps = tg * (double)mi->active_bytes_per_token / 1e9;
+    json_object_set_new(j, "achieved_GBps", json_real(gbps));
+    json_object_set_new(j, "membw_GBps", json_real(bw));
+    if (bw > 0) {
+        json_object_set_new(j, "roofline_decode_tps", json_real(bw * 1e9 / (double)mi->active_bytes_per_token));
+        json_object_set_new(j, "roofline_pct", json_real(100.0 * gbps / bw));
+    }
+    if (compare)
+        json_object_set_new(j, "compare", run_compare(compare, pp, tg));
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+    if (!s)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    puts(s);
+    free(s);
+    json_decref(j);
+    free(logits);
+    ds_model_free(m);
+    return EXIT_OK;
+}
