@@ -165,6 +165,74 @@ ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_err
 void ds_sampler_free(ds_sampler *s);
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int vocab_size);
 
+/* ---- engine: continuous batching of many sequences ---------------------- */
+/* The engine owns a pool of contexts (slots).  Requests are submitted from
+ * any thread; one thread drives ds_engine_step(), which admits waiting
+ * requests, runs one batched step (every decoding sequence contributes one
+ * token, prefilling sequences a chunk of their prompt within the token
+ * budget, so long prompts never stall running streams), samples, and
+ * reports every new token through the request's callback (on the stepping
+ * thread).  A finished sequence keeps its KV in its slot: a later request
+ * sharing a prefix with it reuses the cached positions. */
+typedef struct ds_engine ds_engine;
+
+typedef struct ds_engine_params {
+    int max_seqs;            /* concurrent sequences (slots), default 4 */
+    int ctx_size;            /* KV positions per slot, default 4096 capped by the model */
+    ds_kv_type kv_type;
+    int max_step_tokens;     /* token budget of one step, default 512 */
+    int prefill_chunk;       /* prompt tokens of one sequence per step, default 256 */
+    int prefix_reuse;        /* reuse cached prefixes (default 1) */
+} ds_engine_params;
+void ds_engine_params_init(ds_engine_params *p);
+
+typedef enum ds_finish_reason {
+    DS_FINISH_NONE = 0,      /* still running */
+    DS_FINISH_STOP,          /* EOS or a stop token */
+    DS_FINISH_LENGTH,        /* max_tokens or the context size */
+    DS_FINISH_CANCELLED,     /* ds_engine_cancel or the callback asked to stop */
+    DS_FINISH_ERROR
+} ds_finish_reason;
+
+/* Called for every generated token (token >= 0, logits of the position that
+ * produced it, valid only during the call), and once more when the request
+ * ends (token -1, reason != DS_FINISH_NONE).  Return non-zero to cancel. */
+typedef int (*ds_token_fn)(void *user, uint64_t id, int32_t token, const float *logits,
+                           ds_finish_reason reason);
+
+typedef struct ds_request {
+    const int32_t *prompt;   /* copied by ds_engine_submit */
+    int n_prompt;
+    int max_tokens;          /* 0 = until the context is full */
+    ds_sampler_params sampling;
+    const int32_t *stop_ids; /* extra stop tokens (copied) */
+    int n_stop_ids;
+    int ignore_eos;
+    ds_token_fn on_token;
+    void *user;
+} ds_request;
+
+typedef struct ds_engine_stats {
+    uint64_t submitted, finished, cancelled;
+    uint64_t prompt_tokens, generated_tokens, reused_prompt_tokens;
+    uint64_t steps;
+    int active, waiting, slots;
+    int kv_used;             /* positions held by active sequences */
+    int kv_capacity;
+} ds_engine_stats;
+
+ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **out, ds_error *err);
+void ds_engine_free(ds_engine *e);
+/* Queues a request; *id identifies it in callbacks and ds_engine_cancel. */
+ds_status ds_engine_submit(ds_engine *e, const ds_request *r, uint64_t *id, ds_error *err);
+/* Cancels a queued or running request (its callback gets DS_FINISH_CANCELLED
+ * at the next step).  Thread-safe. */
+void ds_engine_cancel(ds_engine *e, uint64_t id);
+/* One scheduling step; returns the number of requests still queued or
+ * running (0 = idle), or -1 on an internal error (message in err). */
+int ds_engine_step(ds_engine *e, ds_error *err);
+void ds_engine_get_stats(ds_engine *e, ds_engine_stats *s);
+
 /* ---- tokenizer ---------------------------------------------------------- */
 /* Byte-level BPE tokenizer read from a Hugging Face tokenizer.json.
  * A tokenizer is immutable after loading; one may be shared by threads. */

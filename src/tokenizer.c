@@ -685,7 +685,8 @@ static ds_status compile_regex(const char *pat, size_t n, int literal, pcre2_cod
 {
     int code;
     PCRE2_SIZE off;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    /* PCRE2 rejects UCP together with LITERAL (it has no classes anyway). */
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     *out = pcre2_compile((PCRE2_SPTR)pat, n, opts, &code, &off, NULL);
     if (!*out) {
         PCRE2_UCHAR msg[160];

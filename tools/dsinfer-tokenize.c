@@ -1,8 +1,11 @@
 /* dsinfer-tokenize.c — command-line front end of the tokenizer: encodes
- * text to token ids, decodes ids to text, and tokenizes a JSON list of
- * strings in one run (the interface of the golden tokenizer tests). */
+ * text to token ids, decodes ids to text, tokenizes a JSON list of strings
+ * in one run (the interface of the golden tokenizer tests), renders chat
+ * conversations into prompts and parses completions back into messages
+ * (the interface of the chat encoding checks). */
 #include <errno.h>
 #include <getopt.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +15,15 @@
 #ifndef DS_DATADIR
 #define DS_DATADIR "/usr/local/share/dsinfer"
 #endif
+#ifndef DS_SRCDIR
+#define DS_SRCDIR "."
+#endif
 
 const char *tool_name = "dsinfer-tokenize";
 
 typedef struct opts {
-    const char *tokenizer, *model, *text, *file, *decode, *batch;
-    int ids_only, json, no_special;
+    const char *tokenizer, *model, *text, *file, *decode, *batch, *render, *chat_format;
+    int ids_only, json, no_special, parse, thinking, no_bos, ids;
 } opts;
 
 static void usage(FILE *f)
@@ -25,8 +31,12 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: %s [--tokenizer FILE_OR_DIR | --model DIR] [--text STR | --file F]\n"
         "       [--decode IDS] [--batch-json FILE] [--ids-only] [--json] [--no-special]\n"
+        "       %s --render-chat FILE [--thinking | --no-thinking] [--no-bos]\n"
+        "       [--chat-format auto|v3|v3.2] [--model DIR] [--ids] [--json]\n"
+        "       %s --parse-completion [--thinking | --no-thinking]\n"
         "Encodes text (from --text, --file or standard input) to DeepSeek token ids,\n"
-        "or decodes ids back to text.\n"
+        "or decodes ids back to text; renders chat conversations into prompts and\n"
+        "parses generated completions into messages.\n"
         "  --tokenizer FILE_OR_DIR  tokenizer.json, or a directory holding it\n"
         "                           (default: " DS_DATADIR "/tokenizer.json)\n"
         "  --model DIR              take DIR/tokenizer.json when --tokenizer is not given\n"
@@ -40,23 +50,40 @@ static void usage(FILE *f)
         "  --json                   print JSON\n"
         "  --no-special             encoding: special tokens in the text are plain text;\n"
         "                           decoding: leave out special tokens\n"
+        "  --render-chat FILE       render the conversation in FILE (- = standard input:\n"
+        "                           a JSON list of messages or {\"messages\", \"tools\",\n"
+        "                           \"response_format\"}) and print the prompt text\n"
+        "  --thinking               chat rendering and parsing in thinking mode\n"
+        "  --no-thinking            chat mode (the default)\n"
+        "  --no-bos                 do not start the prompt with the BOS token\n"
+        "  --chat-format FMT        auto (default: from --model DIR's config.json\n"
+        "                           model_type, v3.2 without a model), v3 or v3.2\n"
+        "  --ids                    with --render-chat: also tokenize the prompt and print\n"
+        "                           its ids on a line after it (with --json: one object\n"
+        "                           {\"prompt\", \"ids\"})\n"
+        "  --parse-completion       parse a V3.2 completion read from standard input and\n"
+        "                           print the assistant message as JSON\n"
         "  --help                   print this help and exit\n"
         "  --version                print the version and exit\n"
         "Exit status: 0 ok, 1 usage error, 2 bad input, 3 I/O error.\n",
-        tool_name);
+        tool_name, tool_name, tool_name);
 }
 
 static void parse_args(int argc, char **argv, opts *o)
 {
     enum { O_TOK = 256, O_MODEL, O_TEXT, O_FILE, O_DECODE, O_BATCH, O_IDS, O_JSON, O_NOSPEC,
-           O_HELP, O_VERSION };
+           O_HELP, O_VERSION, O_RENDER, O_PARSE, O_THINK, O_NOTHINK, O_NOBOS, O_FORMAT, O_CHATIDS };
     static const struct option lo[] = {
         { "tokenizer", required_argument, 0, O_TOK }, { "model", required_argument, 0, O_MODEL },
         { "text", required_argument, 0, O_TEXT }, { "file", required_argument, 0, O_FILE },
         { "decode", required_argument, 0, O_DECODE }, { "batch-json", required_argument, 0, O_BATCH },
         { "ids-only", no_argument, 0, O_IDS }, { "json", no_argument, 0, O_JSON },
         { "no-special", no_argument, 0, O_NOSPEC }, { "help", no_argument, 0, O_HELP },
-        { "version", no_argument, 0, O_VERSION }, { 0, 0, 0, 0 }
+        { "version", no_argument, 0, O_VERSION }, { "render-chat", required_argument, 0, O_RENDER },
+        { "parse-completion", no_argument, 0, O_PARSE }, { "thinking", no_argument, 0, O_THINK },
+        { "no-thinking", no_argument, 0, O_NOTHINK }, { "no-bos", no_argument, 0, O_NOBOS },
+        { "chat-format", required_argument, 0, O_FORMAT }, { "ids", no_argument, 0, O_CHATIDS },
+        { 0, 0, 0, 0 }
     };
     int c;
     memset(o, 0, sizeof *o);
@@ -72,6 +99,13 @@ static void parse_args(int argc, char **argv, opts *o)
         case O_IDS: o->ids_only = 1; break;
         case O_JSON: o->json = 1; break;
         case O_NOSPEC: o->no_special = 1; break;
+        case O_RENDER: o->render = optarg; break;
+        case O_PARSE: o->parse = 1; break;
+        case O_THINK: o->thinking = 1; break;
+        case O_NOTHINK: o->thinking = 0; break;
+        case O_NOBOS: o->no_bos = 1; break;
+        case O_FORMAT: o->chat_format = optarg; break;
+        case O_CHATIDS: o->ids = 1; break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: tool_print_version();
         default:
@@ -80,17 +114,34 @@ static void parse_args(int argc, char **argv, opts *o)
     }
     if (optind < argc)
         tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if ((o->text != NULL) + (o->file != NULL) + (o->decode != NULL) + (o->batch != NULL) > 1)
-        tool_die(EXIT_USAGE, "--text, --file, --decode and --batch-json exclude each other");
+    if ((o->text != NULL) + (o->file != NULL) + (o->decode != NULL) + (o->batch != NULL) +
+        (o->render != NULL) + o->parse > 1)
+        tool_die(EXIT_USAGE,
+                 "--text, --file, --decode, --batch-json, --render-chat and --parse-completion exclude each other");
+    if (o->ids && !o->render)
+        tool_die(EXIT_USAGE, "--ids goes with --render-chat");
+    if ((o->no_bos || o->chat_format) && !o->render)
+        tool_die(EXIT_USAGE, "--no-bos and --chat-format go with --render-chat");
     if (o->ids_only && o->json)
         tool_die(EXIT_USAGE, "--ids-only and --json exclude each other");
 }
 
-static ds_tokenizer *load_tokenizer(const opts *o)
+/* The installed tokenizer file NAME, else the source tree's copy (so the
+ * tools work uninstalled). */
+static const char *shipped_tokenizer(const char *name)
+{
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", DS_DATADIR, name);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/data/%s", DS_SRCDIR, name);
+    return path;
+}
+
+static ds_tokenizer *load_tokenizer(const opts *o, const char *shipped)
 {
     ds_tokenizer *t;
     ds_error err = { 0 };
-    const char *path = o->tokenizer ? o->tokenizer : o->model ? o->model : DS_DATADIR "/tokenizer.json";
+    const char *path = o->tokenizer ? o->tokenizer : o->model ? o->model : shipped_tokenizer(shipped);
     if (ds_tokenizer_load(path, &t, &err))
         tool_die_err(&err);
     return t;
@@ -260,11 +311,113 @@ static void do_batch(const ds_tokenizer *t, const opts *o)
     json_decref(root);
 }
 
+/* model_type of DIR/config.json, for --chat-format auto; NULL when absent. */
+static char *model_type_of(const char *dir)
+{
+    char path[4096];
+    json_error_t je;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *cfg = json_load_file(path, 0, &je);
+    if (!cfg)
+        tool_die(access(path, R_OK) ? EXIT_IO : EXIT_INPUT, "%s: %s", path, je.text);
+    const char *mt = json_string_value(json_object_get(cfg, "model_type"));
+    char *copy = mt ? strdup(mt) : NULL;
+    json_decref(cfg);
+    return copy;
+}
+
+static ds_chat_format chat_format(const opts *o)
+{
+    const char *f = o->chat_format ? o->chat_format : "auto";
+    if (strcmp(f, "v3") == 0)
+        return DS_CHAT_V3;
+    if (strcmp(f, "v3.2") == 0 || strcmp(f, "v32") == 0)
+        return DS_CHAT_V32;
+    if (strcmp(f, "auto") != 0)
+        tool_die(EXIT_USAGE, "invalid value for --chat-format: '%s' (expected auto, v3 or v3.2)", f);
+    if (!o->model)
+        return DS_CHAT_V32;
+    char *mt = model_type_of(o->model);
+    ds_chat_format r = ds_chat_format_for_model(mt ? mt : "deepseek_v3");
+    free(mt);
+    return r;
+}
+
+static void do_render(const opts *o)
+{
+    size_t len, plen;
+    char *prompt;
+    ds_error err = { 0 };
+    ds_chat_options co;
+    const char *src = strcmp(o->render, "-") == 0 ? "/dev/stdin" : o->render;
+    char *conv = tool_read_file(src, &len);
+    if (!conv)
+        tool_die(EXIT_IO, "cannot read %s: %s", o->render, strerror(errno));
+    ds_chat_options_init(&co);
+    co.thinking = o->thinking;
+    co.add_bos = !o->no_bos;
+    ds_chat_format fmt = chat_format(o);
+    if (ds_chat_render(fmt, conv, len, &co, &prompt, &plen, &err))
+        tool_die(tool_exit_code(err.code), "%s: %s", o->render, err.msg);
+    free(conv);
+    if (!o->ids) {
+        fwrite(prompt, 1, plen, stdout);
+        free(prompt);
+        return;
+    }
+    /* the rendered text carries its own BOS: encode it as is, specials parsed */
+    ds_tokenizer *t = load_tokenizer(o, fmt == DS_CHAT_V3 ? "tokenizer.json" : "tokenizer-v32.json");
+    int32_t *ids;
+    int n;
+    if (ds_tokenizer_encode(t, prompt, plen, 1, &ids, &n, &err))
+        tool_die_err(&err);
+    if (o->json) {
+        printf("{\"prompt\":");
+        print_escaped(prompt, plen);
+        printf(",\"ids\":");
+        print_ids_array(ids, n);
+        printf("}\n");
+    } else {
+        fwrite(prompt, 1, plen, stdout);
+        putchar('\n');
+        for (int i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", (int)ids[i]);
+        putchar('\n');
+    }
+    free(ids);
+    free(prompt);
+    ds_tokenizer_free(t);
+}
+
+static void do_parse(const opts *o)
+{
+    size_t len;
+    char *msg;
+    ds_error err = { 0 };
+    char *text = tool_read_file("/dev/stdin", &len);
+    if (!text)
+        tool_die(EXIT_IO, "cannot read standard input: %s", strerror(errno));
+    if (ds_chat_parse_completion(text, len, o->thinking, &msg, &err))
+        tool_die_err(&err);
+    puts(msg);
+    free(msg);
+    free(text);
+}
+
 int main(int argc, char **argv)
 {
     opts o;
     parse_args(argc, argv, &o);
-    ds_tokenizer *t = load_tokenizer(&o);
+    if (o.render || o.parse) {
+        if (o.render)
+            do_render(&o);
+        else
+            do_parse(&o);
+        if (fflush(stdout) != 0 || ferror(stdout))
+            tool_die(EXIT_IO, "error writing standard output: %s", strerror(errno));
+        return EXIT_OK;
+    }
+    ds_tokenizer *t = load_tokenizer(&o, "tokenizer.json");
     if (o.batch)
         do_batch(t, &o);
     else if (o.decode)

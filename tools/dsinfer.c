@@ -1,7 +1,11 @@
 /* dsinfer — generate tokens from a prompt with a DeepSeek checkpoint:
- * prefill, then greedy or temperature / top-k / top-p sampling, printing
- * the generated ids on stdout and the speed on stderr. */
+ * the prompt is token ids, plain text or a chat message rendered with the
+ * model's chat encoding; prefill, then greedy or temperature / top-k /
+ * top-p sampling, printing the generated text (through the streaming
+ * detokenizer) or ids on stdout and the speed on stderr. */
+#include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,18 +18,33 @@ const char *tool_name = "dsinfer";
 #ifndef DS_BUILDDIR
 #define DS_BUILDDIR "."
 #endif
+#ifndef DS_SRCDIR
+#define DS_SRCDIR "."
+#endif
 
 static void usage(FILE *f)
 {
     fprintf(f,
         "usage: dsinfer [--model DIR] --prompt-ids IDS [options]\n"
+        "       dsinfer [--model DIR] --prompt TEXT [options]\n"
+        "       dsinfer [--model DIR] --chat TEXT [--system TEXT] [--thinking] [options]\n"
         "\n"
-        "Generates tokens after a prompt of token ids and prints the new ids.\n"
+        "Generates tokens after a prompt and prints them: as text for --prompt and\n"
+        "--chat, as ids for --prompt-ids.  Text is encoded with DIR/tokenizer.json,\n"
+        "else the tokenizer shipped with dsinfer.\n"
         "Without --model it uses $DSINFER_MODEL, else the embedded default model\n"
         "(the tiny checkpoint built by `make`, or installed in " DS_DATADIR "/models/tiny).\n"
         "\n"
         "  -m, --model DIR        checkpoint directory (HF layout)\n"
         "  -p, --prompt-ids IDS   prompt token ids, comma or space separated\n"
+        "      --prompt TEXT      plain text prompt (a BOS token is put first)\n"
+        "      --chat TEXT        one user message, rendered with the model's chat\n"
+        "                         encoding (V3.2 for deepseek_v32, else V3)\n"
+        "      --system TEXT      with --chat: a system prompt before the message\n"
+        "      --thinking         with --chat: thinking mode (the answer starts with\n"
+        "                         its reasoning)\n"
+        "      --no-thinking      with --chat: chat mode (the default)\n"
+        "      --print-ids        print the generated ids, not text\n"
         "  -n, --max-tokens N     tokens to generate (default 16)\n"
         "      --temperature T    0 = greedy (default 0)\n"
         "      --top-p P          nucleus sampling threshold in (0, 1] (default 1)\n"
@@ -62,15 +81,113 @@ static const char *default_model(void)
     return path;
 }
 
+static void join_path(char *buf, size_t size, const char *dir, const char *name)
+{
+    if ((size_t)snprintf(buf, size, "%s/%s", dir, name) >= size)
+        tool_die(EXIT_USAGE, "path too long: %s/%s", dir, name);
+}
+
+/* DIR/tokenizer.json, else the installed or source-tree V3.2 tokenizer. */
+static ds_tokenizer *load_tokenizer(const char *model_dir)
+{
+    char path[4096];
+    ds_tokenizer *t;
+    ds_error err;
+    join_path(path, sizeof path, model_dir, "tokenizer.json");
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/tokenizer-v32.json", DS_DATADIR);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/data/tokenizer-v32.json", DS_SRCDIR);
+    if (ds_tokenizer_load(path, &t, &err) != DS_OK)
+        tool_die_err(&err);
+    return t;
+}
+
+/* Plain text: BOS first, as Hugging Face tokenizers do for generation. */
+static int32_t *encode_text(const ds_tokenizer *t, const char *text, int *n)
+{
+    int32_t *ids;
+    ds_error err;
+    if (ds_tokenizer_encode(t, text, strlen(text), 1, &ids, n, &err) != DS_OK)
+        tool_die_err(&err);
+    int32_t bos = ds_tokenizer_bos_id(t);
+    if (bos < 0)
+        return ids;
+    int32_t *with = malloc(sizeof *with * (size_t)(*n + 1));
+    if (!with)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    with[0] = bos;
+    memcpy(with + 1, ids, sizeof *ids * (size_t)*n);
+    free(ids);
+    (*n)++;
+    return with;
+}
+
+/* model_type from DIR/config.json ("" when unreadable: ds_model_load will
+ * report the problem). */
+static ds_chat_format model_chat_format(const char *model_dir)
+{
+    char path[4096];
+    join_path(path, sizeof path, model_dir, "config.json");
+    json_t *cfg = json_load_file(path, 0, NULL);
+    ds_chat_format f = ds_chat_format_for_model(json_string_value(json_object_get(cfg, "model_type")));
+    json_decref(cfg);
+    return f;
+}
+
+/* One user message (and an optional system prompt) through the chat
+ * encoding; the rendered text carries its own BOS. */
+static int32_t *encode_chat(const ds_tokenizer *t, const char *model_dir, const char *system,
+                            const char *user, int thinking, int *n)
+{
+    ds_error err;
+    ds_chat_options co;
+    char *conv, *text;
+    size_t len;
+    int32_t *ids;
+    json_t *msgs = json_array();
+    if (system)
+        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", system));
+    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", user));
+    conv = json_dumps(msgs, JSON_COMPACT);
+    json_decref(msgs);
+    if (!conv)
+        tool_die(EXIT_INPUT, "--chat/--system: the text is not valid UTF-8");
+    ds_chat_options_init(&co);
+    co.thinking = thinking;
+    if (ds_chat_render(model_chat_format(model_dir), conv, strlen(conv), &co, &text, &len, &err) != DS_OK)
+        tool_die_err(&err);
+    if (ds_tokenizer_encode(t, text, len, 1, &ids, n, &err) != DS_OK)
+        tool_die_err(&err);
+    free(text);
+    free(conv);
+    return ids;
+}
+
+/* Prints the text of one generated id (id < 0 with flush: what the
+ * detokenizer still holds). */
+static void print_piece(ds_detok *dt, int32_t id, int flush)
+{
+    char *s;
+    size_t len;
+    ds_error err;
+    if ((flush ? ds_detok_flush(dt, &s, &len, &err) : ds_detok_push(dt, id, &s, &len, &err)) != DS_OK)
+        tool_die_err(&err);
+    fwrite(s, 1, len, stdout);
+    free(s);
+}
+
 int main(int argc, char **argv)
 {
-    const char *model_dir = NULL, *ids_arg = NULL;
+    const char *model_dir = NULL, *ids_arg = NULL, *text_arg = NULL, *chat_arg = NULL, *system_arg = NULL;
     int max_tokens = 16, threads = 0, ctx_size = 0, quiet = 0, ignore_eos = 0;
+    int thinking = 0, thinking_set = 0, print_ids = 0;
     ds_kv_type kv = DS_KV_FP8;
     ds_sampler_params sp;
     ds_sampler_params_init(&sp);
     sp.seed = 24301;
-    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_KV, O_EOS };
+    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_KV, O_EOS, O_PROMPT, O_CHAT, O_SYSTEM, O_THINK, O_NOTHINK,
+           O_PRINTIDS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-ids", required_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, O_TEMP},
@@ -78,12 +195,22 @@ int main(int argc, char **argv)
         {"seed", required_argument, 0, 's'}, {"ignore-eos", no_argument, 0, O_EOS},
         {"ctx-size", required_argument, 0, 'c'}, {"kv-cache", required_argument, 0, O_KV},
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
+        {"prompt", required_argument, 0, O_PROMPT}, {"chat", required_argument, 0, O_CHAT},
+        {"system", required_argument, 0, O_SYSTEM}, {"thinking", no_argument, 0, O_THINK},
+        {"no-thinking", no_argument, 0, O_NOTHINK}, {"print-ids", no_argument, 0, O_PRINTIDS},
+        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:p:n:s:c:t:qhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p': ids_arg = optarg; break;
+        case O_PROMPT: text_arg = optarg; break;
+        case O_CHAT: chat_arg = optarg; break;
+        case O_SYSTEM: system_arg = optarg; break;
+        case O_THINK: thinking = 1, thinking_set = 1; break;
+        case O_NOTHINK: thinking = 0, thinking_set = 1; break;
+        case O_PRINTIDS: print_ids = 1; break;
         case 'n': max_tokens = (int)tool_parse_long("--max-tokens", optarg, 0, 1 << 24); break;
         case O_TEMP: sp.temperature = (float)tool_parse_double("--temperature", optarg, 0, 100); break;
         case O_TOPP: sp.top_p = (float)tool_parse_double("--top-p", optarg, 1e-6, 1); break;
@@ -108,14 +235,24 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!ids_arg)
-        tool_die(EXIT_USAGE, "--prompt-ids is required (see --help)");
-    int P;
-    int32_t *prompt = tool_parse_ids("--prompt-ids", ids_arg, &P);
-    if (P == 0)
-        tool_die(EXIT_USAGE, "--prompt-ids: the prompt is empty");
+    if ((ids_arg != NULL) + (text_arg != NULL) + (chat_arg != NULL) != 1)
+        tool_die(EXIT_USAGE, "give exactly one of --prompt-ids, --prompt and --chat (see --help)");
+    if ((system_arg || thinking_set) && !chat_arg)
+        tool_die(EXIT_USAGE, "--system, --thinking and --no-thinking go with --chat");
     if (!model_dir)
         model_dir = default_model();
+    int P;
+    int32_t *prompt;
+    ds_tokenizer *tok = NULL;
+    if (ids_arg) {
+        prompt = tool_parse_ids("--prompt-ids", ids_arg, &P);
+    } else {
+        tok = load_tokenizer(model_dir);
+        prompt = text_arg ? encode_text(tok, text_arg, &P)
+                          : encode_chat(tok, model_dir, system_arg, chat_arg, thinking, &P);
+    }
+    if (P == 0)
+        tool_die(EXIT_USAGE, "%s: the prompt is empty", ids_arg ? "--prompt-ids" : "--prompt");
 
     ds_error err;
     ds_model *model;
@@ -143,18 +280,31 @@ int main(int argc, char **argv)
         tool_die_err(&err);
     double t2 = now_s();
     int generated = 0;
+    ds_detok *dt = NULL;
+    if (tok && !print_ids && !(dt = ds_detok_create(tok, 1)))
+        tool_die(EXIT_RUNTIME, "out of memory");
     for (; generated < max_tokens; generated++) {
         int32_t id = ds_sampler_sample(smp, logits, mi->vocab_size);
-        printf(generated ? " %d" : "%d", id);
+        int eos = id == mi->eos_token_id && !ignore_eos;
+        if (dt)
+            print_piece(dt, id, 0);
+        else
+            printf(generated ? " %d" : "%d", id);
         fflush(stdout);
-        if (id == mi->eos_token_id && !ignore_eos) {
+        if (eos) {
             generated++;
             break;
         }
         if (generated + 1 < max_tokens && ds_eval(ctx, &id, 1, logits, 0, &err) != DS_OK)
             tool_die_err(&err);
     }
+    if (dt) {
+        print_piece(dt, -1, 1);
+        ds_detok_free(dt);
+    }
     printf("\n");
+    if (fflush(stdout) != 0 || ferror(stdout))
+        tool_die(EXIT_IO, "error writing standard output: %s", strerror(errno));
     double t3 = now_s();
     if (!quiet)
         fprintf(stderr, "%s: load %.2f s, prefill %d tokens %.1f tok/s, generated %d tokens %.1f tok/s\n",
@@ -162,6 +312,7 @@ int main(int argc, char **argv)
                 generated > 1 ? (generated - 1) / (t3 - t2 > 0 ? t3 - t2 : 1e-9) : 0.0);
     free(logits);
     free(prompt);
+    ds_tokenizer_free(tok);
     ds_sampler_free(smp);
     ds_context_free(ctx);
     ds_model_free(model);
