@@ -9,7 +9,12 @@
 #include "model.h"
 #include "cpu.h"
 
-void ds_load_params_init(ds_load_params *p) { p->threads = 0; }
+void ds_load_params_init(ds_load_params *p)
+{
+    p->threads = 0;
+    p->expert_budget = 0;
+    p->io = DS_IO_MODE_AUTO;
+}
 
 void ds_context_params_init(ds_context_params *p)
 {
@@ -101,7 +106,7 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
     if (st == DS_OK)
         st = ds_weights_bind(m, err);
     if (st == DS_OK)
-        st = ds_experts_create(m, &m->experts, err);
+        st = ds_experts_create(m, p, &m->experts, err);
     if (st == DS_OK)
         st = ds_rope_init(m, err);
     if (st != DS_OK)

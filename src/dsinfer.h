@@ -67,8 +67,19 @@ typedef struct ds_model_info {
                                         one embedding row */
 } ds_model_info;
 
+typedef enum ds_io_mode {
+    DS_IO_MODE_AUTO = 0,     /* io_uring when the kernel allows it, else pread */
+    DS_IO_MODE_URING,
+    DS_IO_MODE_PREAD
+} ds_io_mode;
+
 typedef struct ds_load_params {
     int threads;             /* 0 = all cores */
+    /* Bytes of RAM for routed-expert slabs.  0 = all experts stay mapped
+     * (resident); a smaller budget keeps that many slabs in an expert cache
+     * and streams the others from disk on demand. */
+    int64_t expert_budget;
+    ds_io_mode io;           /* how streamed experts are read */
 } ds_load_params;
 
 void ds_load_params_init(ds_load_params *p);
@@ -78,6 +89,21 @@ void ds_load_params_init(ds_load_params *p);
 ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out, ds_error *err);
 void ds_model_free(ds_model *m);
 const ds_model_info *ds_model_get_info(const ds_model *m);
+
+/* Expert cache counters (see ds_load_params.expert_budget). */
+typedef struct ds_expert_stats {
+    int streaming;           /* 0: every expert resident; 1: slabs streamed from disk */
+    int slots;               /* slabs the budget holds */
+    int64_t slab_bytes;      /* bytes of the largest slab */
+    uint64_t hits, misses;   /* lookups served from RAM / read from disk */
+    uint64_t bytes_read;
+    double stall_seconds;    /* time the forward pass waited for reads */
+    uint64_t prefetched;     /* slabs read ahead (next-layer prediction) */
+    uint64_t prefetch_used;  /* ... that the next layer then used */
+    uint64_t predicted, predicted_right;  /* next-layer experts predicted / correct */
+    const char *io_backend;  /* "io_uring", "pread" or "mmap" */
+} ds_expert_stats;
+void ds_model_expert_stats(ds_model *m, ds_expert_stats *s);
 
 /* Read-only description of one checkpoint tensor (for inspection tools). */
 typedef struct ds_tensor_info {
@@ -104,6 +130,10 @@ typedef struct ds_context_params {
     int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max */
     ds_kv_type kv_type;
     int threads;             /* 0 = keep the current OpenMP setting */
+    /* DSA indexer scoring + top-k: 0 = CPU, 1 = GPU when the build has CUDA
+     * and a device is usable (else CPU, see ds_context_indexer_note).  The
+     * environment variable DSINFER_INDEXER=cpu|gpu overrides it. */
+    int indexer_device;
 } ds_context_params;
 
 void ds_context_params_init(ds_context_params *p);
@@ -113,6 +143,11 @@ int ds_context_pos(const ds_context *c);      /* tokens in the cache */
 int ds_context_size(const ds_context *c);
 /* Forget cached tokens from position pos on (0 = clear). */
 ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err);
+/* 1 while the DSA indexer runs on the GPU.  The note is NULL, or one line
+ * for tools to print (GPU requested but unavailable, or dropped after a GPU
+ * error: results stay identical, the CPU takes over). */
+int ds_context_indexer_on_gpu(const ds_context *c);
+const char *ds_context_indexer_note(const ds_context *c);
 
 /* Runs n tokens at the context's current position (prefill when n > 1,
  * decode when n == 1) and appends them to the cache.  logits receives

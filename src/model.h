@@ -37,11 +37,21 @@ typedef struct ds_layer_w {
  * resident view of the mapped checkpoint; streaming slabs come later behind
  * the same get/release pair. */
 typedef struct ds_expert_cache ds_expert_cache;
-ds_status ds_experts_create(ds_model *m, ds_expert_cache **out, ds_error *err);
+ds_status ds_experts_create(ds_model *m, const ds_load_params *p, ds_expert_cache **out, ds_error *err);
 void ds_experts_free(ds_expert_cache *c);
 /* Returns the weights of expert e of layer l, pinned until released. */
 const ds_ffn_w *ds_experts_get(ds_expert_cache *c, int layer, int e, ds_error *err);
 void ds_experts_release(ds_expert_cache *c, int layer, int e);
+/* Starts reading the listed experts of a layer (the ones the router chose)
+ * so reads overlap compute; pins what it loads until ds_experts_release.
+ * Sets used[i] when expert i was pinned here.  Never blocks on I/O. */
+void ds_experts_prefetch(ds_expert_cache *c, int layer, const int32_t *experts, int n, char *pinned);
+/* A hint: the router of `layer` (the next layer) would choose these
+ * experts; read them ahead if there is room, without pinning. */
+void ds_experts_predict(ds_expert_cache *c, int layer, const int32_t *experts, int n);
+/* The experts a layer actually used, for prediction accuracy. */
+void ds_experts_observe(ds_expert_cache *c, int layer, const int32_t *experts, int n);
+void ds_experts_stats(ds_expert_cache *c, ds_expert_stats *s);
 
 struct ds_model {
     ds_config cfg;
@@ -78,6 +88,10 @@ struct ds_context {
     ds_kv_layer *kv;
     ds_trace_fn trace;
     void *trace_user;
+    /* Optional GPU lightning indexer (indexer_gpu.h; --with-cuda builds). */
+    void *gpu_idx;             /* ds_gpu_indexer *, NULL = CPU indexer */
+    int gpu_idx_failed;        /* GPU requested but unavailable or failed: CPU from now on */
+    char gpu_idx_note[320];    /* the one warning for tools to print ("" = none) */
 };
 
 /* weights.c */

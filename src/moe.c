@@ -82,12 +82,84 @@ static ds_status run_expert(const ds_model *m, int layer, int e, const float *x,
     return DS_OK;
 }
 
+/* Runs every expert the tokens chose, in increasing id, reading ahead a
+ * window of the chosen experts so the cache's reads overlap the compute. */
+static ds_status run_experts(const ds_model *m, int layer, const float *x, int T, const int32_t *experts,
+                             const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
+                             ds_error *err)
+{
+    const int E = m->cfg.n_routed_experts, K = m->cfg.num_experts_per_tok;
+    int32_t *used = ds_calloc((size_t)E, sizeof(int32_t), err);
+    char *chosen = ds_calloc((size_t)E, 1, err), *pinned = ds_calloc((size_t)E, 1, err);
+    ds_status st = used && chosen && pinned ? DS_OK : DS_ERR_NOMEM;
+    int n = 0;
+    for (int i = 0; st == DS_OK && i < T * K; i++)
+        chosen[experts[i]] = 1;
+    for (int e = 0; st == DS_OK && e < E; e++)
+        if (chosen[e])
+            used[n++] = e;
+    if (st == DS_OK) {
+        ds_experts_observe(m->experts, layer, used, n);
+        ds_experts_prefetch(m->experts, layer, used, n, pinned);
+    }
+    for (int k = 0; k < n && st == DS_OK; k++) {
+        st = run_expert(m, layer, used[k], x, T, experts, weights, out, xs, ys, tok, tw, err);
+        if (pinned[k])
+            ds_experts_release(m->experts, layer, used[k]);
+        ds_experts_prefetch(m->experts, layer, used + k + 1, n - k - 1, pinned + k + 1);
+    }
+    for (int k = 0; k < n; k++)        /* after an error: drop read-ahead pins */
+        if (pinned[k] && st != DS_OK)
+            ds_experts_release(m->experts, layer, used[k]);
+    free(used);
+    free(chosen);
+    free(pinned);
+    return st;
+}
+
+/* Next-layer prediction: the next MoE layer's router applied to this
+ * layer's FFN input guesses its experts early so their reads can start. */
+static ds_status predict_next_layer(const ds_model *m, int layer, const float *x, int T, ds_error *err)
+{
+    const ds_config *cfg = &m->cfg;
+    int next = layer + 1;
+    ds_expert_stats es;
+    ds_experts_stats(m->experts, &es);
+    if (!es.streaming || next >= cfg->num_hidden_layers || !m->layers[next].is_moe)
+        return DS_OK;
+    const int H = cfg->hidden_size, E = cfg->n_routed_experts, K = cfg->num_experts_per_tok;
+    const ds_layer_w *N = &m->layers[next];
+    const ds_router_params rp = {E, cfg->n_group, cfg->topk_group, K, cfg->routed_scaling_factor,
+                                 cfg->norm_topk_prob};
+    float *logits = ds_calloc((size_t)E, sizeof(float), err), w[64];
+    int32_t *ex = ds_calloc((size_t)K, sizeof(int32_t), err), *list = ds_calloc((size_t)E, sizeof(int32_t), err);
+    char *seen = ds_calloc((size_t)E, 1, err);
+    ds_status st = logits && ex && list && seen && K <= 64 ? DS_OK : DS_ERR_NOMEM;
+    int n = 0;
+    for (int t = 0; st == DS_OK && t < T; t++) {
+        ds_gemv(&N->gate, 0, E, x + (size_t)t * H, logits);
+        ds_route(&rp, logits, N->gate_bias, ex, w);
+        for (int k = 0; k < K; k++)
+            if (!seen[ex[k]]) {
+                seen[ex[k]] = 1;
+                list[n++] = ex[k];
+            }
+    }
+    if (st == DS_OK)
+        ds_experts_predict(m->experts, next, list, n);
+    free(logits);
+    free(ex);
+    free(list);
+    free(seen);
+    return st;
+}
+
 static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
                              float *out, ds_error *err)
 {
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
-    const int H = cfg->hidden_size, E = cfg->n_routed_experts, K = cfg->num_experts_per_tok;
+    const int H = cfg->hidden_size, K = cfg->num_experts_per_tok;
     ds_status st = DS_ERR_NOMEM;
     int32_t *experts = ds_calloc((size_t)T * K, sizeof(int32_t), err);
     float *weights = ds_calloc((size_t)T * K, sizeof(float), err);
@@ -98,9 +170,11 @@ static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T
     if (!experts || !weights || !xs || !ys || !tok || !tw)
         goto out;
     st = route_tokens(m, layer, x, T, tr, experts, weights, err);
+    if (st == DS_OK)
+        st = predict_next_layer(m, layer, x, T, err);
     memset(out, 0, sizeof(float) * (size_t)T * H);
-    for (int e = 0; e < E && st == DS_OK; e++)
-        st = run_expert(m, layer, e, x, T, experts, weights, out, xs, ys, tok, tw, err);
+    if (st == DS_OK)
+        st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, err);
     if (st == DS_OK && L->has_shared) {
         st = swiglu(&L->shared, x, T, H, ys, H, err);
         for (size_t i = 0; st == DS_OK && i < (size_t)T * H; i++)

@@ -142,3 +142,34 @@ int32_t *tool_parse_ids(const char *opt, const char *s, int *n)
     *n = cnt;
     return ids;
 }
+
+int64_t tool_parse_size(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mul = 1.0;
+    switch (*end) {
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B')
+        end += *end == 'i' ? (end[1] == 'B' ? 2 : 1) : 1;
+    if (errno || end == s || *end || !(v >= 0) || v * mul > 9.0e18)
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected a size such as 512M or 12G)", opt, s);
+    return (int64_t)(v * mul);
+}
+
+ds_io_mode tool_parse_io(const char *opt, const char *s)
+{
+    if (strcmp(s, "uring") == 0 || strcmp(s, "io_uring") == 0)
+        return DS_IO_MODE_URING;
+    if (strcmp(s, "pread") == 0)
+        return DS_IO_MODE_PREAD;
+    if (strcmp(s, "auto") == 0)
+        return DS_IO_MODE_AUTO;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected uring, pread or auto)", opt, s);
+}

@@ -32,6 +32,11 @@ long tool_parse_long(const char *opt, const char *s, long lo, long hi);
 double tool_parse_double(const char *opt, const char *s, double lo, double hi);
 uint64_t tool_parse_u64(const char *opt, const char *s);
 
+/* A byte size with an optional K/M/G/T suffix (powers of 1024): "12G". */
+int64_t tool_parse_size(const char *opt, const char *s);
+/* --io=uring|pread|auto */
+ds_io_mode tool_parse_io(const char *opt, const char *s);
+
 /* Reads a whole file (NUL-terminated, *len excludes the NUL); NULL on error
  * with errno set. */
 char *tool_read_file(const char *path, size_t *len);

@@ -34,6 +34,9 @@ static void usage(FILE *f)
         "      --compare CMD      run CMD through the shell after the tests; if it prints JSON\n"
         "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"
         "  -s, --seed N           seed of the random token ids (default 1)\n"
+        "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
+        "                           streams them from disk through an expert cache (default: all resident)\n"
+        "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
         "\n"
@@ -215,14 +218,17 @@ int main(int argc, char **argv)
     const char *model_dir = NULL, *compare = NULL;
     bench_opts o = {512, 128, 0, 1, DS_KV_FP8, 1};
     int threads = 0;
+    int64_t mem_budget = 0;
+    ds_io_mode io_mode = DS_IO_MODE_AUTO;
     long membw_mb = 1024;
-    enum { O_KV = 256, O_MEMBW, O_COMPARE };
+    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
         {"repeat", required_argument, 0, 'r'}, {"threads", required_argument, 0, 't'},
         {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
+        {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:p:n:d:r:t:s:hV", opts, NULL)) != -1) {
@@ -244,6 +250,8 @@ int main(int argc, char **argv)
         case O_MEMBW: membw_mb = tool_parse_long("--membw-mb", optarg, 0, 1 << 20); break;
         case O_COMPARE: compare = optarg; break;
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;
+        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -261,6 +269,8 @@ int main(int argc, char **argv)
     ds_load_params lp;
     ds_load_params_init(&lp);
     lp.threads = threads;
+    lp.expert_budget = mem_budget;
+    lp.io = io_mode;
     double t0 = now_s();
     if (ds_model_load(model_dir, &lp, &m, &err) != DS_OK)
         tool_die_err(&err);
@@ -300,6 +310,23 @@ int main(int argc, char **argv)
         json_object_set_new(j, "roofline_decode_tps", json_real(bw * 1e9 / (double)mi->active_bytes_per_token));
         json_object_set_new(j, "roofline_pct", json_real(100.0 * gbps / bw));
     }
+    ds_expert_stats es;
+    ds_model_expert_stats(m, &es);
+    json_t *ej = json_object();
+    json_object_set_new(ej, "streaming", json_boolean(es.streaming));
+    json_object_set_new(ej, "io", json_string(es.io_backend ? es.io_backend : "mmap"));
+    json_object_set_new(ej, "slots", json_integer(es.slots));
+    json_object_set_new(ej, "slab_bytes", json_integer(es.slab_bytes));
+    json_object_set_new(ej, "hits", json_integer((json_int_t)es.hits));
+    json_object_set_new(ej, "misses", json_integer((json_int_t)es.misses));
+    json_object_set_new(ej, "hit_rate", json_real(es.hits + es.misses ? (double)es.hits / (double)(es.hits + es.misses) : 1.0));
+    json_object_set_new(ej, "bytes_read", json_integer((json_int_t)es.bytes_read));
+    json_object_set_new(ej, "stall_s", json_real(es.stall_seconds));
+    json_object_set_new(ej, "prefetched", json_integer((json_int_t)es.prefetched));
+    json_object_set_new(ej, "prefetch_used", json_integer((json_int_t)es.prefetch_used));
+    json_object_set_new(ej, "prediction_accuracy",
+                        json_real(es.predicted ? (double)es.predicted_right / (double)es.predicted : 0.0));
+    json_object_set_new(j, "expert_cache", ej);
     if (compare)
         json_object_set_new(j, "compare", run_compare(compare, pp, tg));
     char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));

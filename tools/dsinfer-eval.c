@@ -33,6 +33,9 @@ static void usage(FILE *f)
         "      --dump-expert-weights FILE  their weights, float32, same layout\n"
         "      --dump-layers FILE   residual stream after each block, float32 [layers,P,hidden] (prefill)\n"
         "      --dump-attn-rows FILE  latent rows read per query, int32 [layers,P] then [D,layers]\n"
+        "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
+        "                           streams them from disk through an expert cache (default: all resident)\n"
+        "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
         "  -h, --help               show this help\n"
         "  -V, --version            show the version\n"
         "\n"
@@ -152,8 +155,10 @@ int main(int argc, char **argv)
     const char *dump_topk = NULL, *dump_scores = NULL, *dump_experts = NULL, *dump_ew = NULL;
     const char *dump_layers = NULL, *dump_rows = NULL;
     int threads = 0, ctx_size = 0, chunk = 0;
+    int64_t mem_budget = 0;
+    ds_io_mode io_mode = DS_IO_MODE_AUTO;
     ds_kv_type kv = DS_KV_FP8;
-    enum { O_TOKENS = 256, O_KV, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS };
+    enum { O_TOKENS = 256, O_KV, O_BUDGET, O_IO, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
         {"out", required_argument, 0, 'o'}, {"kv-cache", required_argument, 0, O_KV},
@@ -162,6 +167,7 @@ int main(int argc, char **argv)
         {"dump-scores", required_argument, 0, O_SCORES}, {"dump-experts", required_argument, 0, O_EXPERTS},
         {"dump-expert-weights", required_argument, 0, O_EW}, {"dump-layers", required_argument, 0, O_LAYERS},
         {"dump-attn-rows", required_argument, 0, O_ROWS},
+        {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:o:t:c:hV", opts, NULL)) != -1) {
@@ -186,6 +192,8 @@ int main(int argc, char **argv)
         case O_EW: dump_ew = optarg; break;
         case O_LAYERS: dump_layers = optarg; break;
         case O_ROWS: dump_rows = optarg; break;
+        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -215,6 +223,8 @@ int main(int argc, char **argv)
     ds_load_params lp;
     ds_load_params_init(&lp);
     lp.threads = threads;
+    lp.expert_budget = mem_budget;
+    lp.io = io_mode;
     if (ds_model_load(model_dir, &lp, &model, &err) != DS_OK)
         tool_die_err(&err);
     const ds_model_info *mi = ds_model_get_info(model);
