@@ -66,8 +66,8 @@ assert d["prefill_tps"] > 0 and d["decode_tps"] > 0 and d["membw_GBps"] > 0, d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row
 assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 * 512 * 2 + 512 * 2, d
-assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-6 * d["decode_tps"], d["compare"]
-assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-6 * d["prefill_tps"], d["compare"]
+assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-4 * d["decode_tps"], d["compare"]
+assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-4 * d["prefill_tps"], d["compare"]
 PY
 expect 1 "model" "$B/dsinfer-bench" -p 4
 

@@ -20,6 +20,8 @@ static void usage(FILE *f)
         "  -m, --model DIR   checkpoint directory (HF layout)\n"
         "      --tensors     also list every tensor (name, dtype, shape, bytes, file)\n"
         "      --json        print one JSON object instead of text\n"
+        "      --mem-budget SIZE  validate with this expert-cache budget (as the runtime would load it)\n"
+        "      --io MODE     uring, pread or auto: how a streaming load reads experts\n"
         "  -h, --help        show this help\n"
         "  -V, --version     show the version\n"
         "\n"
@@ -32,9 +34,12 @@ int main(int argc, char **argv)
 {
     const char *dir = NULL;
     int list = 0, json = 0;
+    ds_load_params lp;
+    ds_load_params_init(&lp);
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, 'T'},
         {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"mem-budget", required_argument, 0, 'B'}, {"io", required_argument, 0, 'I'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
@@ -42,6 +47,8 @@ int main(int argc, char **argv)
         case 'm': dir = optarg; break;
         case 'T': list = 1; break;
         case 'j': json = 1; break;
+        case 'B': lp.expert_budget = tool_parse_size("--mem-budget", optarg); break;
+        case 'I': lp.io = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -56,7 +63,7 @@ int main(int argc, char **argv)
 
     ds_error err;
     ds_model *m;
-    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+    if (ds_model_load(dir, &lp, &m, &err) != DS_OK) {
         if (json)
             printf("{\"model\": \"%s\", \"valid\": false}\n", dir);
         else

@@ -55,6 +55,9 @@ static void usage(FILE *f)
         "      --kv-cache TYPE    fp8 (default) or f32\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            do not print the speed line\n"
+        "      --mem-budget SIZE  RAM for routed experts (e.g. 12G); less than the experts\n"
+        "                         streams them from disk (default: all resident)\n"
+        "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
         "\n"
@@ -181,13 +184,15 @@ int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *ids_arg = NULL, *text_arg = NULL, *chat_arg = NULL, *system_arg = NULL;
     int max_tokens = 16, threads = 0, ctx_size = 0, quiet = 0, ignore_eos = 0;
+    int64_t mem_budget = 0;
+    ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int thinking = 0, thinking_set = 0, print_ids = 0;
     ds_kv_type kv = DS_KV_FP8;
     ds_sampler_params sp;
     ds_sampler_params_init(&sp);
     sp.seed = 24301;
     enum { O_TEMP = 256, O_TOPP, O_TOPK, O_KV, O_EOS, O_PROMPT, O_CHAT, O_SYSTEM, O_THINK, O_NOTHINK,
-           O_PRINTIDS };
+           O_PRINTIDS, O_BUDGET, O_IO };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-ids", required_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, O_TEMP},
@@ -196,6 +201,7 @@ int main(int argc, char **argv)
         {"ctx-size", required_argument, 0, 'c'}, {"kv-cache", required_argument, 0, O_KV},
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
+        {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"prompt", required_argument, 0, O_PROMPT}, {"chat", required_argument, 0, O_CHAT},
         {"system", required_argument, 0, O_SYSTEM}, {"thinking", no_argument, 0, O_THINK},
         {"no-thinking", no_argument, 0, O_NOTHINK}, {"print-ids", no_argument, 0, O_PRINTIDS},
@@ -228,6 +234,8 @@ int main(int argc, char **argv)
             break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': quiet = 1; break;
+        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -259,6 +267,8 @@ int main(int argc, char **argv)
     ds_load_params lp;
     ds_load_params_init(&lp);
     lp.threads = threads;
+    lp.expert_budget = mem_budget;
+    lp.io = io_mode;
     double t0 = now_s();
     if (ds_model_load(model_dir, &lp, &model, &err) != DS_OK)
         tool_die_err(&err);
