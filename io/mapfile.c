@@ -19,6 +19,36 @@ static ds_status map_fail(ds_mapped_file *f, ds_error *err, ds_status code,
     return s;
 }
 
+/* The whole file in anonymous memory backed by transparent huge pages: no
+ * page-cache faults or 4 KiB TLB misses while the weights are streamed
+ * through the kernels. */
+static ds_status load_into_ram(ds_mapped_file *out, ds_error *err, const char *path)
+{
+    size_t len = (size_t)out->size;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        out->size = 0;
+        return map_fail(out, err, DS_ERR_NOMEM, path, "cannot allocate memory for", errno);
+    }
+    madvise(p, len, MADV_HUGEPAGE);
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = pread(out->fd, (char *)p + done, len - done > (1u << 30) ? (1u << 30) : len - done, (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            munmap(p, len);
+            out->size = 0;
+            return map_fail(out, err, DS_ERR_IO, path, "cannot read", e);
+        }
+        done += (size_t)r;
+    }
+    mprotect(p, len, PROT_READ);
+    out->base = p;
+    return DS_OK;
+}
+
 ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -46,6 +76,9 @@ ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err)
     if (out->size == 0)
         return DS_OK;   /* mmap of length 0 is EINVAL; an empty file is still a file */
 
+    const char *how = getenv("DSINFER_MAP");
+    if (how && strcmp(how, "ram") == 0)
+        return load_into_ram(out, err, path);
     void *p = mmap(NULL, (size_t)out->size, PROT_READ, MAP_PRIVATE, out->fd, 0);
     if (p == MAP_FAILED) {
         out->size = 0;

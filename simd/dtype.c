@@ -2,11 +2,30 @@
  * at compile time from the format definition so no runtime init is needed. */
 #include <math.h>
 #include "dtype.h"
+#include "quant.h"
 
-static const size_t dtype_sizes[DS_DT_COUNT] = {4, 2, 2, 1, 4, 8, 1};
-static const char *dtype_names[DS_DT_COUNT] = {"F32", "F16", "BF16", "F8_E4M3", "I32", "I64", "U8"};
+/* Block types have no per-element size (0 here); their block geometry is
+ * in the two tables below, 1 element per "block" for plain types. */
+static const size_t dtype_sizes[DS_DT_COUNT] = {4, 2, 2, 1, 4, 8, 1, 0, 0};
+static const int64_t dtype_blocks[DS_DT_COUNT] = {1, 1, 1, 1, 1, 1, 1, DS_Q8_0_BLOCK, DS_Q4_K_BLOCK};
+static const size_t dtype_block_bytes[DS_DT_COUNT] = {4, 2, 2, 1, 4, 8, 1, DS_Q8_0_BYTES, DS_Q4_K_BYTES};
+static const char *dtype_names[DS_DT_COUNT] = {"F32", "F16", "BF16", "F8_E4M3", "I32", "I64", "U8",
+                                               "Q8_0", "Q4_K"};
 
 size_t ds_dtype_size(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_sizes[t] : 0; }
+int64_t ds_dtype_block(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_blocks[t] : 0; }
+size_t ds_dtype_block_bytes(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_block_bytes[t] : 0; }
+
+size_t ds_dtype_row_bytes(ds_dtype t, int64_t cols)
+{
+    const int64_t blk = ds_dtype_block(t);
+    if (blk <= 0 || cols < 0 || cols % blk)
+        return 0;
+    size_t bytes;
+    if (__builtin_mul_overflow((uint64_t)(cols / blk), (uint64_t)ds_dtype_block_bytes(t), &bytes))
+        return 0;
+    return bytes;
+}
 const char *ds_dtype_name(ds_dtype t) { return (unsigned)t < DS_DT_COUNT ? dtype_names[t] : "?"; }
 
 int ds_dtype_from_name(const char *name)
@@ -129,7 +148,18 @@ void ds_convert_to_f32(ds_dtype t, const void *src, float *dst, size_t n)
         for (size_t i = 0; i < n; i++)
             dst[i] = ds_e4m3_table[b[i]];
         break;
+    case DS_DT_Q8_0:
+        if (n % DS_Q8_0_BLOCK)
+            goto zero;
+        ds_dequant_q8_0(src, dst, n / DS_Q8_0_BLOCK);
+        break;
+    case DS_DT_Q4_K:
+        if (n % DS_Q4_K_BLOCK)
+            goto zero;
+        ds_dequant_q4_k(src, dst, n / DS_Q4_K_BLOCK);
+        break;
     default:
+    zero:
         for (size_t i = 0; i < n; i++)
             dst[i] = 0.0f;
         break;

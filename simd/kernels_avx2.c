@@ -17,13 +17,23 @@
  * so every value, subnormals included, comes out exactly 2^-8 times the
  * true one; the 2^8 is folded into the block scale (an exact power-of-two
  * product).  The NaN codes 0x7f/0xff decode to the finite +-480 instead of
- * NaN: valid weights never contain them and nothing faults. */
+ * NaN: valid weights never contain them and nothing faults.
+ *
+ * Q8_0 / Q4_K (layouts in quant.h): the int8 / 4-bit quants are widened to
+ * int32, converted to f32 and multiplied with the f32 activations by FMA;
+ * the activations are not quantised.  That keeps every result within f32
+ * rounding of the scalar reference (and mat_row bitwise equal to it: the
+ * Q4_K decode (d*sc)*q - dmin*m is one fmsub of an exact product).  An
+ * integer path (activation rows quantised to int8 per block, maddubs /
+ * VNNI) would be faster but differs from the reference by the activation
+ * quantisation error, so it is left to a later, separately tested step. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "quant.h"
 
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline)) T256
@@ -110,7 +120,118 @@ INL __m256 span_dot(ds_dtype dt, const void *w, const float *x, int n)
 
 INL const void *row_ptr(const ds_mat *m, int r)
 {
-    return (const uint8_t *)m->data + (size_t)r * m->cols * ds_dtype_size(m->dtype);
+    return (const uint8_t *)m->data + (size_t)r * ds_dtype_row_bytes(m->dtype, m->cols);
+}
+
+/* ---- Q8_0 / Q4_K -------------------------------------------------------- */
+
+/* The f16 at p (exact, like ds_f16_to_f32). */
+INL float f16_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 8 int8 quants -> 8 floats. */
+INL __m256 q8x8(const uint8_t *q)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+/* Lane sums of q[i] * x[i] over one Q8_0 block (d not yet applied). */
+INL __m256 q8_0_block_dot(const uint8_t *b, const float *x)
+{
+    const uint8_t *q = b + 2;
+    __m256 a0 = _mm256_mul_ps(q8x8(q), _mm256_loadu_ps(x));
+    __m256 a1 = _mm256_mul_ps(q8x8(q + 8), _mm256_loadu_ps(x + 8));
+    a0 = _mm256_fmadd_ps(q8x8(q + 16), _mm256_loadu_ps(x + 16), a0);
+    a1 = _mm256_fmadd_ps(q8x8(q + 24), _mm256_loadu_ps(x + 24), a1);
+    return _mm256_add_ps(a0, a1);
+}
+
+NOINL float q8_0_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *b = row_ptr(m, r);
+    __m256 total = _mm256_setzero_ps();
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q8_0_BLOCK, b += DS_Q8_0_BYTES)
+        total = _mm256_fmadd_ps(q8_0_block_dot(b, x + c0), _mm256_set1_ps(f16_at(b)), total);
+    return hsum(total);
+}
+
+/* The multipliers of sub-blocks 2g and 2g+1 of a Q4_K block: weight =
+ * q * a - b with a = d * sc, b = dmin * m (both exact products). */
+INL void q4_k_pair(const uint8_t *blk, int g, __m256 a[2], __m256 bm[2])
+{
+    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    for (int h = 0; h < 2; h++) {
+        int sc, mn;
+        ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, 2 * g + h, &sc, &mn);
+        a[h] = _mm256_set1_ps(d * (float)sc);
+        bm[h] = _mm256_set1_ps(dmin * (float)mn);
+    }
+}
+
+/* Weights l .. l+7 of sub-blocks 2g (lo) and 2g+1 (hi) of a Q4_K block. */
+INL void q4_k_w8(const uint8_t *blk, int g, int l, const __m256 a[2], const __m256 bm[2], __m256 *lo,
+                 __m256 *hi)
+{
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + DS_Q4_K_OFF_QS + 32 * g + l)));
+    *lo = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15))), a[0], bm[0]);
+    *hi = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), a[1], bm[1]);
+}
+
+NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *b = row_ptr(m, r);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+        for (int g = 0; g < 4; g++) {
+            __m256 a[2], bm[2];
+            q4_k_pair(b, g, a, bm);
+            const float *xg = x + c0 + 64 * g;
+            for (int l = 0; l < 32; l += VW) {
+                __m256 lo, hi;
+                q4_k_w8(b, g, l, a, bm, &lo, &hi);
+                acc0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg + l), acc0);
+                acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 32 + l), acc1);
+            }
+        }
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+/* Decodes one block at b into out (32 or 256 floats), bitwise equal to the
+ * quant.c decoders. */
+INL void block_decode(ds_dtype dt, const uint8_t *b, float *out)
+{
+    if (dt == DS_DT_Q8_0) {
+        const __m256 d = _mm256_set1_ps(f16_at(b));
+        for (int l = 0; l < DS_Q8_0_BLOCK; l += VW)
+            _mm256_storeu_ps(out + l, _mm256_mul_ps(q8x8(b + 2 + l), d));
+        return;
+    }
+    for (int g = 0; g < 4; g++) {
+        __m256 a[2], bm[2];
+        q4_k_pair(b, g, a, bm);
+        for (int l = 0; l < 32; l += VW) {
+            __m256 lo, hi;
+            q4_k_w8(b, g, l, a, bm, &lo, &hi);
+            _mm256_storeu_ps(out + 64 * g + l, lo);
+            _mm256_storeu_ps(out + 64 * g + 32 + l, hi);
+        }
+    }
+}
+
+/* out[j] = W[r][c0 + j], j < len, for a block type; c0 and len are
+ * multiples of the block (rows are whole blocks, chunks start at 0 or a
+ * multiple of KC). */
+NOINL void block_convert(const ds_mat *m, int r, int c0, int len, float *out)
+{
+    const int blk = (int)ds_dtype_block(m->dtype);
+    const size_t bb = ds_dtype_block_bytes(m->dtype);
+    const uint8_t *b = (const uint8_t *)row_ptr(m, r) + (size_t)(c0 / blk) * bb;
+    for (int j = 0; j < len; j += blk, b += bb)
+        block_decode(m->dtype, b, out + j);
 }
 
 INL const float *scale_row(const ds_mat *m, int r)
@@ -138,6 +259,8 @@ NOINL float row_dot(const ds_mat *m, int r, const float *x)
     case DS_DT_BF16: return hsum(span_dot(DS_DT_BF16, row_ptr(m, r), x, m->cols));
     case DS_DT_F16: return hsum(span_dot(DS_DT_F16, row_ptr(m, r), x, m->cols));
     case DS_DT_F8_E4M3: return fp8_row_dot(m, r, x);
+    case DS_DT_Q8_0: return q8_0_row_dot(m, r, x);
+    case DS_DT_Q4_K: return q4_k_row_dot(m, r, x);
     default: return 0.0f;
     }
 }
@@ -171,6 +294,8 @@ NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
         }
         break;
     }
+    case DS_DT_Q8_0:
+    case DS_DT_Q4_K: block_convert(m, r, c0, len, out); break;
     default: memset(out, 0, sizeof(float) * (size_t)len); break;
     }
 }
@@ -229,6 +354,18 @@ NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
     const int cols = m->cols;
     if (m->dtype == DS_DT_F32) {
         avx2_axpy(a, w, y, cols);
+        return;
+    }
+    if (ds_dtype_is_block(m->dtype)) {
+        /* Decode a block, then accumulate it: blocks are at most 256 wide. */
+        float tmp[DS_Q4_K_BLOCK] __attribute__((aligned(32)));
+        const int blk = (int)ds_dtype_block(m->dtype);
+        const size_t bb = ds_dtype_block_bytes(m->dtype);
+        const uint8_t *b = w;
+        for (int c0 = 0; c0 < cols; c0 += blk, b += bb) {
+            block_decode(m->dtype, b, tmp);
+            avx2_axpy(a, tmp, y + c0, blk);
+        }
         return;
     }
     const float *s = m->dtype == DS_DT_F8_E4M3 ? scale_row(m, r) : NULL;

@@ -15,13 +15,21 @@
  * so every value, subnormals included, comes out exactly 2^-8 times the
  * true one; the 2^8 is folded into the block scale (an exact power-of-two
  * product).  The NaN codes 0x7f/0xff decode to the finite +-480 instead of
- * NaN: valid weights never contain them and nothing faults. */
+ * NaN: valid weights never contain them and nothing faults.
+ *
+ * Q8_0 / Q4_K (layouts in quant.h): as in kernels_avx2.c, the quants are
+ * widened to int32, converted to f32 and FMA'd with the unquantised f32
+ * activations, so results stay within f32 rounding of the scalar reference
+ * and mat_row is bitwise equal to it.  A VNNI path (int8 activations,
+ * vpdpbusd) is deliberately not used here: it would change the numbers by
+ * the activation quantisation error. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "quant.h"
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define INL static inline __attribute__((always_inline)) T512
@@ -84,7 +92,112 @@ INL __m512 span_dot(ds_dtype dt, const void *w, const float *x, int n)
 
 INL const void *row_ptr(const ds_mat *m, int r)
 {
-    return (const uint8_t *)m->data + (size_t)r * m->cols * ds_dtype_size(m->dtype);
+    return (const uint8_t *)m->data + (size_t)r * ds_dtype_row_bytes(m->dtype, m->cols);
+}
+
+/* ---- Q8_0 / Q4_K -------------------------------------------------------- */
+
+/* The f16 at p (exact, like ds_f16_to_f32).  Through the AVX-512F
+ * vcvtph2ps so the table needs no F16C target flag of its own. */
+INL float f16_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    const __m256i v = _mm256_castsi128_si256(_mm_cvtsi32_si128(h));
+    return _mm512_cvtss_f32(_mm512_cvtph_ps(v));
+}
+
+/* 16 int8 quants -> 16 floats. */
+INL __m512 q8x16(const uint8_t *q)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+}
+
+NOINL float q8_0_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *b = row_ptr(m, r);
+    __m512 total = _mm512_setzero_ps();
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q8_0_BLOCK, b += DS_Q8_0_BYTES) {
+        __m512 blk = _mm512_mul_ps(q8x16(b + 2), _mm512_loadu_ps(x + c0));
+        blk = _mm512_fmadd_ps(q8x16(b + 18), _mm512_loadu_ps(x + c0 + 16), blk);
+        total = _mm512_fmadd_ps(blk, _mm512_set1_ps(f16_at(b)), total);
+    }
+    return hsum(total);
+}
+
+/* The multipliers of sub-blocks 2g and 2g+1 of a Q4_K block: weight =
+ * q * a - b with a = d * sc, b = dmin * m (both exact products). */
+INL void q4_k_pair(const uint8_t *blk, int g, __m512 a[2], __m512 bm[2])
+{
+    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    for (int h = 0; h < 2; h++) {
+        int sc, mn;
+        ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, 2 * g + h, &sc, &mn);
+        a[h] = _mm512_set1_ps(d * (float)sc);
+        bm[h] = _mm512_set1_ps(dmin * (float)mn);
+    }
+}
+
+/* Weights l .. l+15 of sub-blocks 2g (lo) and 2g+1 (hi) of a Q4_K block. */
+INL void q4_k_w16(const uint8_t *blk, int g, int l, const __m512 a[2], const __m512 bm[2], __m512 *lo,
+                  __m512 *hi)
+{
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + DS_Q4_K_OFF_QS + 32 * g + l)));
+    *lo = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), a[0], bm[0]);
+    *hi = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), a[1], bm[1]);
+}
+
+NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
+{
+    const uint8_t *b = row_ptr(m, r);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+        for (int g = 0; g < 4; g++) {
+            __m512 a[2], bm[2];
+            q4_k_pair(b, g, a, bm);
+            const float *xg = x + c0 + 64 * g;
+            for (int l = 0; l < 32; l += VW) {
+                __m512 lo, hi;
+                q4_k_w16(b, g, l, a, bm, &lo, &hi);
+                acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xg + l), acc0);
+                acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 32 + l), acc1);
+            }
+        }
+    return hsum(_mm512_add_ps(acc0, acc1));
+}
+
+/* Decodes one block at b into out (32 or 256 floats), bitwise equal to the
+ * quant.c decoders. */
+INL void block_decode(ds_dtype dt, const uint8_t *b, float *out)
+{
+    if (dt == DS_DT_Q8_0) {
+        const __m512 d = _mm512_set1_ps(f16_at(b));
+        _mm512_storeu_ps(out, _mm512_mul_ps(q8x16(b + 2), d));
+        _mm512_storeu_ps(out + 16, _mm512_mul_ps(q8x16(b + 18), d));
+        return;
+    }
+    for (int g = 0; g < 4; g++) {
+        __m512 a[2], bm[2];
+        q4_k_pair(b, g, a, bm);
+        for (int l = 0; l < 32; l += VW) {
+            __m512 lo, hi;
+            q4_k_w16(b, g, l, a, bm, &lo, &hi);
+            _mm512_storeu_ps(out + 64 * g + l, lo);
+            _mm512_storeu_ps(out + 64 * g + 32 + l, hi);
+        }
+    }
+}
+
+/* out[j] = W[r][c0 + j], j < len, for a block type; c0 and len are
+ * multiples of the block (rows are whole blocks, chunks start at 0 or a
+ * multiple of KC). */
+NOINL void block_convert(const ds_mat *m, int r, int c0, int len, float *out)
+{
+    const int blk = (int)ds_dtype_block(m->dtype);
+    const size_t bb = ds_dtype_block_bytes(m->dtype);
+    const uint8_t *b = (const uint8_t *)row_ptr(m, r) + (size_t)(c0 / blk) * bb;
+    for (int j = 0; j < len; j += blk, b += bb)
+        block_decode(m->dtype, b, out + j);
 }
 
 INL const float *scale_row(const ds_mat *m, int r)
@@ -112,6 +225,8 @@ NOINL float row_dot(const ds_mat *m, int r, const float *x)
     case DS_DT_BF16: return hsum(span_dot(DS_DT_BF16, row_ptr(m, r), x, m->cols));
     case DS_DT_F16: return hsum(span_dot(DS_DT_F16, row_ptr(m, r), x, m->cols));
     case DS_DT_F8_E4M3: return fp8_row_dot(m, r, x);
+    case DS_DT_Q8_0: return q8_0_row_dot(m, r, x);
+    case DS_DT_Q4_K: return q4_k_row_dot(m, r, x);
     default: return 0.0f;
     }
 }
@@ -144,6 +259,8 @@ NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
         }
         break;
     }
+    case DS_DT_Q8_0:
+    case DS_DT_Q4_K: block_convert(m, r, c0, len, out); break;
     default: memset(out, 0, sizeof(float) * (size_t)len); break;
     }
 }
@@ -198,6 +315,18 @@ NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
     const int cols = m->cols;
     if (m->dtype == DS_DT_F32) {
         avx512_axpy(a, w, y, cols);
+        return;
+    }
+    if (ds_dtype_is_block(m->dtype)) {
+        /* Decode a block, then accumulate it: blocks are at most 256 wide. */
+        float tmp[DS_Q4_K_BLOCK] __attribute__((aligned(64)));
+        const int blk = (int)ds_dtype_block(m->dtype);
+        const size_t bb = ds_dtype_block_bytes(m->dtype);
+        const uint8_t *b = w;
+        for (int c0 = 0; c0 < cols; c0 += blk, b += bb) {
+            block_decode(m->dtype, b, tmp);
+            avx512_axpy(a, tmp, y + c0, blk);
+        }
         return;
     }
     const float *s = m->dtype == DS_DT_F8_E4M3 ? scale_row(m, r) : NULL;

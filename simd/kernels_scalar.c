@@ -2,20 +2,47 @@
  * ds_kernels_scalar that every SIMD table is tested against, and the
  * element-wise ops that have no SIMD version.  Rows are split across OpenMP
  * threads for large matrices; each row is dequantised block by block and
- * accumulated in f32. */
+ * accumulated in f32.  Q8_0 / Q4_K rows are decoded one block at a time
+ * with the quant.c decoders and dotted in f32 like the other types. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "quant.h"
 
 static float scalar_dot(const float *a, const float *b, int n);
 static void scalar_axpy(float a, const float *x, float *y, int n);
+
+static const uint8_t *row_ptr(const ds_mat *m, int r)
+{
+    return (const uint8_t *)m->data + (size_t)r * ds_dtype_row_bytes(m->dtype, m->cols);
+}
+
+/* Dot of a block-quantised row with x: each block is decoded into f32
+ * (exactly, see quant.h) and accumulated like a plain row. */
+static float block_row_dot(const ds_mat *m, int r, const float *x)
+{
+    float tmp[DS_Q4_K_BLOCK];
+    const int blk = (int)ds_dtype_block(m->dtype);
+    const size_t bb = ds_dtype_block_bytes(m->dtype);
+    const uint8_t *w = row_ptr(m, r);
+    float s = 0.0f;
+    for (int c0 = 0; c0 < m->cols; c0 += blk, w += bb) {
+        ds_convert_to_f32(m->dtype, w, tmp, (size_t)blk);
+        for (int c = 0; c < blk; c++)
+            s += tmp[c] * x[c0 + c];
+    }
+    return s;
+}
 
 /* Dot of one stored row with x, dequantising on the fly. */
 static float row_dot(const ds_mat *m, int r, const float *x)
 {
     const int cols = m->cols;
     switch (m->dtype) {
+    case DS_DT_Q8_0:
+    case DS_DT_Q4_K:
+        return block_row_dot(m, r, x);
     case DS_DT_F32: {
         const float *w = (const float *)m->data + (size_t)r * cols;
         float s = 0.0f;
@@ -59,8 +86,7 @@ static float row_dot(const ds_mat *m, int r, const float *x)
 static void scalar_mat_row(const ds_mat *m, int r, float *out)
 {
     const int cols = m->cols;
-    const uint8_t *base = (const uint8_t *)m->data + (size_t)r * cols * ds_dtype_size(m->dtype);
-    ds_convert_to_f32(m->dtype, base, out, (size_t)cols);
+    ds_convert_to_f32(m->dtype, row_ptr(m, r), out, (size_t)cols);
     if (m->dtype == DS_DT_F8_E4M3) {
         const int sc = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
         const float *srow = m->scale + (size_t)(r / DS_QBLOCK) * sc;

@@ -8,12 +8,18 @@
 #include "internal.h"
 #include "model.h"
 #include "cpu.h"
+#include "numa.h"
+#include "dsconfig.h"
+#ifdef DS_HAVE_CUDA
+#include "indexer_gpu.h"
+#endif
 
 void ds_load_params_init(ds_load_params *p)
 {
     p->threads = 0;
     p->expert_budget = 0;
     p->io = DS_IO_MODE_AUTO;
+    p->numa = 1;
 }
 
 void ds_context_params_init(ds_context_params *p)
@@ -21,6 +27,7 @@ void ds_context_params_init(ds_context_params *p)
     p->ctx_size = 0;
     p->kv_type = DS_KV_FP8;
     p->threads = 0;
+    p->indexer_device = 0;
 }
 
 static void fill_info(ds_model *m)
@@ -51,6 +58,7 @@ static void fill_info(ds_model *m)
     i->eos_token_id = c->eos_token_id;
     i->max_position_embeddings = c->max_position_embeddings;
     i->scale_ue8m0 = c->scale_ue8m0;
+    i->numa_nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
     i->n_tensors = ds_table_count(m->table);
     i->weight_bytes = i->expert_bytes = i->active_bytes_per_token = 0;
     for (int k = 0; k < ds_table_count(m->table); k++) {
@@ -83,6 +91,20 @@ static ds_status check_limits(const ds_model *m, ds_error *err)
     return DS_OK;
 }
 
+/* The NUMA plan; threads are pinned only when there is more than one node
+ * (on one node the OS scheduler does as well and pinning would surprise
+ * embedders). */
+static ds_status place_numa(ds_model *m, const ds_load_params *p, ds_error *err)
+{
+    int threads = p && p->threads > 0 ? p->threads : omp_get_max_threads();
+    ds_status st = ds_numa_create(threads, &m->numa, err);
+    if (st != DS_OK)
+        return st;
+    if (ds_numa_nodes(m->numa) > 1)
+        ds_numa_pin_team(m->numa);
+    return DS_OK;
+}
+
 ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out, ds_error *err)
 {
     ds_error_clear(err);
@@ -105,6 +127,8 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = ds_table_open(dir, &m->table, err);
     if (st == DS_OK)
         st = ds_weights_bind(m, err);
+    if (st == DS_OK && (!p || p->numa))
+        st = place_numa(m, p, err);
     if (st == DS_OK)
         st = ds_experts_create(m, p, &m->experts, err);
     if (st == DS_OK)
@@ -128,6 +152,7 @@ void ds_model_free(ds_model *m)
     if (!m)
         return;
     ds_experts_free(m->experts);
+    ds_numa_free(m->numa);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
@@ -138,6 +163,39 @@ void ds_model_free(ds_model *m)
 }
 
 const ds_model_info *ds_model_get_info(const ds_model *m) { return m ? &m->info : NULL; }
+
+/* Puts the DSA indexer on the GPU when asked (DSINFER_INDEXER=cpu|gpu
+ * overrides p->indexer_device).  Never fails: without CUDA support or a
+ * usable device the CPU indexer stays, and the note says why. */
+static void setup_gpu_indexer(ds_context *c, const ds_context_params *p)
+{
+    const ds_config *cfg = &c->model->cfg;
+    int want = p->indexer_device == 1;
+    const char *env = getenv("DSINFER_INDEXER");
+    if (env && strcmp(env, "gpu") == 0)
+        want = 1;
+    else if (env && strcmp(env, "cpu") == 0)
+        want = 0;
+    else if (env && *env)
+        snprintf(c->gpu_idx_note, sizeof c->gpu_idx_note,
+                 "DSINFER_INDEXER=%.40s is neither cpu nor gpu; ignored", env);
+    if (!want || !cfg->is_v32)
+        return;
+#ifdef DS_HAVE_CUDA
+    ds_error e;
+    ds_error_clear(&e);
+    c->gpu_idx = ds_gpu_indexer_create(cfg->num_hidden_layers, c->ctx_size, cfg->index_head_dim,
+                                       cfg->index_n_heads, &e);
+    if (!c->gpu_idx) {
+        c->gpu_idx_failed = 1;
+        snprintf(c->gpu_idx_note, sizeof c->gpu_idx_note, "indexer on the CPU: %s", e.msg);
+    }
+#else
+    c->gpu_idx_failed = 1;
+    snprintf(c->gpu_idx_note, sizeof c->gpu_idx_note,
+             "indexer on the CPU: GPU requested but this build has no CUDA support (configure --with-cuda)");
+#endif
+}
 
 ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context **out, ds_error *err)
 {
@@ -150,6 +208,8 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
         p = &def;
     if (p->kv_type != DS_KV_FP8 && p->kv_type != DS_KV_F32)
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown KV cache type %d", (int)p->kv_type);
+    if (p->indexer_device != 0 && p->indexer_device != 1)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "unknown indexer device %d (0 = CPU, 1 = GPU)", p->indexer_device);
     int size = p->ctx_size;
     if (size < 0)
         return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d is negative", size);
@@ -168,6 +228,7 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
     }
     if (p->threads > 0)
         omp_set_num_threads(p->threads);
+    setup_gpu_indexer(c, p);
     *out = c;
     return DS_OK;
 }
@@ -176,12 +237,20 @@ void ds_context_free(ds_context *c)
 {
     if (!c)
         return;
+#ifdef DS_HAVE_CUDA
+    ds_gpu_indexer_free(c->gpu_idx);
+#endif
     ds_kv_free(c);
     free(c);
 }
 
 int ds_context_pos(const ds_context *c) { return c ? c->pos : 0; }
 int ds_context_size(const ds_context *c) { return c ? c->ctx_size : 0; }
+int ds_context_indexer_on_gpu(const ds_context *c) { return c && c->gpu_idx && !c->gpu_idx_failed; }
+const char *ds_context_indexer_note(const ds_context *c)
+{
+    return c && c->gpu_idx_note[0] ? c->gpu_idx_note : NULL;
+}
 
 ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err)
 {

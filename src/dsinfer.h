@@ -59,6 +59,7 @@ typedef struct ds_model_info {
     int bos_token_id, eos_token_id;
     int max_position_embeddings;
     int scale_ue8m0;         /* quantization_config.scale_fmt == "ue8m0" */
+    int numa_nodes;          /* NUMA nodes of the placement plan (1 when off) */
     int64_t n_tensors;
     int64_t weight_bytes;    /* bytes of all tensors in the checkpoint */
     int64_t expert_bytes;    /* bytes of all routed experts */
@@ -80,6 +81,8 @@ typedef struct ds_load_params {
      * and streams the others from disk on demand. */
     int64_t expert_budget;
     ds_io_mode io;           /* how streamed experts are read */
+    int numa;                /* 1 (default): place threads and expert slabs by NUMA node
+                                (hwloc; experts partitioned across nodes); 0: off */
 } ds_load_params;
 
 void ds_load_params_init(ds_load_params *p);
@@ -243,6 +246,8 @@ typedef struct ds_request {
     const int32_t *stop_ids; /* extra stop tokens (copied) */
     int n_stop_ids;
     int ignore_eos;
+    int sample_vocab;        /* sample only ids below this (0 = the model's vocabulary);
+                                pass the tokenizer's size: checkpoints pad their vocabulary */
     ds_token_fn on_token;
     void *user;
 } ds_request;

@@ -15,6 +15,7 @@ typedef struct req {
     int32_t *prompt;
     int n_prompt;
     int max_tokens, ignore_eos;
+    int sample_vocab;
     int32_t *stop;
     int n_stop;
     ds_sampler *smp;
@@ -162,7 +163,7 @@ ds_status ds_engine_submit(ds_engine *e, const ds_request *rq, uint64_t *id, ds_
     if (rq->n_prompt >= e->p.ctx_size)
         return ds_fail(err, DS_ERR_INPUT, "the prompt has %d tokens; the context holds %d (prompt + at least one generated token)",
                        rq->n_prompt, e->p.ctx_size);
-    if (rq->max_tokens < 0 || rq->n_stop_ids < 0)
+    if (rq->max_tokens < 0 || rq->n_stop_ids < 0 || rq->sample_vocab < 0)
         return ds_fail(err, DS_ERR_INVALID_ARG, "max_tokens and n_stop_ids must be >= 0");
     for (int i = 0; i < rq->n_prompt; i++)
         if (rq->prompt[i] < 0 || rq->prompt[i] >= e->vocab)
@@ -182,6 +183,7 @@ ds_status ds_engine_submit(ds_engine *e, const ds_request *rq, uint64_t *id, ds_
     r->n_stop = rq->n_stop_ids;
     r->max_tokens = rq->max_tokens;
     r->ignore_eos = rq->ignore_eos;
+    r->sample_vocab = rq->sample_vocab > 0 && rq->sample_vocab < e->vocab ? rq->sample_vocab : e->vocab;
     r->cb = rq->on_token;
     r->user = rq->user;
     r->slot = -1;
@@ -379,7 +381,7 @@ static void absorb(ds_engine *e, int n, emit *em, int *nem, done *d, int *nd)
             if (r->fed < r->n_prompt)
                 continue;                            /* more prompt to go */
         }
-        int32_t tok = ds_sampler_sample(r->smp, it->logits, e->vocab);
+        int32_t tok = ds_sampler_sample(r->smp, it->logits, r->sample_vocab);
         r->generated++;
         e->st.generated_tokens++;
         em[(*nem)++] = (emit){r, tok, it->logits};

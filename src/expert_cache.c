@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "model.h"
 #include "reader.h"
+#include "numa.h"
 
 typedef struct part {
     int file;              /* reader file id */
@@ -33,6 +34,7 @@ typedef struct slot {
     int loading;           /* a read is in flight (tag = slot index + 1) */
     int predicted;         /* loaded ahead by prediction and not used yet */
     int fresh;             /* read on demand (a miss) and not yet handed out */
+    int node;              /* NUMA node holding the buffer */
     uint64_t last;         /* access tick */
     double freq;           /* use count decayed by age */
     uint8_t *buf;
@@ -54,6 +56,7 @@ struct ds_expert_cache {
     int lru;
     unsigned char *pred;   /* [layer][expert]: predicted for the layer's next use */
     ds_expert_stats st;
+    struct ds_numa *numa;
 };
 
 static double now_s(void)
@@ -92,7 +95,7 @@ static int64_t total_expert_bytes(const ds_expert_cache *ec, const ds_model *m, 
             const ds_mat *mats[3] = {&w->gate, &w->up, &w->down};
             size_t slab = 0;
             for (int k = 0; k < 3; k++)
-                slab += align_up((size_t)mats[k]->rows * mats[k]->cols * ds_dtype_size(mats[k]->dtype), 4096);
+                slab += align_up((size_t)mats[k]->rows * ds_dtype_row_bytes(mats[k]->dtype, mats[k]->cols), 4096);
             tot += (int64_t)slab;
             if (slab > *max_slab)
                 *max_slab = slab;
@@ -168,11 +171,17 @@ static ds_status start_streaming(ds_model *m, ds_expert_cache *ec, const ds_load
         return DS_ERR_NOMEM;
     for (int64_t i = 0; i < all; i++)
         ec->where[i] = -1;
+    int nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
+    ec->numa = m->numa;
     for (int i = 0; i < ec->nslots; i++) {
         ec->slots[i].key = -1;
         ec->slots[i].buf = ds_alloc_aligned(max_slab, err);
         if (!ec->slots[i].buf)
             return DS_ERR_NOMEM;
+        /* slabs spread evenly over the nodes; an expert prefers a slab on its own node */
+        ec->slots[i].node = (int)((long)i * nodes / ec->nslots);
+        if (m->numa)
+            ds_numa_bind(m->numa, ec->slots[i].buf, max_slab, ec->slots[i].node);
     }
     ec->st.streaming = 1;
     ec->st.slots = ec->nslots;
@@ -235,6 +244,8 @@ static double rank(const ds_expert_cache *c, const slot *s)
     return s->freq * exp2(-age / (double)c->nslots) + 1e-9 * (double)s->last;
 }
 
+static int pick_victim_on(ds_expert_cache *c, int node);
+
 /* Marks finished reads as loaded so their slots become evictable. */
 static void collect_done(ds_expert_cache *c)
 {
@@ -245,12 +256,23 @@ static void collect_done(ds_expert_cache *c)
             c->slots[tags[i] - 1].loading = 0;
 }
 
-static int pick_victim(ds_expert_cache *c)
+static int pick_victim(ds_expert_cache *c, int key)
+{
+    int want = c->numa ? ds_numa_expert_node(c->numa, key % c->n_experts, c->n_experts) : 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int i = pick_victim_on(c, pass == 0 && c->numa ? want : -1);
+        if (i >= 0)
+            return i;
+    }
+    return -1;
+}
+
+static int pick_victim_on(ds_expert_cache *c, int node)
 {
     int best = -1;
     for (int i = 0; i < c->nslots; i++) {
         slot *s = &c->slots[i];
-        if (s->pins || s->loading)
+        if (s->pins || s->loading || (node >= 0 && s->node != node))
             continue;
         if (s->key < 0)
             return i;
@@ -339,11 +361,11 @@ const ds_ffn_w *ds_experts_get(ds_expert_cache *c, int layer, int e, ds_error *e
     int i = c->where[key];
     if (i < 0) {
         collect_done(c);
-        i = pick_victim(c);
+        i = pick_victim(c, key);
         for (int j = 0; i < 0 && j < c->nslots; j++)
             if (c->slots[j].loading && !c->slots[j].pins) {   /* a read-ahead nobody claimed (or failed) */
                 finish_read(c, j, NULL);
-                i = pick_victim(c);
+                i = pick_victim(c, key);
             }
         if (i < 0) {
             ds_fail(err, DS_ERR_NOMEM, "expert cache: all %d slabs are in use; raise the memory budget", c->nslots);
@@ -402,7 +424,7 @@ void ds_experts_prefetch(ds_expert_cache *c, int layer, const int32_t *experts, 
                 free_or_evictable += !c->slots[j].pins && !c->slots[j].loading;
             if (free_or_evictable < 2)
                 break;
-            i = pick_victim(c);
+            i = pick_victim(c, key);
             if (i < 0 || start_read(c, i, key, NULL) != DS_OK)
                 break;
             c->slots[i].fresh = 1;
@@ -427,7 +449,7 @@ void ds_experts_predict(ds_expert_cache *c, int layer, const int32_t *experts, i
             int key = layer * c->n_experts + experts[k];
             if (c->where[key] >= 0)
                 continue;
-            int i = pick_victim(c);
+            int i = pick_victim(c, key);
             if (i < 0 || start_read(c, i, key, NULL) != DS_OK)
                 break;
             c->slots[i].predicted = 1;

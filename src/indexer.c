@@ -9,6 +9,11 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "dsconfig.h"
+#ifdef DS_HAVE_CUDA
+#include <stdio.h>
+#include "indexer_gpu.h"
+#endif
 
 /* e4m3 value * 2^9 is an integer for every finite code, so a dot product of
  * two e4m3 vectors is exact in int64 and rounded once to f32, as the
@@ -117,6 +122,46 @@ static void score_keys(const ds_context *c, int layer, const uint8_t *q8, const 
     }
 }
 
+#ifdef DS_HAVE_CUDA
+/* Scores and selects on the GPU (bit-identical to score_keys +
+ * ds_topk_positions, see indexer_gpu.h).  Returns 1 when it filled sel and
+ * nsel; 0 when the CPU must: no GPU state, or a GPU error, after which the
+ * GPU is dropped for this context and the note keeps the message. */
+static int gpu_select(ds_context *c, int layer, const uint8_t *q8, const float *w, int T, int start,
+                      int32_t *sel, int *nsel, int sel_stride)
+{
+    if (!c->gpu_idx || c->gpu_idx_failed)
+        return 0;
+    const ds_kv_layer *kv = &c->kv[layer];
+    ds_error e;
+    ds_error_clear(&e);
+    /* keys first, always, so the GPU copy never misses a position */
+    ds_status st = ds_gpu_indexer_sync_keys(c->gpu_idx, layer, kv->idx_k, kv->idx_s, start, start + T, &e);
+    float *score = NULL;
+    if (st == DS_OK && c->trace) {   /* scores come back only for the trace hook */
+        score = malloc(sizeof(float) * (size_t)T * (size_t)(start + T));
+        if (!score)
+            return 0;
+    }
+    if (st == DS_OK)
+        st = ds_gpu_indexer_select(c->gpu_idx, layer, q8, w, T, start, c->model->cfg.index_topk, sel, nsel,
+                                   sel_stride, score, &e);
+    if (st != DS_OK) {
+        c->gpu_idx_failed = 1;
+        snprintf(c->gpu_idx_note, sizeof c->gpu_idx_note, "indexer back on the CPU after a GPU error: %s", e.msg);
+        free(score);
+        return 0;
+    }
+    for (int t = 0; c->trace && t < T; t++) {
+        c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start + t, score + (size_t)t * (start + T),
+                 start + t + 1);
+        c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start + t, sel + (size_t)t * sel_stride, nsel[t]);
+    }
+    free(score);
+    return 1;
+}
+#endif
+
 ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
                          int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err)
 {
@@ -155,6 +200,10 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
             *w = *w * head_scale * qs * dim_scale;
         }
     }
+#ifdef DS_HAVE_CUDA
+    if (gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
+        goto out;
+#endif
 
     int fail = 0;
 #pragma omp parallel

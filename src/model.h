@@ -62,6 +62,7 @@ struct ds_model {
     float *final_norm;
     ds_layer_w *layers;
     ds_expert_cache *experts;
+    struct ds_numa *numa;  /* placement plan; NULL when NUMA placement is off */
     float *rope_freq;      /* [qk_rope_head_dim / 2] YaRN-corrected frequencies */
     float rope_mscale;     /* cos/sin multiplier (HF YaRN attention factor; 1 for DeepSeek configs) */
     float attn_scale;      /* MLA softmax scale incl. YaRN mscale^2 */
@@ -91,7 +92,7 @@ struct ds_context {
     /* Optional GPU lightning indexer (indexer_gpu.h; --with-cuda builds). */
     void *gpu_idx;             /* ds_gpu_indexer *, NULL = CPU indexer */
     int gpu_idx_failed;        /* GPU requested but unavailable or failed: CPU from now on */
-    char gpu_idx_note[320];    /* the one warning for tools to print ("" = none) */
+    char gpu_idx_note[640];    /* the one warning for tools to print ("" = none) */
 };
 
 /* weights.c */

@@ -188,6 +188,44 @@ static ds_status parse_shape(const char *path, const char *name, json_t *entry,
     return DS_OK;
 }
 
+/* Byte size of a block-quantised (Q8_0 / Q4_K) tensor: the header keeps
+ * the logical shape, each row (last dimension) is a whole number of blocks,
+ * so the data is (elements / cols) rows of ds_dtype_row_bytes(cols).  The
+ * element count was already checked for overflow by the caller. */
+static ds_status block_range(const char *path, const char *name, ds_tensor *out, uint64_t b,
+                             uint64_t e, uint64_t *begin, ds_error *err)
+{
+    const int64_t blk = ds_dtype_block(out->dtype);
+    if (out->ndim < 1)
+        return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s': %s tensors need at least one dimension",
+                       path, show(name).s, ds_dtype_name(out->dtype));
+    const int64_t cols = out->shape[out->ndim - 1];
+    if (cols % blk)
+        return ds_fail(err, DS_ERR_FORMAT,
+                       "%s: tensor '%s': shape %s of %s: the last dimension is not a multiple "
+                       "of the %lld-element block",
+                       path, show(name).s, show_shape(out->shape, out->ndim).s,
+                       ds_dtype_name(out->dtype), (long long)blk);
+    uint64_t rows = 1, bytes = 0;
+    for (int i = 0; i + 1 < out->ndim; i++)
+        rows *= (uint64_t)out->shape[i];     /* <= the element count: no overflow */
+    const size_t row_bytes = ds_dtype_row_bytes(out->dtype, cols);
+    if (cols && (row_bytes == 0 || __builtin_mul_overflow(rows, (uint64_t)row_bytes, &bytes)))
+        return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s': shape %s of %s overflows",
+                       path, show(name).s, show_shape(out->shape, out->ndim).s,
+                       ds_dtype_name(out->dtype));
+    if (bytes != e - b)
+        return ds_fail(err, DS_ERR_FORMAT,
+                       "%s: tensor '%s': shape %s of %s (%zu bytes per %lld-element block) does not "
+                       "fill data_offsets [%llu, %llu) (%llu bytes)",
+                       path, show(name).s, show_shape(out->shape, out->ndim).s,
+                       ds_dtype_name(out->dtype), ds_dtype_block_bytes(out->dtype), (long long)blk,
+                       (unsigned long long)b, (unsigned long long)e, (unsigned long long)(e - b));
+    out->nbytes = bytes;
+    *begin = b;
+    return DS_OK;
+}
+
 /* Reads data_offsets into *begin and nbytes (relative to the data area) and checks
  * them against the area and against shape x dtype size. */
 static ds_status parse_range(const char *path, const char *name, json_t *entry,
@@ -216,6 +254,8 @@ static ds_status parse_range(const char *path, const char *name, json_t *entry,
             return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s': shape %s overflows",
                            path, show(name).s, show_shape(out->shape, out->ndim).s);
     size_t esize = ds_dtype_size(out->dtype);
+    if (ds_dtype_is_block(out->dtype))
+        return block_range(path, name, out, b, e, begin, err);
     if (__builtin_mul_overflow(elems, (uint64_t)esize, &bytes))
         return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s': shape %s of %s overflows",
                        path, show(name).s, show_shape(out->shape, out->ndim).s,

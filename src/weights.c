@@ -55,6 +55,10 @@ static void shape_str(const ds_tensor *t, char *buf, size_t n)
  * it directly. */
 static const void *aligned_view(ds_model *m, const ds_tensor *t, ds_error *err)
 {
+    /* Block types (34 / 144-byte blocks) have no natural alignment: their
+     * kernels read scales with memcpy and quants with unaligned loads. */
+    if (ds_dtype_is_block(t->dtype))
+        return t->data;
     size_t esz = ds_dtype_size(t->dtype);
     if (((uintptr_t)t->data % esz) == 0)
         return t->data;
@@ -114,14 +118,21 @@ static ds_status bind_mat(ds_model *m, const char *name, int rows, int cols, ds_
     case DS_DT_F8_E4M3:
         out->data = t->data;
         return bind_scale(m, name, t, rows, cols, &out->scale, err);
+    case DS_DT_Q8_0:
+    case DS_DT_Q4_K:
+        if (cols % ds_dtype_block(t->dtype))
+            return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s' is %s but its %d columns are not a multiple "
+                           "of the %lld-element block", file_of(m, t), name, ds_dtype_name(t->dtype), cols,
+                           (long long)ds_dtype_block(t->dtype));
+        /* fall through */
     case DS_DT_F32:
     case DS_DT_F16:
     case DS_DT_BF16:
         out->data = aligned_view(m, t, err);
         return out->data ? DS_OK : DS_ERR_NOMEM;
     default:
-        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; weights must be F8_E4M3, BF16, F16 or F32",
-                       file_of(m, t), name, ds_dtype_name(t->dtype));
+        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; weights must be F8_E4M3, "
+                       "Q8_0, Q4_K, BF16, F16 or F32", file_of(m, t), name, ds_dtype_name(t->dtype));
     }
 }
 

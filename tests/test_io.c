@@ -317,7 +317,7 @@ static void test_poll(const config *c, const char *label)
     make_jobs(jobs, NJOBS, f, BIG_SIZE, 1u << 20);
     if (submit_all(r, jobs, NJOBS)) {
         int left = NJOBS, spins = 0;
-        while (left > 0 && spins < 2000000) {
+        while (left > 0 && spins < 20000) {
             uint64_t tags[7];
             int n = ds_reader_poll(r, tags, 7);
             CHECK(n >= 0 && n <= 7, "%s: poll returned %d", label, n);
@@ -332,11 +332,17 @@ static void test_poll(const config *c, const char *label)
                 left--;
             }
             if (n == 0) {
-                usleep(50);
+                usleep(500);
                 spins++;
             }
         }
         CHECK(left == 0, "%s: %d jobs never reported by poll", label, left);
+        for (int j = 0; j < NJOBS; j++) {
+            ds_error err = { 0 };
+            if (!jobs[j].collected)
+                CHECK(ds_reader_wait(r, jobs[j].tag, &err) == DS_OK, "%s: unpolled job: %s",
+                      label, err.msg);
+        }
     }
     ds_reader_close(r);
     free_jobs(jobs, NJOBS);

@@ -327,8 +327,8 @@ static void test_bad_headers(void)
                        ENTRY("none", "U8", "[0]", "[10,10]") "}", 100, DS_OK, NULL, NULL);
     expect_header_fail("wrongsize", "{" ENTRY("x.weight", "F32", "[2,3]", "[0,12]") "}", 12,
                        DS_ERR_FORMAT, "'x.weight'", "does not fill");
-    expect_header_fail("unknown-dtype", "{" ENTRY("q.weight", "Q4_K", "[2]", "[0,2]") "}", 2,
-                       DS_ERR_FORMAT, "'q.weight'", "unknown dtype 'Q4_K'");
+    expect_header_fail("unknown-dtype", "{" ENTRY("q.weight", "Q5_1", "[2]", "[0,2]") "}", 2,
+                       DS_ERR_FORMAT, "'q.weight'", "unknown dtype 'Q5_1'");
     expect_header_fail("f64", "{" ENTRY("d.weight", "F64", "[2]", "[0,16]") "}", 16,
                        DS_ERR_UNSUPPORTED, "'d.weight'", "F64");
     expect_header_fail("nodtype", "{\"n\":{\"shape\":[1],\"data_offsets\":[0,1]}}", 1,

@@ -40,6 +40,11 @@ for tool in dsinfer dsinfer-eval dsinfer-inspect dsinfer-mkmodel dsinfer-bench; 
     fi
 done
 
+# the overview page
+if command -v mandoc >/dev/null 2>&1; then
+    mandoc -Tlint -W warning "$top_srcdir/man/dsinfer.7" >"$T/lint" 2>&1 && ok "dsinfer.7 lint" || bad "dsinfer.7 lint: $(cat "$T/lint")"
+fi
+
 # generation on the embedded default model (built by make)
 if [ -f "$top_builddir/models/tiny/config.json" ]; then
     out1=$("$B/dsinfer" -q --prompt-ids 0,33310,3 -n 6 --ignore-eos) && [ "$(echo "$out1" | wc -w)" = 6 ] &&

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "common.h"
 
 void tool_die(int code, const char *fmt, ...)
@@ -172,4 +173,33 @@ ds_io_mode tool_parse_io(const char *opt, const char *s)
     if (strcmp(s, "auto") == 0)
         return DS_IO_MODE_AUTO;
     tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected uring, pread or auto)", opt, s);
+}
+
+const char *tool_default_model(void)
+{
+    static char path[4096];
+    const char *env = getenv("DSINFER_MODEL");
+    if (env && *env)
+        return env;
+    snprintf(path, sizeof path, "%s/models/tiny", DS_BUILDDIR);
+    if (access(path, R_OK) == 0)
+        return path;
+    snprintf(path, sizeof path, "%s/models/tiny", DS_DATADIR);
+    return path;
+}
+
+ds_tokenizer *tool_load_tokenizer(const char *model_dir, ds_error *err)
+{
+    char path[4096];
+    ds_tokenizer *t = NULL;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer.json", model_dir) >= sizeof path) {
+        snprintf(err->msg, sizeof err->msg, "path too long: %s", model_dir);
+        err->code = DS_ERR_INVALID_ARG;
+        return NULL;
+    }
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/tokenizer-v32.json", DS_DATADIR);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/data/tokenizer-v32.json", DS_SRCDIR);
+    return ds_tokenizer_load(path, &t, err) == DS_OK ? t : NULL;
 }

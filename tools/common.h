@@ -37,6 +37,13 @@ int64_t tool_parse_size(const char *opt, const char *s);
 /* --io=uring|pread|auto */
 ds_io_mode tool_parse_io(const char *opt, const char *s);
 
+/* The model used when --model is absent: $DSINFER_MODEL, else the tiny
+ * checkpoint built by `make` in the build tree, else its installed copy. */
+const char *tool_default_model(void);
+/* DIR/tokenizer.json, else the installed or source-tree V3.2 tokenizer;
+ * NULL with err set when none loads. */
+ds_tokenizer *tool_load_tokenizer(const char *model_dir, ds_error *err);
+
 /* Reads a whole file (NUL-terminated, *len excludes the NUL); NULL on error
  * with errno set. */
 char *tool_read_file(const char *path, size_t *len);

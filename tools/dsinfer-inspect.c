@@ -2,6 +2,7 @@
  * configuration, tensor count, bytes by dtype and routed-expert bytes per
  * layer. */
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,9 +65,14 @@ int main(int argc, char **argv)
     ds_error err;
     ds_model *m;
     if (ds_model_load(dir, &lp, &m, &err) != DS_OK) {
-        if (json)
-            printf("{\"model\": \"%s\", \"valid\": false}\n", dir);
-        else
+        if (json) {
+            json_t *j = json_pack("{s:s, s:b, s:s}", "model", dir, "valid", 0, "error", err.msg);
+            char *txt = j ? json_dumps(j, JSON_PRESERVE_ORDER) : NULL;
+            if (txt)
+                puts(txt);
+            free(txt);
+            json_decref(j);
+        } else
             printf("validation: FAILED\n");
         tool_die_err(&err);
     }
@@ -103,21 +109,41 @@ int main(int argc, char **argv)
         }
     }
     if (json) {
-        printf("{\"model\": \"%s\", \"valid\": true, \"model_type\": \"%s\", \"vocab_size\": %d, "
-               "\"hidden_size\": %d, \"num_layers\": %d, \"first_dense_layers\": %d, \"num_heads\": %d, "
-               "\"q_lora_rank\": %d, \"kv_lora_rank\": %d, \"n_routed_experts\": %d, "
-               "\"n_shared_experts\": %d, \"experts_per_token\": %d, \"has_indexer\": %s, "
-               "\"index_n_heads\": %d, \"index_topk\": %d, \"tensors\": %d, \"bytes\": %lld, \"bytes_by_dtype\": {",
-               dir, i->model_type, i->vocab_size, i->hidden_size, i->num_layers, i->first_dense_layers,
-               i->num_heads, i->q_lora_rank, i->kv_lora_rank, i->n_routed_experts, i->n_shared_experts,
-               i->experts_per_token, i->has_indexer ? "true" : "false", i->index_n_heads, i->index_topk,
-               n, (long long)i->weight_bytes);
+        json_t *j = json_object();
+        json_object_set_new(j, "model", json_string(dir));
+        json_object_set_new(j, "valid", json_true());
+        json_object_set_new(j, "model_type", json_string(i->model_type));
+        json_object_set_new(j, "vocab_size", json_integer(i->vocab_size));
+        json_object_set_new(j, "hidden_size", json_integer(i->hidden_size));
+        json_object_set_new(j, "num_layers", json_integer(i->num_layers));
+        json_object_set_new(j, "first_dense_layers", json_integer(i->first_dense_layers));
+        json_object_set_new(j, "num_heads", json_integer(i->num_heads));
+        json_object_set_new(j, "q_lora_rank", json_integer(i->q_lora_rank));
+        json_object_set_new(j, "kv_lora_rank", json_integer(i->kv_lora_rank));
+        json_object_set_new(j, "n_routed_experts", json_integer(i->n_routed_experts));
+        json_object_set_new(j, "n_shared_experts", json_integer(i->n_shared_experts));
+        json_object_set_new(j, "experts_per_token", json_integer(i->experts_per_token));
+        json_object_set_new(j, "has_indexer", json_boolean(i->has_indexer));
+        json_object_set_new(j, "index_n_heads", json_integer(i->index_n_heads));
+        json_object_set_new(j, "index_topk", json_integer(i->index_topk));
+        json_object_set_new(j, "scale_fmt", json_string(i->scale_ue8m0 ? "ue8m0" : "none"));
+        json_object_set_new(j, "tensors", json_integer(n));
+        json_object_set_new(j, "bytes", json_integer(i->weight_bytes));
+        json_object_set_new(j, "active_bytes_per_token", json_integer(i->active_bytes_per_token));
+        json_t *by = json_object();
         for (int d = 0; d < ndt; d++)
-            printf("%s\"%s\": %llu", d ? ", " : "", dt_name[d], (unsigned long long)dt_bytes[d]);
-        printf("}, \"expert_bytes_per_layer\": [");
+            json_object_set_new(by, dt_name[d], json_integer((json_int_t)dt_bytes[d]));
+        json_object_set_new(j, "bytes_by_dtype", by);
+        json_t *eb = json_array();
         for (int l = 0; l < L; l++)
-            printf("%s%llu", l ? ", " : "", (unsigned long long)expert_bytes[l]);
-        printf("]}\n");
+            json_array_append_new(eb, json_integer((json_int_t)expert_bytes[l]));
+        json_object_set_new(j, "expert_bytes_per_layer", eb);
+        char *txt = json_dumps(j, JSON_PRESERVE_ORDER);
+        if (!txt)
+            tool_die(EXIT_RUNTIME, "out of memory");
+        puts(txt);
+        free(txt);
+        json_decref(j);
     } else {
         printf("model:        %s\n", dir);
         printf("model_type:   %s%s\n", i->model_type, i->has_indexer ? " (DSA lightning indexer)" : " (dense MLA)");

@@ -71,39 +71,10 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static const char *default_model(void)
-{
-    static char path[4096];
-    const char *env = getenv("DSINFER_MODEL");
-    if (env && *env)
-        return env;
-    snprintf(path, sizeof path, "%s/models/tiny", DS_BUILDDIR);
-    if (access(path, R_OK) == 0)
-        return path;
-    snprintf(path, sizeof path, "%s/models/tiny", DS_DATADIR);
-    return path;
-}
-
 static void join_path(char *buf, size_t size, const char *dir, const char *name)
 {
     if ((size_t)snprintf(buf, size, "%s/%s", dir, name) >= size)
         tool_die(EXIT_USAGE, "path too long: %s/%s", dir, name);
-}
-
-/* DIR/tokenizer.json, else the installed or source-tree V3.2 tokenizer. */
-static ds_tokenizer *load_tokenizer(const char *model_dir)
-{
-    char path[4096];
-    ds_tokenizer *t;
-    ds_error err;
-    join_path(path, sizeof path, model_dir, "tokenizer.json");
-    if (access(path, R_OK) != 0)
-        snprintf(path, sizeof path, "%s/tokenizer-v32.json", DS_DATADIR);
-    if (access(path, R_OK) != 0)
-        snprintf(path, sizeof path, "%s/data/tokenizer-v32.json", DS_SRCDIR);
-    if (ds_tokenizer_load(path, &t, &err) != DS_OK)
-        tool_die_err(&err);
-    return t;
 }
 
 /* Plain text: BOS first, as Hugging Face tokenizers do for generation. */
@@ -248,14 +219,17 @@ int main(int argc, char **argv)
     if ((system_arg || thinking_set) && !chat_arg)
         tool_die(EXIT_USAGE, "--system, --thinking and --no-thinking go with --chat");
     if (!model_dir)
-        model_dir = default_model();
+        model_dir = tool_default_model();
     int P;
     int32_t *prompt;
     ds_tokenizer *tok = NULL;
     if (ids_arg) {
         prompt = tool_parse_ids("--prompt-ids", ids_arg, &P);
     } else {
-        tok = load_tokenizer(model_dir);
+        ds_error terr;
+        tok = tool_load_tokenizer(model_dir, &terr);
+        if (!tok)
+            tool_die_err(&terr);
         prompt = text_arg ? encode_text(tok, text_arg, &P)
                           : encode_chat(tok, model_dir, system_arg, chat_arg, thinking, &P);
     }
@@ -294,7 +268,9 @@ int main(int argc, char **argv)
     if (tok && !print_ids && !(dt = ds_detok_create(tok, 1)))
         tool_die(EXIT_RUNTIME, "out of memory");
     for (; generated < max_tokens; generated++) {
-        int32_t id = ds_sampler_sample(smp, logits, mi->vocab_size);
+        /* with a tokenizer, never sample the checkpoint's padding ids (they have no text) */
+        int nv = tok && ds_tokenizer_vocab_size(tok) < mi->vocab_size ? ds_tokenizer_vocab_size(tok) : mi->vocab_size;
+        int32_t id = ds_sampler_sample(smp, logits, nv);
         int eos = id == mi->eos_token_id && !ignore_eos;
         if (dt)
             print_piece(dt, id, 0);

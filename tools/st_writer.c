@@ -94,6 +94,13 @@ static int write_all(int fd, const void *data, size_t n)
 uint64_t st_tensor_bytes(ds_dtype dt, int ndim, const int64_t *shape)
 {
     uint64_t n = ds_dtype_size(dt);
+    if (ds_dtype_is_block(dt)) {
+        /* Q8_0 / Q4_K: whole-block rows of the last dimension (0 if ragged). */
+        if (ndim < 1 || ndim > ST_MAX_DIMS || shape[ndim - 1] <= 0)
+            return 0;
+        n = ds_dtype_row_bytes(dt, shape[ndim - 1]);
+        ndim--;
+    }
     if (!n || ndim < 0 || ndim > ST_MAX_DIMS)
         return 0;
     for (int i = 0; i < ndim; i++) {

@@ -1,0 +1,126 @@
+#!/bin/sh
+# dsinfer-serve end to end on the embedded tiny model: --help / --version /
+# man page, then a server on a free loopback port checked by
+# tests/serve_client.py (health, models, chat and completions, streaming,
+# stop strings, logprobs, error statuses, concurrency, client disconnects,
+# metrics, draining on SIGTERM), and a second server with --api-key.
+# Every wait is bounded and the server is always killed on exit.
+set -u
+: "${top_srcdir:=.}" "${top_builddir:=.}"
+B="$top_builddir/tools"
+MODEL="$top_builddir/models/tiny"
+CLIENT="$top_srcdir/tests/serve_client.py"
+MAX_BODY=65536
+T=$(mktemp -d)
+PID=
+cleanup() {
+    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+fails=0
+ok() { echo "PASS $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# ---- command line and man page ---------------------------------------------
+"$B/dsinfer-serve" --help >"$T/help" 2>&1 && grep -qi usage "$T/help" && ok "--help" || bad "--help"
+"$B/dsinfer-serve" --version | grep -q "^dsinfer-serve (dsinfer) [0-9]" && ok "--version" || bad "--version"
+man="$top_srcdir/man/dsinfer-serve.1"
+if command -v mandoc >/dev/null 2>&1; then
+    mandoc -Tlint -W warning "$man" >"$T/lint" 2>&1 && ok "man page lint" || bad "man page lint: $(cat "$T/lint")"
+fi
+sed 's/\\-/-/g' "$man" >"$T/man.txt"
+for flag in $(grep -o -- '--[a-z][a-z0-9-]*' "$T/help" | sort -u); do
+    grep -q -- "$flag" "$T/man.txt" || bad "$flag is in --help but not in dsinfer-serve.1"
+done
+"$B/dsinfer-serve" --bogus >/dev/null 2>&1
+[ $? = 1 ] && ok "unknown option -> 1" || bad "unknown option: wrong exit status"
+"$B/dsinfer-serve" --thinking-default maybe >/dev/null 2>"$T/err"
+[ $? = 1 ] && grep -q thinking-default "$T/err" && ok "bad --thinking-default -> 1" || bad "bad --thinking-default"
+"$B/dsinfer-serve" -m "$T/nonexistent" --port 0 -q >/dev/null 2>"$T/err"
+rc=$?
+[ "$rc" = 2 ] || [ "$rc" = 3 ] && ok "missing model -> $rc" || bad "missing model -> $rc: $(cat "$T/err")"
+
+if [ ! -f "$MODEL/config.json" ]; then
+    echo "SKIP: no embedded model at $MODEL (run make)"
+    [ "$fails" = 0 ] && exit 77
+    exit 1
+fi
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_server LOG ARGS...: starts the server on a free port (another try
+# when the port was taken meanwhile), sets PID and URL; 0 once /health answers.
+start_server() {
+    log=$1
+    shift
+    for try in 1 2 3 4 5; do
+        port=$(free_port)
+        OMP_NUM_THREADS=2 "$B/dsinfer-serve" -m "$MODEL" --host 127.0.0.1 --port "$port" \
+            --parallel 2 --ctx-size 256 "$@" >"$log" 2>&1 &
+        PID=$!
+        URL="http://127.0.0.1:$port"
+        i=0
+        while [ $i -lt 300 ] && kill -0 "$PID" 2>/dev/null; do
+            python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)' \
+                "$URL" 2>/dev/null && return 0
+            sleep 0.1
+            i=$((i + 1))
+        done
+        kill -KILL "$PID" 2>/dev/null
+        wait "$PID" 2>/dev/null
+        PID=
+        grep -q "cannot listen" "$log" || break
+    done
+    return 1
+}
+
+# wait_exit SECONDS: RC = the server's exit status, or 124 when it is still
+# running after SECONDS (then it is killed).
+wait_exit() {
+    i=0
+    while kill -0 "$PID" 2>/dev/null && [ $i -lt $(($1 * 10)) ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$PID" 2>/dev/null; then
+        kill -KILL "$PID" 2>/dev/null
+        wait "$PID" 2>/dev/null
+        RC=124
+    else
+        wait "$PID"
+        RC=$?
+    fi
+    PID=
+}
+
+# ---- the main server: the client ends by sending SIGTERM mid-request ----------
+if start_server "$T/serve.log" --max-body $MAX_BODY; then
+    ok "server up at $URL"
+    if ! timeout 300 python3 "$CLIENT" main "$URL" "$PID" $MAX_BODY; then
+        bad "client checks (see FAIL lines above)"
+        kill -TERM "$PID" 2>/dev/null     # the client may have stopped before its SIGTERM
+    fi
+    wait_exit 15
+    [ "$RC" = 0 ] && ok "SIGTERM: drained and exited 0" || bad "SIGTERM: exit status $RC"
+    grep -q "stopped (SIGTERM)" "$T/serve.log" && ok "shutdown logged" || bad "no shutdown line in the log"
+    [ "$fails" = 0 ] || tail -20 "$T/serve.log"
+else
+    bad "the server did not start: $(tail -5 "$T/serve.log")"
+fi
+
+# ---- --api-key, a full queue (--max-queue 0), and SIGINT ------------------------------------------------------
+if start_server "$T/auth.log" --api-key sekrit --max-queue 0 -q; then
+    timeout 120 python3 "$CLIENT" auth "$URL" sekrit || bad "API key checks (see FAIL lines above)"
+    kill -INT "$PID"
+    wait_exit 15
+    [ "$RC" = 0 ] && ok "SIGINT: exit 0" || bad "SIGINT: exit status $RC"
+else
+    bad "the server with --api-key did not start: $(tail -5 "$T/auth.log")"
+fi
+
+echo "$fails failed"
+[ "$fails" = 0 ]
