@@ -19,36 +19,6 @@ static ds_status map_fail(ds_mapped_file *f, ds_error *err, ds_status code,
     return s;
 }
 
-/* The whole file in anonymous memory backed by transparent huge pages: no
- * page-cache faults or 4 KiB TLB misses while the weights are streamed
- * through the kernels. */
-static ds_status load_into_ram(ds_mapped_file *out, ds_error *err, const char *path)
-{
-    size_t len = (size_t)out->size;
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        out->size = 0;
-        return map_fail(out, err, DS_ERR_NOMEM, path, "cannot allocate memory for", errno);
-    }
-    madvise(p, len, MADV_HUGEPAGE);
-    size_t done = 0;
-    while (done < len) {
-        ssize_t r = pread(out->fd, (char *)p + done, len - done > (1u << 30) ? (1u << 30) : len - done, (off_t)done);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : EIO;
-            munmap(p, len);
-            out->size = 0;
-            return map_fail(out, err, DS_ERR_IO, path, "cannot read", e);
-        }
-        done += (size_t)r;
-    }
-    mprotect(p, len, PROT_READ);
-    out->base = p;
-    return DS_OK;
-}
-
 ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -76,9 +46,6 @@ ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err)
     if (out->size == 0)
         return DS_OK;   /* mmap of length 0 is EINVAL; an empty file is still a file */
 
-    const char *how = getenv("DSINFER_MAP");
-    if (how && strcmp(how, "ram") == 0)
-        return load_into_ram(out, err, path);
     void *p = mmap(NULL, (size_t)out->size, PROT_READ, MAP_PRIVATE, out->fd, 0);
     if (p == MAP_FAILED) {
         out->size = 0;
@@ -102,4 +69,37 @@ void ds_unmap_file(ds_mapped_file *f)
     f->base = NULL;
     f->size = 0;
     f->fd = -1;
+}
+
+/* Anonymous memory backed by transparent huge pages instead of the page
+ * cache: no page faults or 4 KiB TLB misses while weights stream through
+ * the kernels, and the bytes stay put under memory pressure. */
+ds_status ds_mapped_to_ram(ds_mapped_file *f, ds_error *err)
+{
+    if (!f->base || !f->size)
+        return DS_OK;
+    size_t len = (size_t)f->size;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return ds_fail(err, DS_ERR_NOMEM, "%s: cannot allocate %zu bytes to load it into RAM: %s", f->path, len,
+                       strerror(errno));
+    madvise(p, len, MADV_HUGEPAGE);
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done > ((size_t)1 << 30) ? (size_t)1 << 30 : len - done;
+        ssize_t r = pread(f->fd, (char *)p + done, want, (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            munmap(p, len);
+            return ds_fail(err, DS_ERR_IO, "%s: cannot read at offset %zu: %s", f->path, done,
+                           r < 0 ? strerror(e) : "file shrank while loading");
+        }
+        done += (size_t)r;
+    }
+    mprotect(p, len, PROT_READ);
+    munmap((void *)f->base, len);
+    f->base = p;
+    return DS_OK;
 }

@@ -20,6 +20,30 @@ void ds_load_params_init(ds_load_params *p)
     p->expert_budget = 0;
     p->io = DS_IO_MODE_AUTO;
     p->numa = 1;
+    p->weights_in_ram = -1;
+}
+
+static uint64_t mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+/* Copies the weights into RAM when asked, or (auto) when nothing streams
+ * and the checkpoint fits comfortably. */
+static ds_status place_weights(ds_model *m, const ds_load_params *p, ds_error *err)
+{
+    int want = p ? p->weights_in_ram : -1;
+    if (want < 0)
+        want = (!p || p->expert_budget == 0) && ds_table_bytes(m->table) <= mem_available() / 2;
+    return want ? ds_table_to_ram(m->table, err) : DS_OK;
 }
 
 void ds_context_params_init(ds_context_params *p)
@@ -125,6 +149,8 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = check_limits(m, err);
     if (st == DS_OK)
         st = ds_table_open(dir, &m->table, err);
+    if (st == DS_OK)
+        st = place_weights(m, p, err);
     if (st == DS_OK)
         st = ds_weights_bind(m, err);
     if (st == DS_OK && (!p || p->numa))

@@ -81,6 +81,10 @@ typedef struct ds_load_params {
      * and streams the others from disk on demand. */
     int64_t expert_budget;
     ds_io_mode io;           /* how streamed experts are read */
+    int weights_in_ram;      /* 1: copy the checkpoint into process memory (huge pages),
+                                0: use it through the page cache (mmap), -1 (default):
+                                copy when every expert is resident and it fits in half
+                                of the available memory */
     int numa;                /* 1 (default): place threads and expert slabs by NUMA node
                                 (hwloc; experts partitioned across nodes); 0: off */
 } ds_load_params;

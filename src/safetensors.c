@@ -615,3 +615,25 @@ const char *ds_table_file_path(const ds_tensor_table *t, int file)
 {
     return t && file >= 0 && file < t->n_files ? t->files[file].path : NULL;
 }
+
+ds_status ds_table_to_ram(ds_tensor_table *t, ds_error *err)
+{
+    for (int f = 0; f < t->n_files; f++) {
+        const uint8_t *old = t->files[f].base;
+        ds_status s = ds_mapped_to_ram(&t->files[f], err);
+        if (s != DS_OK)
+            return s;
+        for (int i = 0; i < t->n_tensors; i++)
+            if (t->tensors[i].file == f && t->tensors[i].data)
+                t->tensors[i].data = t->files[f].base + (t->tensors[i].data - old);
+    }
+    return DS_OK;
+}
+
+uint64_t ds_table_bytes(const ds_tensor_table *t)
+{
+    uint64_t n = 0;
+    for (int f = 0; f < t->n_files; f++)
+        n += t->files[f].size;
+    return n;
+}

@@ -86,6 +86,21 @@ int main(void)
     CHECK(ds_context_truncate(ca, 10, &err) == DS_OK && ds_context_pos(ca) == 10, "truncate");
     CHECK(ds_context_truncate(ca, 11, &err) == DS_ERR_INVALID_ARG, "truncate beyond the cache");
 
+    /* the same logits whether the weights are copied into RAM or used through the page cache */
+    for (int in_ram = 0; in_ram <= 1; in_ram++) {
+        ds_load_params lp;
+        ds_load_params_init(&lp);
+        lp.weights_in_ram = in_ram;
+        ds_model *m2;
+        CHECK(ds_model_load(dir, &lp, &m2, &err) == DS_OK, "load with weights_in_ram %d: %s", in_ram, err.msg);
+        ds_context *c2 = ctx(m2, 64);
+        float *l2 = calloc((size_t)20 * V, sizeof(float));
+        CHECK(ds_eval(c2, a, 20, l2, 1, &err) == DS_OK, "eval");
+        CHECK(max_diff(l2, ra, (size_t)20 * V) == 0.0f, "weights_in_ram %d changes the logits", in_ram);
+        free(l2);
+        ds_context_free(c2);
+        ds_model_free(m2);
+    }
     ds_context_free(tiny);
     ds_context_free(ca), ds_context_free(cb), ds_context_free(sa), ds_context_free(sb);
     free(la), free(lb), free(ra), free(rb);

@@ -37,6 +37,7 @@ int main(int argc, char **argv)
     int list = 0, json = 0;
     ds_load_params lp;
     ds_load_params_init(&lp);
+    lp.weights_in_ram = 0;     /* validation only: no need to copy the weights */
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, 'T'},
         {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
