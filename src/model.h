@@ -63,6 +63,7 @@ struct ds_model {
     ds_layer_w *layers;
     ds_expert_cache *experts;
     struct ds_numa *numa;  /* placement plan; NULL when NUMA placement is off */
+    int pin_threads;       /* pin each stepping thread's OpenMP team to cores */
     float *rope_freq;      /* [qk_rope_head_dim / 2] YaRN-corrected frequencies */
     float rope_mscale;     /* cos/sin multiplier (HF YaRN attention factor; 1 for DeepSeek configs) */
     float attn_scale;      /* MLA softmax scale incl. YaRN mscale^2 */
