@@ -27,3 +27,14 @@ if [ "$back" != "$text" ]; then
     exit 1
 fi
 echo "V3.2 test vector: ok"
+
+# --bench: one JSON object; the 21-token vector encoded 3 times
+"$tool" --tokenizer "$top_srcdir/data/tokenizer-v32.json" --text "$text" --bench 3 >bench.out || exit 1
+python3 - bench.out "$text" <<'PY' || exit 1
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["tokens"] == 21 and d["repeat"] == 3 and d["MBps"] > 0 and d["first_MBps"] > 0, d
+assert d["bytes"] == len(sys.argv[2].encode("utf-8")), d
+print("--bench:", d)
+PY
+rm -f bench.out

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <jansson.h>
 #include "common.h"
 
@@ -23,7 +24,7 @@ const char *tool_name = "dsinfer-tokenize";
 
 typedef struct opts {
     const char *tokenizer, *model, *text, *file, *decode, *batch, *render, *chat_format;
-    int ids_only, json, no_special, parse, thinking, no_bos, ids;
+    int ids_only, json, no_special, parse, thinking, no_bos, ids, bench;
 } opts;
 
 static void usage(FILE *f)
@@ -63,6 +64,9 @@ static void usage(FILE *f)
         "                           {\"prompt\", \"ids\"})\n"
         "  --parse-completion       parse a V3.2 completion read from standard input and\n"
         "                           print the assistant message as JSON\n"
+        "  --bench N                encode the input N times and print one JSON object with\n"
+        "                           the throughput (bytes, tokens, MB/s of the first pass\n"
+        "                           and the median pass); one thread\n"
         "  --help                   print this help and exit\n"
         "  --version                print the version and exit\n"
         "Exit status: 0 ok, 1 usage error, 2 bad input, 3 I/O error.\n",
@@ -72,7 +76,7 @@ static void usage(FILE *f)
 static void parse_args(int argc, char **argv, opts *o)
 {
     enum { O_TOK = 256, O_MODEL, O_TEXT, O_FILE, O_DECODE, O_BATCH, O_IDS, O_JSON, O_NOSPEC,
-           O_HELP, O_VERSION, O_RENDER, O_PARSE, O_THINK, O_NOTHINK, O_NOBOS, O_FORMAT, O_CHATIDS };
+           O_HELP, O_VERSION, O_RENDER, O_PARSE, O_THINK, O_NOTHINK, O_NOBOS, O_FORMAT, O_CHATIDS, O_BENCH };
     static const struct option lo[] = {
         { "tokenizer", required_argument, 0, O_TOK }, { "model", required_argument, 0, O_MODEL },
         { "text", required_argument, 0, O_TEXT }, { "file", required_argument, 0, O_FILE },
@@ -83,6 +87,7 @@ static void parse_args(int argc, char **argv, opts *o)
         { "parse-completion", no_argument, 0, O_PARSE }, { "thinking", no_argument, 0, O_THINK },
         { "no-thinking", no_argument, 0, O_NOTHINK }, { "no-bos", no_argument, 0, O_NOBOS },
         { "chat-format", required_argument, 0, O_FORMAT }, { "ids", no_argument, 0, O_CHATIDS },
+        { "bench", required_argument, 0, O_BENCH },
         { 0, 0, 0, 0 }
     };
     int c;
@@ -106,6 +111,7 @@ static void parse_args(int argc, char **argv, opts *o)
         case O_NOBOS: o->no_bos = 1; break;
         case O_FORMAT: o->chat_format = optarg; break;
         case O_CHATIDS: o->ids = 1; break;
+        case O_BENCH: o->bench = (int)tool_parse_long("--bench", optarg, 1, 100000); break;
         case O_HELP: usage(stdout); exit(EXIT_OK);
         case O_VERSION: tool_print_version();
         default:
@@ -235,6 +241,50 @@ static void do_encode(const ds_tokenizer *t, const opts *o)
         tool_die_err(&err);
     print_encoding(t, o, ids, n);
     free(ids);
+    free(text);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Encode throughput: the first pass and the median of all passes, since
+ * the tokenizer caches merges of pre-tokens it has seen. */
+static void do_bench(const ds_tokenizer *t, const opts *o)
+{
+    size_t len;
+    int n = 0;
+    ds_error err = { 0 };
+    char *text = read_input(o, &len);
+    double *sec = malloc(sizeof(double) * (size_t)o->bench);
+    if (!sec)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (int r = 0; r < o->bench; r++) {
+        int32_t *ids;
+        double t0 = now_s();
+        if (ds_tokenizer_encode(t, text, len, !o->no_special, &ids, &n, &err))
+            tool_die_err(&err);
+        sec[r] = now_s() - t0;
+        free(ids);
+    }
+    double first = sec[0];
+    qsort(sec, (size_t)o->bench, sizeof(double), cmp_double);
+    double med = sec[o->bench / 2];
+    printf("{\"tool\": \"dsinfer-tokenize\", \"bytes\": %zu, \"tokens\": %d, \"repeat\": %d, "
+           "\"first_s\": %.6f, \"median_s\": %.6f, \"first_MBps\": %.3f, \"MBps\": %.3f, "
+           "\"tokens_per_s\": %.0f, \"threads\": 1}\n",
+           len, n, o->bench, first, med, len / 1e6 / (first > 0 ? first : 1e-9), len / 1e6 / (med > 0 ? med : 1e-9),
+           n / (med > 0 ? med : 1e-9));
+    free(sec);
     free(text);
 }
 
@@ -418,7 +468,9 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     ds_tokenizer *t = load_tokenizer(&o, "tokenizer.json");
-    if (o.batch)
+    if (o.bench)
+        do_bench(t, &o);
+    else if (o.batch)
         do_batch(t, &o);
     else if (o.decode)
         do_decode(t, &o);
