@@ -164,6 +164,15 @@ int64_t tool_parse_size(const char *opt, const char *s)
     return (int64_t)(v * mul);
 }
 
+ds_kv_type tool_parse_kv(const char *opt, const char *s)
+{
+    if (strcmp(s, "fp8") == 0)
+        return DS_KV_FP8;
+    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0)
+        return DS_KV_F32;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected fp8 or f32)", opt, s);
+}
+
 ds_io_mode tool_parse_io(const char *opt, const char *s)
 {
     if (strcmp(s, "uring") == 0 || strcmp(s, "io_uring") == 0)

@@ -34,6 +34,8 @@ uint64_t tool_parse_u64(const char *opt, const char *s);
 
 /* A byte size with an optional K/M/G/T suffix (powers of 1024): "12G". */
 int64_t tool_parse_size(const char *opt, const char *s);
+/* --kv-cache=fp8|f32 */
+ds_kv_type tool_parse_kv(const char *opt, const char *s);
 /* --io=uring|pread|auto */
 ds_io_mode tool_parse_io(const char *opt, const char *s);
 

@@ -113,15 +113,6 @@ static batch_progress_mode parse_progress(const char *s)
     tool_die(EXIT_USAGE, "invalid value for --progress: '%s' (expected auto, tty, json or none)", s);
 }
 
-static ds_kv_type parse_kv(const char *s)
-{
-    if (strcmp(s, "fp8") == 0)
-        return DS_KV_FP8;
-    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0)
-        return DS_KV_F32;
-    tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", s);
-}
-
 static void parse_options(int argc, char **argv, options *o)
 {
     enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO };
@@ -164,7 +155,7 @@ static void parse_options(int argc, char **argv, options *o)
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case O_BUDGET: o->mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: o->io = tool_parse_io("--io", optarg); break;
-        case O_KV: o->kv = parse_kv(optarg); break;
+        case O_KV: o->kv = tool_parse_kv("--kv-cache", optarg); break;
         case 'q': o->quiet = 1; break;
         case 'v': o->verbose = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);

@@ -283,14 +283,7 @@ int main(int argc, char **argv)
         case 'd': o.depth = (int)tool_parse_long("--depth", optarg, 0, 1 << 22); break;
         case 'r': o.repeat = (int)tool_parse_long("--repeat", optarg, 1, 1000); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
-        case O_KV:
-            if (strcmp(optarg, "fp8") == 0)
-                o.kv = DS_KV_FP8;
-            else if (strcmp(optarg, "f32") == 0 || strcmp(optarg, "fp32") == 0)
-                o.kv = DS_KV_F32;
-            else
-                tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", optarg);
-            break;
+        case O_KV: o.kv = tool_parse_kv("--kv-cache", optarg); break;
         case O_MEMBW: membw_mb = tool_parse_long("--membw-mb", optarg, 0, 1 << 20); break;
         case O_COMPARE: compare = optarg; break;
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;

@@ -175,14 +175,7 @@ int main(int argc, char **argv)
         case 'm': model_dir = optarg; break;
         case O_TOKENS: tokens_path = optarg; break;
         case 'o': out_path = optarg; break;
-        case O_KV:
-            if (strcmp(optarg, "fp8") == 0)
-                kv = DS_KV_FP8;
-            else if (strcmp(optarg, "f32") == 0 || strcmp(optarg, "fp32") == 0)
-                kv = DS_KV_F32;
-            else
-                tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", optarg);
-            break;
+        case O_KV: kv = tool_parse_kv("--kv-cache", optarg); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'c': ctx_size = (int)tool_parse_long("--ctx-size", optarg, 1, 1 << 24); break;
         case O_CHUNK: chunk = (int)tool_parse_long("--chunk", optarg, 1, 1 << 24); break;

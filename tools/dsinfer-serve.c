@@ -219,14 +219,7 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
             cfg->api_key = optarg;
             break;
         case 't': cfg->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
-        case O_KV:
-            if (strcmp(optarg, "fp8") == 0)
-                cfg->kv = DS_KV_FP8;
-            else if (strcmp(optarg, "f32") == 0 || strcmp(optarg, "fp32") == 0)
-                cfg->kv = DS_KV_F32;
-            else
-                tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", optarg);
-            break;
+        case O_KV: cfg->kv = tool_parse_kv("--kv-cache", optarg); break;
         case O_THINK:
             if (strcmp(optarg, "on") == 0 || strcmp(optarg, "off") == 0)
                 cfg->thinking_default = strcmp(optarg, "on") == 0;

@@ -195,14 +195,7 @@ int main(int argc, char **argv)
         case 's': sp.seed = tool_parse_u64("--seed", optarg); break;
         case O_EOS: ignore_eos = 1; break;
         case 'c': ctx_size = (int)tool_parse_long("--ctx-size", optarg, 1, 1 << 24); break;
-        case O_KV:
-            if (strcmp(optarg, "fp8") == 0)
-                kv = DS_KV_FP8;
-            else if (strcmp(optarg, "f32") == 0 || strcmp(optarg, "fp32") == 0)
-                kv = DS_KV_F32;
-            else
-                tool_die(EXIT_USAGE, "invalid value for --kv-cache: '%s' (expected fp8 or f32)", optarg);
-            break;
+        case O_KV: kv = tool_parse_kv("--kv-cache", optarg); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': quiet = 1; break;
         case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
