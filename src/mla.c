@@ -168,73 +168,90 @@ out:
     return st;
 }
 
-/* Projections for T tokens; writes the latent and rope key of each into the
- * cache and returns the rotated queries [T][nh][qk] and q LoRA output qr. */
-static void project(ds_context *c, int layer, const float *x, int T, int start, float *q, float *qr,
-                    float *kva)
+/* Projections for all T tokens of a step at once (each weight matrix is
+ * read once per step, whatever the number of sequences); writes every
+ * token's latent and rope key into its own sequence's cache and returns
+ * the rotated queries [T][nh][qk] and the q LoRA output qr. */
+static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_seqs, const float *x, int T,
+                    float *q, float *qr, float *kva)
 {
-    const ds_model *m = c->model;
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     const float eps = m->cfg.rms_norm_eps;
+    const int kw = d.kvl + d.rope;
     ds_gemm(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql);
     for (int t = 0; t < T; t++)
         ds_rmsnorm(qr + (size_t)t * d.ql, L->q_a_norm, eps, d.ql, qr + (size_t)t * d.ql);
     ds_gemm(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < d.nh; h++)
-            ds_rope_interleaved(q + ((size_t)t * d.nh + h) * d.qk + d.nope, d.rope, start + t,
-                                m->rope_freq, m->rope_mscale);
-    const int kw = d.kvl + d.rope;
     ds_gemm(&L->kv_a, 0, kw, x, d.H, T, kva, kw);
-    ds_kv_layer *kv = &c->kv[layer];
-    for (int t = 0; t < T; t++) {
-        float *row = kva + (size_t)t * kw;
-        ds_rmsnorm(row, L->kv_a_norm, eps, d.kvl, row);
-        ds_kv_store_latent(c, layer, start + t, row);
-        ds_rope_interleaved(row + d.kvl, d.rope, start + t, m->rope_freq, m->rope_mscale);
-        memcpy(kv->kpe + (size_t)(start + t) * d.rope, row + d.kvl, sizeof(float) * (size_t)d.rope);
+    for (int i = 0; i < n_seqs; i++) {
+        ds_context *c = seqs[i].ctx;
+        ds_kv_layer *kv = &c->kv[layer];
+        for (int k = 0; k < seqs[i].n; k++) {
+            int t = seqs[i].off + k, pos = seqs[i].start + k;
+            for (int h = 0; h < d.nh; h++)
+                ds_rope_interleaved(q + ((size_t)t * d.nh + h) * d.qk + d.nope, d.rope, pos, m->rope_freq,
+                                    m->rope_mscale);
+            float *row = kva + (size_t)t * kw;
+            ds_rmsnorm(row, L->kv_a_norm, eps, d.kvl, row);
+            ds_kv_store_latent(c, layer, pos, row);
+            ds_rope_interleaved(row + d.kvl, d.rope, pos, m->rope_freq, m->rope_mscale);
+            memcpy(kv->kpe + (size_t)pos * d.rope, row + d.kvl, sizeof(float) * (size_t)d.rope);
+        }
     }
 }
 
-ds_status ds_mla_forward(ds_context *c, int layer, const float *x, int T, int start, float *out,
+/* Indexer selection and attention of one sequence's rows. */
+static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, const float *q, const float *qr,
+                            float *o, ds_error *err)
+{
+    ds_context *c = sq->ctx;
+    const ds_config *cfg = &c->model->cfg;
+    const mla_dims d = dims_of(cfg);
+    const int T = sq->n, start = sq->start;
+    int stride = cfg->is_v32 ? (cfg->index_topk < start + T ? cfg->index_topk : start + T) : 0;
+    int32_t *sel = cfg->is_v32 ? ds_calloc((size_t)T * stride, sizeof(int32_t), err) : NULL;
+    int *nsel = cfg->is_v32 ? ds_calloc((size_t)T, sizeof(int), err) : NULL;
+    ds_status st = DS_OK;
+    if (cfg->is_v32 && (!sel || !nsel))
+        st = DS_ERR_NOMEM;
+    if (st == DS_OK && cfg->is_v32)
+        st = ds_indexer_run(c, layer, x + (size_t)sq->off * d.H, qr + (size_t)sq->off * d.ql, T, start, sel, nsel,
+                            stride, err);
+    const float *qs = q + (size_t)sq->off * d.nh * d.qk;
+    float *os = o + (size_t)sq->off * d.nh * d.vd;
+    if (st == DS_OK)
+        st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, err)
+                    : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, os, err);
+    free(sel);
+    free(nsel);
+    return st;
+}
+
+ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, float *out,
                          ds_error *err)
 {
-    const ds_model *m = c->model;
-    const ds_config *cfg = &m->cfg;
+    const ds_model *m = seqs[0].ctx->model;
     const ds_layer_w *L = &m->layers[layer];
-    const mla_dims d = dims_of(cfg);
+    const mla_dims d = dims_of(&m->cfg);
     ds_status st = DS_OK;
-    int stride = cfg->is_v32 ? (cfg->index_topk < start + T ? cfg->index_topk : start + T) : 0;
     float *q = ds_calloc((size_t)T * d.nh * d.qk, sizeof(float), err);
     float *qr = ds_calloc((size_t)T * d.ql, sizeof(float), err);
     float *kva = ds_calloc((size_t)T * (d.kvl + d.rope), sizeof(float), err);
     float *o = ds_calloc((size_t)T * d.nh * d.vd, sizeof(float), err);
-    int32_t *sel = cfg->is_v32 ? ds_calloc((size_t)T * stride, sizeof(int32_t), err) : NULL;
-    int *nsel = cfg->is_v32 ? ds_calloc((size_t)T, sizeof(int), err) : NULL;
-    if (!q || !qr || !kva || !o || (cfg->is_v32 && (!sel || !nsel))) {
+    if (!q || !qr || !kva || !o) {
         st = DS_ERR_NOMEM;
         goto out;
     }
-    project(c, layer, x, T, start, q, qr, kva);
-    if (cfg->is_v32) {
-        st = ds_indexer_run(c, layer, x, qr, T, start, sel, nsel, stride, err);
-        if (st != DS_OK)
-            goto out;
-    }
-    if (T == 1)
-        st = attend_absorbed(c, layer, q, start, sel, sel ? nsel[0] : start + 1, o, err);
-    else
-        st = attend_expanded(c, layer, q, T, start, sel, nsel, stride, o, err);
-    if (st != DS_OK)
-        goto out;
-    ds_gemm(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H);
+    project(m, layer, seqs, n_seqs, x, T, q, qr, kva);
+    for (int i = 0; i < n_seqs && st == DS_OK; i++)
+        st = attend_seq(&seqs[i], layer, x, q, qr, o, err);
+    if (st == DS_OK)
+        ds_gemm(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H);
 out:
     free(q);
     free(qr);
     free(kva);
     free(o);
-    free(sel);
-    free(nsel);
     return st;
 }

@@ -16,6 +16,7 @@ typedef struct step {
     int *off;              /* first row of item i */
     int *start;            /* cache position of item i's first token */
     ds_tok_ref *tr;        /* sequence and position of every row */
+    ds_mla_seq *seqs;      /* the same per sequence, for attention */
 } step;
 
 static ds_status check_items(const ds_batch_item *items, int n, ds_error *err)
@@ -46,11 +47,13 @@ static ds_status plan_step(const ds_batch_item *items, int n, step *s, ds_error 
     s->off = ds_calloc((size_t)n, sizeof(int), err);
     s->start = ds_calloc((size_t)n, sizeof(int), err);
     s->tr = ds_calloc((size_t)s->T, sizeof(ds_tok_ref), err);
-    if (!s->off || !s->start || !s->tr)
+    s->seqs = ds_calloc((size_t)n, sizeof(ds_mla_seq), err);
+    if (!s->off || !s->start || !s->tr || !s->seqs)
         return DS_ERR_NOMEM;
     for (int i = 0, row = 0; i < n; i++) {
         s->off[i] = row;
         s->start[i] = items[i].ctx->pos;
+        s->seqs[i] = (ds_mla_seq){items[i].ctx, s->start[i], items[i].n, row};
         for (int t = 0; t < items[i].n; t++, row++) {
             s->tr[row].ctx = items[i].ctx;
             s->tr[row].pos = s->start[i] + t;
@@ -66,17 +69,14 @@ static ds_status block(const ds_model *m, const step *s, int l, float *h, float 
     const float eps = m->cfg.rms_norm_eps;
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->attn_norm, eps, H, x + (size_t)t * H);
-    for (int i = 0; i < s->n_items; i++) {
-        size_t o = (size_t)s->off[i] * H;
-        ds_status st = ds_mla_forward(s->items[i].ctx, l, x + o, s->items[i].n, s->start[i], y + o, err);
-        if (st != DS_OK)
-            return st;
-    }
+    ds_status st = ds_mla_forward(s->seqs, s->n_items, l, x, T, y, err);
+    if (st != DS_OK)
+        return st;
     for (size_t i = 0; i < (size_t)T * H; i++)
         h[i] += y[i];
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->ffn_norm, eps, H, x + (size_t)t * H);
-    ds_status st = ds_ffn_forward(m, l, x, T, s->tr, y, err);
+    st = ds_ffn_forward(m, l, x, T, s->tr, y, err);
     if (st != DS_OK)
         return st;
     for (size_t i = 0; i < (size_t)T * H; i++)
@@ -139,6 +139,7 @@ out:
     free(s.off);
     free(s.start);
     free(s.tr);
+    free(s.seqs);
     free(h);
     free(x);
     free(y);

@@ -128,8 +128,14 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
  * lower position.  Exposed for unit tests. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out);
 
-/* mla.c: attention block for T tokens at positions [start, start+T). */
-ds_status ds_mla_forward(ds_context *c, int layer, const float *x, int T, int start,
+/* mla.c: the attention block over one step: projections for all T tokens
+ * together, indexer and attention per sequence (rows [off, off+n) of the
+ * step at cache positions [start, start+n)), output projection together. */
+typedef struct ds_mla_seq {
+    ds_context *ctx;
+    int start, n, off;
+} ds_mla_seq;
+ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T,
                          float *out, ds_error *err);
 
 /* router.c: noaux_tc group-limited sigmoid routing of one token.  Writes
