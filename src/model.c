@@ -89,21 +89,50 @@ static ds_status block(const ds_model *m, const step *s, int l, float *h, float 
     return DS_OK;
 }
 
-/* Final norm and lm_head for the rows each item asked logits for. */
-static void head(const ds_model *m, const step *s, const float *h, float *x)
+/* Final norm and lm_head for the rows the items asked logits for, in one
+ * GEMM so the head's weights are read once per step; the rows are then
+ * copied to each item's buffer. */
+static ds_status head(const ds_model *m, const step *s, const float *h, float *x, ds_error *err)
 {
     const ds_config *cfg = &m->cfg;
-    const int H = cfg->hidden_size;
-    for (int i = 0; i < s->n_items; i++) {
+    const int H = cfg->hidden_size, V = cfg->vocab_size;
+    int rows = 0;
+    for (int i = 0; i < s->n_items; i++)
+        if (s->items[i].logits)
+            rows += s->items[i].all_logits ? s->items[i].n : 1;
+    if (rows == 0)
+        return DS_OK;
+    int single = 0;
+    for (int i = 0; i < s->n_items; i++)
+        single += s->items[i].logits != NULL;
+    for (int i = 0, r = 0; i < s->n_items; i++) {
         const ds_batch_item *it = &s->items[i];
         if (!it->logits)
             continue;
-        int first = it->all_logits ? 0 : it->n - 1, n = it->n - first;
-        for (int t = 0; t < n; t++)
-            ds_rmsnorm(h + (size_t)(s->off[i] + first + t) * H, m->final_norm, cfg->rms_norm_eps, H,
-                       x + (size_t)t * H);
-        ds_gemm(&m->lm_head, 0, cfg->vocab_size, x, H, n, it->logits, cfg->vocab_size);
+        int first = it->all_logits ? 0 : it->n - 1;
+        for (int t = first; t < it->n; t++, r++)
+            ds_rmsnorm(h + (size_t)(s->off[i] + t) * H, m->final_norm, cfg->rms_norm_eps, H, x + (size_t)r * H);
     }
+    if (single == 1) {                       /* one item: straight into its buffer */
+        for (int i = 0; i < s->n_items; i++)
+            if (s->items[i].logits)
+                ds_gemm(&m->lm_head, 0, V, x, H, rows, s->items[i].logits, V);
+        return DS_OK;
+    }
+    float *all = ds_calloc((size_t)rows * V, sizeof(float), err);
+    if (!all)
+        return DS_ERR_NOMEM;
+    ds_gemm(&m->lm_head, 0, V, x, H, rows, all, V);
+    for (int i = 0, r = 0; i < s->n_items; i++) {
+        const ds_batch_item *it = &s->items[i];
+        if (!it->logits)
+            continue;
+        int n = it->all_logits ? it->n : 1;
+        memcpy(it->logits, all + (size_t)r * V, sizeof(float) * (size_t)n * V);
+        r += n;
+    }
+    free(all);
+    return DS_OK;
 }
 
 ds_status ds_forward(const ds_batch_item *items, int n_items, ds_error *err)
@@ -131,10 +160,12 @@ ds_status ds_forward(const ds_batch_item *items, int n_items, ds_error *err)
         st = block(m, &s, l, h, x, y, err);
     if (st != DS_OK)
         goto out;
-    /* The caches now hold the step: advance only after every layer succeeded. */
+    st = head(m, &s, h, x, err);
+    if (st != DS_OK)
+        goto out;
+    /* The caches now hold the step: advance only after everything succeeded. */
     for (int i = 0; i < n_items; i++)
         items[i].ctx->pos = s.start[i] + items[i].n;
-    head(m, &s, h, x);
 out:
     free(s.off);
     free(s.start);
