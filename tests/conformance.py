@@ -87,6 +87,7 @@ def main():
             kp, kd = min(k, P), min(k, P + D)
             bad = sets_equal(gt[:L * P * kp], wt[:L * P * kp], kp) + sets_equal(gt[L * P * kp:], wt[L * P * kp:], kd)
             c.check(len(gt) == len(wt) and bad == 0, "%s: indexer top-k sets identical (%d rows differ)" % (name, bad))
+            c.check(gt == wt, "%s: --dump-topk equals the golden indexer_topk files byte for byte" % name)
             gs = load(f("scores"), "f")
             ws = ref(case, "indexer_scores_prefill.f32", "f") + ref(case, "indexer_scores_decode.f32", "f")
             worst = 0.0
@@ -106,6 +107,7 @@ def main():
         ww = ref(case, "moe_weights_prefill.f32", "f") + ref(case, "moe_weights_decode.f32", "f")
         bad = sets_equal(ge, we, K)
         c.check(len(ge) == len(we) and bad == 0, "%s: router expert sets identical (%d rows differ)" % (name, bad))
+        c.check(ge == we, "%s: --dump-experts equals the golden moe_experts files byte for byte" % name)
         # weights are aligned with ascending expert ids in both
         d = max_abs(gw, ww)
         c.check(d <= tol["router_weights_max_abs"], "%s: router weights max |diff| %.3g <= %g" % (name, d, tol["router_weights_max_abs"]))
