@@ -354,14 +354,16 @@ def check_sigterm_drains(cl, pid):
         except Exception as e:
             out["r"] = (0, repr(e))
 
+    base = metrics(cl)[1].get("dsinfer_engine_requests_submitted_total", 0)
     t = threading.Thread(target=worker)
     t.start()
-    # signal only once the request is in the server (in flight: it and /metrics)
+    # signal only once the engine has the request: a request whose body has
+    # not been read yet is not in flight and is refused with 503 while draining
     deadline = time.time() + 20
     while time.time() < deadline and t.is_alive():
-        if metrics(cl)[1].get("dsinfer_http_requests_in_flight", 0) >= 2:
+        if metrics(cl)[1].get("dsinfer_engine_requests_submitted_total", 0) >= base + 1:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(pid, signal.SIGTERM)
     t.join(TIMEOUT)
     r = out.get("r")
