@@ -178,7 +178,7 @@ expect 1 "progress" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/x.jsonl" --progress=lo
 echo "no placeholder" >"$T/badtmpl"
 expect 1 "{{text}}" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/x.jsonl" --template "$T/badtmpl"
 expect 1 "same file" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/stop.jsonl"
-expect 2 "config.json" -m "$T/nonexistent" -i "$T/stop.jsonl" -o "$T/x.jsonl"
+expect 3 "config.json" -m "$T/nonexistent" -i "$T/stop.jsonl" -o "$T/x.jsonl"
 expect 3 "nonexistent.jsonl" -m "$MODEL" -i "$T/nonexistent.jsonl" -o "$T/x.jsonl"
 expect 3 "nodir" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/nodir/x.jsonl"
 

@@ -2,7 +2,8 @@
 # Command-line behaviour of dsinfer, dsinfer-eval and dsinfer-inspect: --help,
 # --version, man pages (lint-clean, every --help flag documented), generation
 # on the embedded default model, determinism of seeded sampling, and clear
-# errors with the documented exit codes on bad input.
+# errors with the documented exit codes on bad input; and the conventions every
+# tool shares (-q/-v/-h/-V, exit 1 usage, 2 bad model, 3 unreadable files).
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}"
 B="$top_builddir/tools"
@@ -107,6 +108,44 @@ sed 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$CASE/model/config.j
 expect 2 "q_b_proj.weight' has shape \[768, 256\], but config.json implies \[1536, 256\]" "$B/dsinfer-inspect" "$T/cut"
 sed 's/"model_type": "deepseek_v32"/"model_type": "llama"/' "$CASE/model/config.json" >"$T/cut/config.json"
 expect 2 "model_type" "$B/dsinfer-inspect" "$T/cut"
+
+# ---- the same conventions in every tool -------------------------------------
+# -q/-v/-h/-V everywhere; an unknown option is a usage error (1); a model
+# directory that does not exist is an I/O error (3) and a malformed one a bad
+# model (2), whichever tool loads it.
+mkdir -p "$T/badmodel"
+for f in "$CASE"/model/*; do ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$T/badmodel/"; done
+rm "$T/badmodel/config.json"
+head -c 40 "$CASE/model/config.json" >"$T/badmodel/config.json"
+echo '{"prompt": [0, 1]}' >"$T/tok.json"
+echo '{"id": "a", "prompt": "x"}' >"$T/in.jsonl"
+for tool in dsinfer dsinfer-eval dsinfer-inspect dsinfer-mkmodel dsinfer-bench dsinfer-tokenize \
+            dsinfer-serve dsinfer-batch dsinfer-quantize; do
+    "$B/$tool" --help >"$T/help" 2>&1
+    for f in "-q, --quiet" "-v, --verbose" "-h, --help" "-V, --version"; do
+        grep -q -- "$f" "$T/help" || bad "$tool --help has no '$f'"
+    done
+    "$B/$tool" -V | grep -q "^$tool (dsinfer) [0-9]" || bad "$tool -V"
+    expect 1 "no-such-option" "$B/$tool" --no-such-option
+done
+for spec in "dsinfer --prompt-ids 1" "dsinfer-eval --tokens $T/tok.json -o $T/o.bin" "dsinfer-inspect" \
+            "dsinfer-bench -p 2 -n 2" "dsinfer-serve --port 1" "dsinfer-batch -i $T/in.jsonl -o $T/out.jsonl" \
+            "dsinfer-quantize -o $T/q --type q8_0"; do
+    tool=${spec%% *} args=${spec#"$tool"}
+    # shellcheck disable=SC2086
+    expect 3 "nonexistent" "$B/$tool" -m "$T/nonexistent" $args
+    # shellcheck disable=SC2086
+    expect 2 "config.json" "$B/$tool" -m "$T/badmodel" $args
+done
+expect 3 "nonexistent" "$B/dsinfer-tokenize" -m "$T/nonexistent" --text hi
+# -v describes the model and the kernels; -q leaves stderr empty
+"$B/dsinfer" -v -m "$CASE/model" -p "0 831" -n 2 >/dev/null 2>"$T/verbose"
+grep -q "loaded .*layers" "$T/verbose" && grep -q "kernels: " "$T/verbose" && grep -q "expert cache" "$T/verbose" &&
+    ok "dsinfer -v describes the model" || bad "dsinfer -v: $(cat "$T/verbose")"
+"$B/dsinfer" -q -m "$CASE/model" -p "0 831" -n 2 >/dev/null 2>"$T/quiet"
+[ ! -s "$T/quiet" ] && ok "dsinfer -q is silent" || bad "dsinfer -q printed: $(cat "$T/quiet")"
+"$B/dsinfer-tokenize" -v -m "$top_srcdir/data" --text hi >/dev/null 2>"$T/verbose" &&
+    grep -q "loaded the tokenizer" "$T/verbose" && ok "dsinfer-tokenize -v" || bad "dsinfer-tokenize -v: $(cat "$T/verbose")"
 
 echo "$fails failed"
 [ "$fails" = 0 ]

@@ -63,7 +63,7 @@ static void usage(FILE *f)
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         "      --kv-cache TYPE    fp8 (default) or f32\n"
         "  -q, --quiet            no progress and no summary\n"
-        "  -v, --verbose          more detail on stderr (each error record, resume details)\n"
+        "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
         "\n"
@@ -156,8 +156,8 @@ static void parse_options(int argc, char **argv, options *o)
         case O_BUDGET: o->mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: o->io = tool_parse_io("--io", optarg); break;
         case O_KV: o->kv = tool_parse_kv("--kv-cache", optarg); break;
-        case 'q': o->quiet = 1; break;
-        case 'v': o->verbose = 1; break;
+        case 'q': o->quiet = 1, tool_verbosity = -1; break;
+        case 'v': o->verbose = 1, tool_verbosity = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
         case 'V': tool_print_version();
         default: usage(stderr); exit(EXIT_USAGE);
@@ -196,14 +196,6 @@ static void check_distinct_files(const char *input, const char *output)
 }
 
 /* ---- model ------------------------------------------------------------- */
-/* Any failure to load the model or its tokenizer is "bad model" (2),
- * whatever the library's status, except running out of memory. */
-static void die_model(const ds_error *err)
-{
-    tool_die(err->code == DS_ERR_NOMEM ? EXIT_RUNTIME : EXIT_INPUT, "%s",
-             err->msg[0] ? err->msg : ds_status_str(err->code));
-}
-
 /* The name echoed in OpenAI bodies when a line names no model: the
  * checkpoint directory's last component. */
 static char *model_name_of(const char *dir)
@@ -666,11 +658,10 @@ static void load_model(batch_run *run)
     lp.threads = o->threads;
     lp.expert_budget = o->mem_budget;
     lp.io = o->io;
-    if (ds_model_load(o->model_dir, &lp, &run->model, &err) != DS_OK)
-        die_model(&err);
+    run->model = tool_load_model(o->model_dir, &lp);
     run->tok = tool_load_tokenizer(o->model_dir, &err);
     if (!run->tok)
-        die_model(&err);
+        tool_die_err(&err);
     run->fmt = ds_chat_format_for_model(ds_model_get_info(run->model)->model_type);
     ds_engine_params_init(&ep);
     ep.max_seqs = o->parallel;

@@ -37,18 +37,14 @@ static void usage(FILE *f)
         "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
         "                           streams them from disk through an expert cache (default: all resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
+        "  -q, --quiet            print errors only\n"
+        "  -v, --verbose          describe the model, kernels and expert cache on stderr\n"
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
         "\n"
         "Exit status: 0 ok, 1 usage, 2 bad model, 3 I/O error, 4 runtime error.\n");
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -116,14 +112,14 @@ static double measure_membw(size_t mib)
         a[i] = (double)(i & 1023);
     double best = 0.0, sink = 0.0;
     for (int pass = 0; pass < 8; pass++) {
-        double t0 = now_s(), s = 0.0;
+        double t0 = tool_now(), s = 0.0;
 #pragma omp parallel reduction(+ : s)
         {
             int nt = omp_get_num_threads(), t = omp_get_thread_num();
             size_t lo = n * (size_t)t / (size_t)nt, hi = n * (size_t)(t + 1) / (size_t)nt;
             s += __builtin_cpu_supports("avx2") ? sum_chunk_avx2(a + lo, hi - lo) : sum_chunk(a + lo, hi - lo);
         }
-        double dt = now_s() - t0;
+        double dt = tool_now() - t0;
         sink += s;
         if (dt > 0 && n * sizeof(double) / dt > best)
             best = n * sizeof(double) / dt;
@@ -171,10 +167,10 @@ static double bench_prefill(ds_model *m, const bench_opts *o, float *logits)
         ds_error err;
         ds_context *c = new_context(m, o->prompt_len, o->kv);
         random_ids(ids, o->prompt_len, mi->vocab_size, &st);
-        double t0 = now_s();
+        double t0 = tool_now();
         if (ds_eval(c, ids, o->prompt_len, logits, 0, &err) != DS_OK)
             tool_die_err(&err);
-        t[r] = o->prompt_len / (now_s() - t0);
+        t[r] = o->prompt_len / (tool_now() - t0);
         ds_context_free(c);
     }
     double v = median(t, o->repeat);
@@ -202,11 +198,11 @@ static double bench_decode(ds_model *m, const bench_opts *o, float *logits)
             if (ds_eval(c, ids + s, n, NULL, 0, &err) != DS_OK)
                 tool_die_err(&err);
         }
-        double t0 = now_s();
+        double t0 = tool_now();
         for (int k = 0; k < o->gen; k++)
             if (ds_eval(c, ids + o->depth + k, 1, logits, 0, &err) != DS_OK)
                 tool_die_err(&err);
-        t[r] = o->gen / (now_s() - t0);
+        t[r] = o->gen / (tool_now() - t0);
         ds_context_free(c);
     }
     double v = median(t, o->repeat);
@@ -273,9 +269,10 @@ int main(int argc, char **argv)
         {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:p:n:d:r:t:s:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:d:r:t:s:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p': o.prompt_len = (int)tool_parse_long("--prompt-len", optarg, 0, 1 << 22); break;
@@ -289,6 +286,8 @@ int main(int argc, char **argv)
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;
         case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
+        case 'q': tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -301,17 +300,14 @@ int main(int argc, char **argv)
     if (threads > 0)
         omp_set_num_threads(threads);
 
-    ds_error err;
-    ds_model *m;
     ds_load_params lp;
     ds_load_params_init(&lp);
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
-    double t0 = now_s();
-    if (ds_model_load(model_dir, &lp, &m, &err) != DS_OK)
-        tool_die_err(&err);
-    double load_s = now_s() - t0;
+    double t0 = tool_now();
+    ds_model *m = tool_load_model(model_dir, &lp);
+    double load_s = tool_now() - t0;
     const ds_model_info *mi = ds_model_get_info(m);
     float *logits = malloc(sizeof(float) * (size_t)mi->vocab_size);
     if (!logits)

@@ -36,6 +36,8 @@ static void usage(FILE *f)
         "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
         "                           streams them from disk through an expert cache (default: all resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
+        "  -q, --quiet              print errors only\n"
+        "  -v, --verbose            describe the model, kernels and expert cache on stderr\n"
         "  -h, --help               show this help\n"
         "  -V, --version            show the version\n"
         "\n"
@@ -168,9 +170,10 @@ int main(int argc, char **argv)
         {"dump-expert-weights", required_argument, 0, O_EW}, {"dump-layers", required_argument, 0, O_LAYERS},
         {"dump-attn-rows", required_argument, 0, O_ROWS},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:o:t:c:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:o:t:c:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case O_TOKENS: tokens_path = optarg; break;
@@ -187,6 +190,8 @@ int main(int argc, char **argv)
         case O_ROWS: dump_rows = optarg; break;
         case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
+        case 'q': tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -218,8 +223,7 @@ int main(int argc, char **argv)
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
-    if (ds_model_load(model_dir, &lp, &model, &err) != DS_OK)
-        tool_die_err(&err);
+    model = tool_load_model(model_dir, &lp);
     const ds_model_info *mi = ds_model_get_info(model);
     ds_context_params cp;
     ds_context_params_init(&cp);

@@ -23,6 +23,8 @@ static void usage(FILE *f)
         "      --json        print one JSON object instead of text\n"
         "      --mem-budget SIZE  validate with this expert-cache budget (as the runtime would load it)\n"
         "      --io MODE     uring, pread or auto: how a streaming load reads experts\n"
+        "  -q, --quiet       print errors only\n"
+        "  -v, --verbose     describe the model, kernels and expert cache on stderr\n"
         "  -h, --help        show this help\n"
         "  -V, --version     show the version\n"
         "\n"
@@ -40,17 +42,20 @@ int main(int argc, char **argv)
     lp.weights_in_ram = 0;     /* validation only: no need to copy the weights */
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, 'T'},
-        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"json", no_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},
         {"mem-budget", required_argument, 0, 'B'}, {"io", required_argument, 0, 'I'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'T': list = 1; break;
         case 'j': json = 1; break;
         case 'B': lp.expert_budget = tool_parse_size("--mem-budget", optarg); break;
         case 'I': lp.io = tool_parse_io("--io", optarg); break;
+        case 'q': tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;

@@ -140,6 +140,7 @@ static void usage(FILE *f)
         "                         beside it, if any)\n"
         "      --no-tokenizer     write no tokenizer files\n"
         "  -q, --quiet            print nothing but errors\n"
+        "  -v, --verbose          also each shard written, with its tensors and bytes\n"
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
@@ -980,6 +981,7 @@ int main(int argc, char **argv)
         {"tokenizer", required_argument, 0, O_TOK},
         {"no-tokenizer", no_argument, 0, O_NOTOK},
         {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0}};
@@ -988,7 +990,7 @@ int main(int argc, char **argv)
         die_oom();
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":o:p:c:s:qhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":o:p:c:s:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'p': preset = optarg; break;
@@ -1004,7 +1006,8 @@ int main(int argc, char **argv)
             break;
         case O_TOK: tokenizer = optarg; break;
         case O_NOTOK: no_tok = 1; break;
-        case 'q': quiet = 1; break;
+        case 'q': quiet = 1, tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h':
             usage(stdout);
             free(sets);
@@ -1176,6 +1179,8 @@ int main(int argc, char **argv)
             tool_die(EXIT_IO, "%s", msg);
         }
         file_bytes += st_writer_file_size(w);
+        tool_info("wrote %s: %zu tensors, %llu bytes", spath, ti - first,
+                  (unsigned long long)st_writer_file_size(w));
         st_writer_free(w);
         free(spath);
     }

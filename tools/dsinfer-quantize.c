@@ -91,6 +91,7 @@ static void usage(FILE *f)
         "      --keep-attention   leave every self_attn weight (indexer included) as it is\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            no progress on stderr (the JSON report is still printed)\n"
+        "  -v, --verbose          also each converted tensor and its RMSE on stderr\n"
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
@@ -114,6 +115,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"keep-attention", no_argument, NULL, OPT_KEEP_ATTN},
         {"threads", required_argument, NULL, 't'},
         {"quiet", no_argument, NULL, 'q'},
+        {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -122,7 +124,7 @@ static void parse_args(int argc, char **argv, options *o)
     int c;
     memset(o, 0, sizeof *o);
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:o:t:qhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:o:t:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o->in = optarg; break;
         case 'o': o->out = optarg; break;
@@ -130,7 +132,8 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_EXPERTS: o->experts_only = 1; break;
         case OPT_KEEP_ATTN: o->keep_attention = 1; break;
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
-        case 'q': o->quiet = 1; break;
+        case 'q': o->quiet = 1, tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
         case 'V': tool_print_version(); break;
         case ':': tool_die(EXIT_USAGE, "option '%s' needs a value (see --help)", argv[optind - 1]);
@@ -421,6 +424,8 @@ static void write_converted(const options *o, const ds_tensor_table *tab, out_te
         if (st_writer_write(w, enc, rb * (size_t)nr) != 0)
             die_writer(w);
     }
+    tool_info("%s: %d x %d -> %s, rmse %.3g (relative %.3g)", t->name, rows, cols, ds_dtype_name(t->dt),
+              sqrt(err2 / ((double)rows * cols)), ref2 > 0 ? sqrt(err2 / ref2) : 0.0);
     st->err2 += err2;
     st->ref2 += ref2;
     st->n += (uint64_t)rows * cols;

@@ -62,6 +62,7 @@ static void usage(FILE *f)
         "                             streams them from disk (default: all resident)\n"
         "      --io MODE              how streamed experts are read: uring, pread or auto\n"
         "  -q, --quiet                do not log requests\n"
+        "  -v, --verbose              describe the model, kernels and expert cache on stderr\n"
         "  -h, --help                 show this help\n"
         "  -V, --version              show the version\n"
         "\n"
@@ -172,8 +173,7 @@ static void load(server *s)
     s->tok = tool_load_tokenizer(s->cfg.model_dir, &err);
     if (!s->tok)
         tool_die_err(&err);
-    if (ds_model_load(s->cfg.model_dir, &lp, &s->model, &err) != DS_OK)
-        tool_die_err(&err);
+    s->model = tool_load_model(s->cfg.model_dir, &lp);
     s->info = ds_model_get_info(s->model);
     s->chat_fmt = ds_chat_format_for_model(s->info->model_type);
     int32_t eos = ds_tokenizer_eos_id(s->tok);
@@ -202,11 +202,11 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
         {"threads", required_argument, 0, 't'}, {"kv-cache", required_argument, 0, O_KV},
         {"thinking-default", required_argument, 0, O_THINK}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-body", required_argument, 0, O_BODY}, {"model-name", required_argument, 0, O_NAME},
-        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
+        {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:c:t:qhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:c:t:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': cfg->model_dir = optarg; break;
         case O_HOST: cfg->host = optarg; break;
@@ -235,7 +235,8 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
             break;
         case O_BUDGET: cfg->mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: cfg->io = tool_parse_io("--io", optarg); break;
-        case 'q': cfg->quiet = 1; break;
+        case 'q': cfg->quiet = 1, tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
         case 'V': tool_print_version();
         default: usage(stderr); exit(EXIT_USAGE);

@@ -40,7 +40,7 @@ static void usage(FILE *f)
         "parses generated completions into messages.\n"
         "  --tokenizer FILE_OR_DIR  tokenizer.json, or a directory holding it\n"
         "                           (default: " DS_DATADIR "/tokenizer.json)\n"
-        "  --model DIR              take DIR/tokenizer.json when --tokenizer is not given\n"
+        "  -m, --model DIR          take DIR/tokenizer.json when --tokenizer is not given\n"
         "  --text STR               encode STR\n"
         "  --file F                 encode the contents of file F\n"
         "  --decode IDS             decode comma- or space-separated token ids\n"
@@ -67,36 +67,39 @@ static void usage(FILE *f)
         "  --bench N                encode the input N times and print one JSON object with\n"
         "                           the throughput (bytes, tokens, MB/s of the first pass\n"
         "                           and the median pass); one thread\n"
-        "  --help                   print this help and exit\n"
-        "  --version                print the version and exit\n"
+        "  -q, --quiet              print errors only\n"
+        "  -v, --verbose            say which tokenizer was loaded and how long it took\n"
+        "  -h, --help               print this help and exit\n"
+        "  -V, --version            print the version and exit\n"
         "Exit status: 0 ok, 1 usage error, 2 bad input, 3 I/O error.\n",
         tool_name, tool_name, tool_name);
 }
 
 static void parse_args(int argc, char **argv, opts *o)
 {
-    enum { O_TOK = 256, O_MODEL, O_TEXT, O_FILE, O_DECODE, O_BATCH, O_IDS, O_JSON, O_NOSPEC,
-           O_HELP, O_VERSION, O_RENDER, O_PARSE, O_THINK, O_NOTHINK, O_NOBOS, O_FORMAT, O_CHATIDS, O_BENCH };
+    enum { O_TOK = 256, O_TEXT, O_FILE, O_DECODE, O_BATCH, O_IDS, O_JSON, O_NOSPEC,
+           O_RENDER, O_PARSE, O_THINK, O_NOTHINK, O_NOBOS, O_FORMAT, O_CHATIDS, O_BENCH };
     static const struct option lo[] = {
-        { "tokenizer", required_argument, 0, O_TOK }, { "model", required_argument, 0, O_MODEL },
+        { "tokenizer", required_argument, 0, O_TOK }, { "model", required_argument, 0, 'm' },
         { "text", required_argument, 0, O_TEXT }, { "file", required_argument, 0, O_FILE },
         { "decode", required_argument, 0, O_DECODE }, { "batch-json", required_argument, 0, O_BATCH },
         { "ids-only", no_argument, 0, O_IDS }, { "json", no_argument, 0, O_JSON },
-        { "no-special", no_argument, 0, O_NOSPEC }, { "help", no_argument, 0, O_HELP },
-        { "version", no_argument, 0, O_VERSION }, { "render-chat", required_argument, 0, O_RENDER },
+        { "no-special", no_argument, 0, O_NOSPEC }, { "help", no_argument, 0, 'h' },
+        { "version", no_argument, 0, 'V' }, { "render-chat", required_argument, 0, O_RENDER },
         { "parse-completion", no_argument, 0, O_PARSE }, { "thinking", no_argument, 0, O_THINK },
         { "no-thinking", no_argument, 0, O_NOTHINK }, { "no-bos", no_argument, 0, O_NOBOS },
         { "chat-format", required_argument, 0, O_FORMAT }, { "ids", no_argument, 0, O_CHATIDS },
-        { "bench", required_argument, 0, O_BENCH },
+        { "bench", required_argument, 0, O_BENCH }, { "quiet", no_argument, 0, 'q' },
+        { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 }
     };
     int c;
     memset(o, 0, sizeof *o);
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:qvhV", lo, NULL)) != -1) {
         switch (c) {
         case O_TOK: o->tokenizer = optarg; break;
-        case O_MODEL: o->model = optarg; break;
+        case 'm': o->model = optarg; break;
         case O_TEXT: o->text = optarg; break;
         case O_FILE: o->file = optarg; break;
         case O_DECODE: o->decode = optarg; break;
@@ -112,8 +115,10 @@ static void parse_args(int argc, char **argv, opts *o)
         case O_FORMAT: o->chat_format = optarg; break;
         case O_CHATIDS: o->ids = 1; break;
         case O_BENCH: o->bench = (int)tool_parse_long("--bench", optarg, 1, 100000); break;
-        case O_HELP: usage(stdout); exit(EXIT_OK);
-        case O_VERSION: tool_print_version();
+        case 'q': tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
+        case 'h': usage(stdout); exit(EXIT_OK);
+        case 'V': tool_print_version();
         default:
             tool_die(EXIT_USAGE, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
         }
@@ -148,8 +153,11 @@ static ds_tokenizer *load_tokenizer(const opts *o, const char *shipped)
     ds_tokenizer *t;
     ds_error err = { 0 };
     const char *path = o->tokenizer ? o->tokenizer : o->model ? o->model : shipped_tokenizer(shipped);
+    double t0 = tool_now();
     if (ds_tokenizer_load(path, &t, &err))
         tool_die_err(&err);
+    tool_info("loaded the tokenizer from %s in %.3f s: %d tokens", path, tool_now() - t0,
+              ds_tokenizer_vocab_size(t));
     return t;
 }
 
@@ -244,13 +252,6 @@ static void do_encode(const ds_tokenizer *t, const opts *o)
     free(text);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -270,10 +271,10 @@ static void do_bench(const ds_tokenizer *t, const opts *o)
         tool_die(EXIT_RUNTIME, "out of memory");
     for (int r = 0; r < o->bench; r++) {
         int32_t *ids;
-        double t0 = now_s();
+        double t0 = tool_now();
         if (ds_tokenizer_encode(t, text, len, !o->no_special, &ids, &n, &err))
             tool_die_err(&err);
-        sec[r] = now_s() - t0;
+        sec[r] = tool_now() - t0;
         free(ids);
     }
     double first = sec[0];

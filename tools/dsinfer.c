@@ -55,6 +55,7 @@ static void usage(FILE *f)
         "      --kv-cache TYPE    fp8 (default) or f32\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            do not print the speed line\n"
+        "  -v, --verbose          also describe the model, kernels and expert cache\n"
         "      --mem-budget SIZE  RAM for routed experts (e.g. 12G); less than the experts\n"
         "                         streams them from disk (default: all resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
@@ -62,13 +63,6 @@ static void usage(FILE *f)
         "  -V, --version          show the version\n"
         "\n"
         "Exit status: 0 ok, 1 usage, 2 bad model or input, 3 I/O error, 4 runtime error.\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void join_path(char *buf, size_t size, const char *dir, const char *name)
@@ -154,7 +148,7 @@ static void print_piece(ds_detok *dt, int32_t id, int flush)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *ids_arg = NULL, *text_arg = NULL, *chat_arg = NULL, *system_arg = NULL;
-    int max_tokens = 16, threads = 0, ctx_size = 0, quiet = 0, ignore_eos = 0;
+    int max_tokens = 16, threads = 0, ctx_size = 0, ignore_eos = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int thinking = 0, thinking_set = 0, print_ids = 0;
@@ -171,6 +165,7 @@ int main(int argc, char **argv)
         {"seed", required_argument, 0, 's'}, {"ignore-eos", no_argument, 0, O_EOS},
         {"ctx-size", required_argument, 0, 'c'}, {"kv-cache", required_argument, 0, O_KV},
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"prompt", required_argument, 0, O_PROMPT}, {"chat", required_argument, 0, O_CHAT},
@@ -178,7 +173,7 @@ int main(int argc, char **argv)
         {"no-thinking", no_argument, 0, O_NOTHINK}, {"print-ids", no_argument, 0, O_PRINTIDS},
         {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:p:n:s:c:t:qhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:s:c:t:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p': ids_arg = optarg; break;
@@ -197,7 +192,8 @@ int main(int argc, char **argv)
         case 'c': ctx_size = (int)tool_parse_long("--ctx-size", optarg, 1, 1 << 24); break;
         case O_KV: kv = tool_parse_kv("--kv-cache", optarg); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
-        case 'q': quiet = 1; break;
+        case 'q': tool_verbosity = -1; break;
+        case 'v': tool_verbosity = 1; break;
         case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
@@ -230,15 +226,13 @@ int main(int argc, char **argv)
         tool_die(EXIT_USAGE, "%s: the prompt is empty", ids_arg ? "--prompt-ids" : "--prompt");
 
     ds_error err;
-    ds_model *model;
     ds_load_params lp;
     ds_load_params_init(&lp);
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
-    double t0 = now_s();
-    if (ds_model_load(model_dir, &lp, &model, &err) != DS_OK)
-        tool_die_err(&err);
+    double t0 = tool_now();
+    ds_model *model = tool_load_model(model_dir, &lp);
     const ds_model_info *mi = ds_model_get_info(model);
     ds_context_params cp;
     ds_context_params_init(&cp);
@@ -252,10 +246,10 @@ int main(int argc, char **argv)
     float *logits = malloc(sizeof(float) * (size_t)mi->vocab_size);
     if (!logits)
         tool_die(EXIT_RUNTIME, "out of memory");
-    double t1 = now_s();
+    double t1 = tool_now();
     if (ds_eval(ctx, prompt, P, logits, 0, &err) != DS_OK)
         tool_die_err(&err);
-    double t2 = now_s();
+    double t2 = tool_now();
     int generated = 0;
     ds_detok *dt = NULL;
     if (tok && !print_ids && !(dt = ds_detok_create(tok, 1)))
@@ -284,11 +278,12 @@ int main(int argc, char **argv)
     printf("\n");
     if (fflush(stdout) != 0 || ferror(stdout))
         tool_die(EXIT_IO, "error writing standard output: %s", strerror(errno));
-    double t3 = now_s();
-    if (!quiet)
+    double t3 = tool_now();
+    if (tool_verbosity >= 0)
         fprintf(stderr, "%s: load %.2f s, prefill %d tokens %.1f tok/s, generated %d tokens %.1f tok/s\n",
                 tool_name, t1 - t0, P, P / (t2 - t1 > 0 ? t2 - t1 : 1e-9), generated,
                 generated > 1 ? (generated - 1) / (t3 - t2 > 0 ? t3 - t2 : 1e-9) : 0.0);
+    tool_info_experts(model);
     free(logits);
     free(prompt);
     ds_tokenizer_free(tok);

@@ -3,6 +3,7 @@
  * the results are in the output file anyway. */
 #include <stdio.h>
 #include "batch_progress.h"
+#include "common.h"
 #include "batch_util.h"
 
 #define TTY_PERIOD_S 0.25
@@ -11,7 +12,7 @@
 void batch_progress_init(batch_progress *p, batch_progress_mode mode, int quiet)
 {
     *p = (batch_progress){.mode = quiet ? BATCH_PROGRESS_NONE : mode, .quiet = quiet};
-    p->t0 = p->last = batch_now_s();
+    p->t0 = p->last = tool_now();
 }
 
 static long done_of(const batch_counts *c)
@@ -63,7 +64,7 @@ static void show_json(const batch_counts *c, double elapsed)
 
 void batch_progress_update(batch_progress *p, const batch_counts *c, int force)
 {
-    double now = batch_now_s();
+    double now = tool_now();
     if (p->mode == BATCH_PROGRESS_NONE)
         return;
     if (!force && now - p->last < (p->mode == BATCH_PROGRESS_TTY ? TTY_PERIOD_S : JSON_PERIOD_S))
@@ -85,7 +86,7 @@ void batch_progress_clear(batch_progress *p)
 
 void batch_progress_summary(batch_progress *p, const batch_counts *c, int interrupted)
 {
-    double wall = batch_now_s() - p->t0;
+    double wall = tool_now() - p->t0;
     double tps = wall > 0 ? c->generated_tokens / wall : 0, dps = wall > 0 ? (c->ok + c->errors) / wall : 0;
     batch_progress_clear(p);
     if (p->quiet)

@@ -202,10 +202,3 @@ void batch_buf_free(batch_buf *b)
     free(b->data);
     *b = (batch_buf){0};
 }
-
-double batch_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}

@@ -39,7 +39,6 @@ typedef struct batch_buf {
 void batch_buf_append(batch_buf *b, const char *s, size_t len);
 void batch_buf_free(batch_buf *b);
 
-double batch_now_s(void);
 /* malloc / strdup that die with EXIT_RUNTIME instead of returning NULL. */
 void *batch_xmalloc(size_t n);
 char *batch_xstrdup(const char *s);

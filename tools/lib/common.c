@@ -5,8 +5,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "common.h"
+
+int tool_verbosity;
+
+void tool_info(const char *fmt, ...)
+{
+    if (tool_verbosity < 1)
+        return;
+    va_list ap;
+    fprintf(stderr, "%s: ", tool_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+double tool_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 void tool_die(int code, const char *fmt, ...)
 {
@@ -211,4 +233,53 @@ ds_tokenizer *tool_load_tokenizer(const char *model_dir, ds_error *err)
     if (access(path, R_OK) != 0)
         snprintf(path, sizeof path, "%s/data/tokenizer-v32.json", DS_SRCDIR);
     return ds_tokenizer_load(path, &t, err) == DS_OK ? t : NULL;
+}
+
+ds_model *tool_load_model(const char *dir, const ds_load_params *lp)
+{
+    ds_error err;
+    ds_model *m;
+    double t0 = tool_now();
+    if (ds_model_load(dir, lp, &m, &err) != DS_OK)
+        tool_die_err(&err);
+    if (tool_verbosity < 1)
+        return m;
+    const ds_model_info *mi = ds_model_get_info(m);
+    tool_info("loaded %s in %.2f s: %s, %d layers (%d dense), hidden %d, %d heads, vocab %d",
+              dir, tool_now() - t0, mi->model_type, mi->num_layers, mi->first_dense_layers,
+              mi->hidden_size, mi->num_heads, mi->vocab_size);
+    tool_info("experts: %d routed (%d per token) + %d shared; indexer: %s",
+              mi->n_routed_experts, mi->experts_per_token, mi->n_shared_experts,
+              mi->has_indexer ? "yes (DSA)" : "no (dense MLA)");
+    tool_info("weights: %.1f MiB in %lld tensors, %.1f MiB routed experts, %.1f MiB read per token",
+              (double)mi->weight_bytes / 1048576.0, (long long)mi->n_tensors,
+              (double)mi->expert_bytes / 1048576.0, (double)mi->active_bytes_per_token / 1048576.0);
+    ds_expert_stats st;
+    ds_model_expert_stats(m, &st);
+    if (st.streaming)
+        tool_info("expert cache: %d slabs of %.1f MiB, streamed with %s", st.slots,
+                  (double)st.slab_bytes / 1048576.0, st.io_backend);
+    else
+        tool_info("expert cache: every expert resident");
+    tool_info("kernels: %s; threads: %ld; NUMA nodes: %d", ds_kernel_isa(),
+              lp->threads > 0 ? (long)lp->threads : sysconf(_SC_NPROCESSORS_ONLN), mi->numa_nodes);
+    return m;
+}
+
+void tool_info_experts(ds_model *m)
+{
+    if (tool_verbosity < 1 || !m)
+        return;
+    ds_expert_stats st;
+    ds_model_expert_stats(m, &st);
+    if (!st.streaming)
+        return;
+    uint64_t look = st.hits + st.misses;
+    tool_info("expert cache: %llu hits, %llu misses (hit rate %.3f), %.1f MiB read, %.2f s stalled, "
+              "prefetch %llu/%llu used, prediction %llu/%llu right",
+              (unsigned long long)st.hits, (unsigned long long)st.misses,
+              look ? (double)st.hits / (double)look : 0.0, (double)st.bytes_read / 1048576.0,
+              st.stall_seconds, (unsigned long long)st.prefetch_used,
+              (unsigned long long)st.prefetched, (unsigned long long)st.predicted_right,
+              (unsigned long long)st.predicted);
 }

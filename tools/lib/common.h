@@ -18,6 +18,14 @@ enum {
 
 extern const char *tool_name;
 
+/* -q / -v, the same in every tool: -1 quiet (errors only), 0 normal,
+ * 1 verbose (model summary, placement, timings, expert cache counters). */
+extern int tool_verbosity;
+/* Prints "NAME: message" to stderr, only with -v. */
+void tool_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Seconds on a monotonic clock. */
+double tool_now(void);
+
 /* Prints "NAME: message" to stderr and exits with code. */
 void tool_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 /* Maps a library status to an exit code (format/input -> 2, I/O -> 3, ...). */
@@ -42,6 +50,13 @@ ds_io_mode tool_parse_io(const char *opt, const char *s);
 /* The model used when --model is absent: $DSINFER_MODEL, else the tiny
  * checkpoint built by `make` in the build tree, else its installed copy. */
 const char *tool_default_model(void);
+/* Loads the checkpoint in dir or dies with the library's message and the
+ * matching exit code (missing files 3, bad checkpoint 2); with -v describes
+ * what was loaded and how (shapes, kernels, weight placement, load time). */
+ds_model *tool_load_model(const char *dir, const ds_load_params *lp);
+/* With -v: the expert cache counters (hits, misses, bytes read, stalls). */
+void tool_info_experts(ds_model *m);
+
 /* DIR/tokenizer.json, else the installed or source-tree V3.2 tokenizer;
  * NULL with err set when none loads. */
 ds_tokenizer *tool_load_tokenizer(const char *model_dir, ds_error *err);
