@@ -8,7 +8,14 @@
  * and of the experts the next layer's router is predicted to choose.
  * Eviction ranks slabs by use frequency decayed with age (a slab used often
  * recently stays; DSINFER_EXPERT_POLICY=lru selects plain LRU to compare).
- * Slabs in use are pinned between get and release. */
+ * Slabs in use are pinned between get and release.
+ *
+ * Slab checks (DSINFER_VERIFY_SLABS=1; on by default in --enable-debug and
+ * sanitizer builds): the first time an expert is read, the checksum of the
+ * bytes read must equal that of the same bytes seen through the mapped
+ * file (an independent path: page cache, not O_DIRECT); it is kept, and
+ * every later re-read after an eviction must reproduce it.  A mismatch is
+ * an I/O error naming the expert, never silently wrong weights. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "dsconfig.h"
 #include "internal.h"
 #include "model.h"
 #include "reader.h"
@@ -34,6 +42,7 @@ typedef struct slot {
     int loading;           /* a read is in flight (tag = slot index + 1) */
     int predicted;         /* loaded ahead by prediction and not used yet */
     int fresh;             /* read on demand (a miss) and not yet handed out */
+    int checked;           /* slab checksum verified since the read (verify mode) */
     int node;              /* NUMA node holding the buffer */
     uint64_t last;         /* access tick */
     double freq;           /* use count decayed by age */
@@ -55,6 +64,8 @@ struct ds_expert_cache {
     uint64_t tick;
     int lru;
     unsigned char *pred;   /* [layer][expert]: predicted for the layer's next use */
+    int verify;            /* check slab checksums (see top) */
+    uint64_t *sums;        /* [layer][expert]: checksum of the first read, 0 = not read yet */
     ds_expert_stats st;
     struct ds_numa *numa;
 };
@@ -64,6 +75,32 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* 64-bit FNV-1a over 8-byte words (bytewise tail): cheap, order-sensitive. */
+static uint64_t checksum(uint64_t h, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static int verify_default(void)
+{
+    const char *v = getenv("DSINFER_VERIFY_SLABS");
+    if (v && *v)
+        return strcmp(v, "0") != 0;
+#ifdef DS_VERIFY_SLABS_DEFAULT
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -164,6 +201,9 @@ static ds_status start_streaming(ds_model *m, ds_expert_cache *ec, const ds_load
     ds_status st = ds_reader_open(&rp, &ec->rd, err);
     if (st != DS_OK)
         return st;
+    ec->verify = verify_default();
+    if (ec->verify && !(ec->sums = ds_calloc((size_t)all, sizeof(uint64_t), err)))
+        return DS_ERR_NOMEM;
     ec->src = ds_calloc((size_t)all * 3, sizeof(part), err);
     ec->where = ds_calloc((size_t)all, sizeof(int), err);
     ec->slots = ds_calloc((size_t)ec->nslots, sizeof(slot), err);
@@ -230,6 +270,7 @@ void ds_experts_free(ds_expert_cache *c)
     free(c->src);
     free(c->where);
     free(c->pred);
+    free(c->sums);
     free(c->views);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -317,6 +358,7 @@ static ds_status start_read(ds_expert_cache *c, int i, int key, ds_error *err)
     evict(c, i);
     s->key = key;
     s->loading = 1;
+    s->checked = 0;
     c->where[key] = i;
     bind_slot(c, s, key);
     for (int k = 0; k < 3; k++)
@@ -336,6 +378,36 @@ static ds_status finish_read(ds_expert_cache *c, int i, ds_error *err)
     if (st != DS_OK)
         evict(c, i);
     return st;
+}
+
+/* The slab's checksum (see top): against the mapped file on the first read
+ * of the expert, against the first read's afterwards. */
+static ds_status check_slab(ds_expert_cache *c, slot *s, ds_error *err)
+{
+    const part *p = &c->src[(size_t)s->key * 3];
+    const ds_ffn_w *v = &c->views[s->key];
+    const void *mapped[3] = {v->gate.data, v->up.data, v->down.data};
+    uint64_t got = 0xcbf29ce484222325ull;
+    for (int k = 0; k < 3; k++)
+        got = checksum(got, s->buf + p[k].dst, p[k].len);
+    got |= 1;
+    uint64_t want = c->sums[s->key];
+    const char *what = "the first read";
+    if (!want) {
+        want = 0xcbf29ce484222325ull;
+        for (int k = 0; k < 3; k++)
+            want = checksum(want, mapped[k], p[k].len);
+        want |= 1;
+        what = "the mapped file";
+    }
+    if (got != want)
+        return ds_fail(err, DS_ERR_IO, "expert %d of layer %d: slab checksum %016llx differs from %s's "
+                       "%016llx (the read returned wrong bytes or the checkpoint changed on disk)",
+                       s->key % c->n_experts, s->key / c->n_experts, (unsigned long long)got, what,
+                       (unsigned long long)want);
+    c->sums[s->key] = want;
+    s->checked = 1;
+    return DS_OK;
 }
 
 static void touch(ds_expert_cache *c, slot *s)
@@ -378,6 +450,11 @@ const ds_ffn_w *ds_experts_get(ds_expert_cache *c, int layer, int e, ds_error *e
     if (finish_read(c, i, err) != DS_OK)
         goto out;
     slot *s = &c->slots[i];
+    if (c->verify && !s->checked && check_slab(c, s, err) != DS_OK) {
+        if (!s->pins)
+            evict(c, i);
+        goto out;
+    }
     if (s->predicted) {
         c->st.prefetch_used++;
         s->predicted = 0;
