@@ -1,8 +1,9 @@
 /* serve_job.c — one generation job of dsinfer-serve: the engine's token
  * callback and everything it drives on the engine thread (streaming
  * detokenizer, text-level stop strings with hold-back, the chat completion
- * parser that splits reasoning / content / DSML tool calls, log-softmax
- * logprobs), the SSE chunks of a streaming response, the final
+ * parser that splits reasoning / content / tool calls (DSML or the legacy
+ * V3 tokens, by the model's chat format), log-softmax logprobs), the SSE
+ * chunks of a streaming response, the final
  * chat.completion / text_completion object, and the hand-over of all that
  * to the HTTP thread (mutex, suspend / resume of the connection). */
 #define _GNU_SOURCE          /* memmem */
@@ -131,7 +132,7 @@ job *job_create(server *s, job_params *p)
             j->max_stop = strlen(j->p.stop[i]);
     /* chat keeps special tokens: the parser needs </think>, DSML and EOS markers */
     j->dt = ds_detok_create(s->tok, j->p.kind != JOB_CHAT);
-    j->cs = j->p.kind == JOB_CHAT ? ds_chat_stream_create(j->p.thinking) : NULL;
+    j->cs = j->p.kind == JOB_CHAT ? ds_chat_stream_create_for(s->chat_fmt, j->p.thinking) : NULL;
     j->tool_calls = json_array();
     j->logprobs = json_array();
     j->lp_pending = json_array();
