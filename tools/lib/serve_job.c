@@ -533,10 +533,17 @@ static int on_token(void *user, uint64_t id, int32_t token, const float *logits,
     sbuf out = {0};
     (void)id;
     if (token >= 0) {
+        /* testing only: the forced completion replaces the sampled tokens
+         * (see load_forced in dsinfer-serve.c) */
+        int forced_end = 0;
+        if (j->srv->n_forced && j->p.kind == JOB_CHAT) {
+            token = j->srv->forced[j->n_gen < j->srv->n_forced ? j->n_gen : j->srv->n_forced - 1];
+            forced_end = j->n_gen + 1 >= j->srv->n_forced;
+        }
         on_new_token(j, &out, token, logits);
         publish(j, &out, 0);
         sbuf_free(&out);
-        return j->stop_hit || is_detached(j);
+        return j->stop_hit || forced_end || is_detached(j);
     }
     on_finish(j, &out, why);
     publish(j, &out, 1);
@@ -556,8 +563,9 @@ ds_status job_submit(job *j, struct MHD_Connection *conn, ds_error *err)
     rq.n_prompt = j->p.n_prompt;
     rq.max_tokens = j->p.max_tokens;
     rq.sampling = j->p.sp;
-    rq.ignore_eos = j->p.ignore_eos;
-    if (s->extra_eos >= 0 && !j->p.ignore_eos) {
+    /* a forced completion (testing only) ends by itself, not at the model's EOS */
+    rq.ignore_eos = j->p.ignore_eos || (s->n_forced && j->p.kind == JOB_CHAT);
+    if (s->extra_eos >= 0 && !rq.ignore_eos) {
         stop_ids[0] = s->extra_eos;
         rq.stop_ids = stop_ids;
         rq.n_stop_ids = 1;
