@@ -3,10 +3,11 @@
 // against the same request unstreamed, and tool calls end to end.
 //
 // usage: node openai_client.mjs plain URL    (a server running the tiny model)
-//        node openai_client.mjs forced URL   (a server started with
+//        node openai_client.mjs forced URL FMT  (a server started with
 //                                             DSINFER_TEST_FORCED_COMPLETION
-//                                             naming a file with FORCED)
-//        node openai_client.mjs forced-text  (prints FORCED)
+//                                             naming a file with FORCED[FMT])
+//        node openai_client.mjs forced-text FMT (prints FORCED[FMT])
+// FMT is the model's chat format: v3.2 (DSML) or v3 (the legacy tokens).
 // The package is loaded from $DSINFER_NODE_MODULES (a node_modules folder).
 // Prints PASS/FAIL lines; exits 1 when anything failed.
 import { createRequire } from "node:module";
@@ -14,10 +15,11 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-// What the forced server generates for every chat completion (written to a
-// file by test_openai_client.sh): reasoning, content, then a DSML block
-// with two calls, then the end-of-sentence token.
-const FORCED =
+// What a forced server generates for every chat completion (written to a
+// file by test_openai_client.sh): reasoning, content, then two tool calls
+// in the model's format (V3.2: a DSML block; V3: V3.1's legacy tokens), then
+// the end-of-sentence token.
+const V32_FORCED =
     "The user wants the weather.</think>Let me check.\n\n<｜DSML｜function_calls>\n" +
     '<｜DSML｜invoke name="get_weather">\n' +
     '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n' +
@@ -27,6 +29,12 @@ const FORCED =
     '<｜DSML｜parameter name="zone" string="true">Europe/Paris</｜DSML｜parameter>\n' +
     "</｜DSML｜invoke>\n" +
     "</｜DSML｜function_calls><｜end▁of▁sentence｜>";
+const V3_FORCED =
+    "The user wants the weather.</think>Let me check.<｜tool▁calls▁begin｜>" +
+    '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris", "days": 3}<｜tool▁call▁end｜>\n' +
+    '<｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"zone": "Europe/Paris"}<｜tool▁call▁end｜>' +
+    "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>";
+const FORCED = { "v3.2": V32_FORCED, v3: V3_FORCED };
 
 let fails = 0;
 function check(cond, msg, detail = "") {
@@ -192,7 +200,7 @@ function sameCalls(calls) {
         calls.every((c) => typeof c.id === "string" && c.id.length > 0) && calls[0].id !== calls[1].id;
 }
 
-async function forced(client) {
+async function forced(client, fmt) {
     const model = (await client.models.list()).data[0].id;
     const req = {
         model,
@@ -204,20 +212,20 @@ async function forced(client) {
     };
     // streamed: tool_calls deltas
     const s = await collect(await client.chat.completions.create({ ...req, stream: true, stream_options: { include_usage: true } }),
-                            "forced stream");
-    check(s.reasoning === "The user wants the weather." && s.content === "Let me check.", "forced stream: reasoning and content",
+                            `${fmt} forced stream`);
+    check(s.reasoning === "The user wants the weather." && s.content === "Let me check.", `${fmt} forced stream: reasoning and content`,
           [s.reasoning, s.content]);
-    check(sameCalls(s.calls), "forced stream: two tool calls from the deltas", s.calls);
-    check(s.finish === "tool_calls" && s.usage && s.usage.completion_tokens > 0, "forced stream: finish_reason tool_calls, usage",
+    check(sameCalls(s.calls), `${fmt} forced stream: two tool calls from the deltas`, s.calls);
+    check(s.finish === "tool_calls" && s.usage && s.usage.completion_tokens > 0, `${fmt} forced stream: finish_reason tool_calls, usage`,
           [s.finish, s.usage]);
     // unstreamed: the message's tool_calls
     const r = await client.chat.completions.create(req);
     const m = r.choices[0].message;
     const mc = (m.tool_calls || []).map((c) => ({ id: c.id, type: c.type, name: c.function.name, arguments: c.function.arguments }));
-    check(sameCalls(mc) && r.choices[0].finish_reason === "tool_calls", "forced: message.tool_calls", m);
-    check(m.content === s.content && m.reasoning_content === s.reasoning, "forced: message text equals the stream", m);
+    check(sameCalls(mc) && r.choices[0].finish_reason === "tool_calls", `${fmt} forced: message.tool_calls`, m);
+    check(m.content === s.content && m.reasoning_content === s.reasoning, `${fmt} forced: message text equals the stream`, m);
     check(JSON.stringify(mc.map((c) => [c.name, c.arguments])) === JSON.stringify(s.calls.map((c) => [c.name, c.arguments])),
-          "forced: streamed calls equal the unstreamed ones");
+          `${fmt} forced: streamed calls equal the unstreamed ones`);
 
     // the client's own tool loop: the SDK assembles the streamed calls, runs
     // the functions, sends their results back and asks again (the forced
@@ -240,24 +248,24 @@ async function forced(client) {
     } catch (e) {
         runErr = e;
     }
-    check(runErr === null, "runTools: the SDK's tool loop ran", String(runErr));
+    check(runErr === null, `${fmt} runTools: the SDK's tool loop ran`, String(runErr));
     const msgs = runner.messages;
     const roles = msgs.map((x) => x.role).join(",");
     check(seen.length >= 2 && seen[0][0] === "get_weather" && seen[0][1].city === "Paris" && seen[0][1].days === 3 &&
           seen[1][0] === "get_time" && seen[1][1].zone === "Europe/Paris",
-          "runTools: the tools were called with the parsed arguments", seen);
-    check(/^user,assistant,tool,tool,assistant/.test(roles), "runTools: results went back and the server answered them", roles);
+          `${fmt} runTools: the tools were called with the parsed arguments`, seen);
+    check(/^user,assistant,tool,tool,assistant/.test(roles), `${fmt} runTools: results went back and the server answered them`, roles);
 }
 
-const [mode, url] = process.argv.slice(2);
+const [mode, url, fmt = "v3.2"] = process.argv.slice(2);
 if (mode === "forced-text") {
-    process.stdout.write(FORCED);
+    process.stdout.write(FORCED[url]);
     process.exit(0);
 }
 try {
     const OpenAI = await loadOpenAI();
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", timeout: 120000, maxRetries: 0 });
-    if (mode === "forced") await forced(client);
+    if (mode === "forced") await forced(client, fmt);
     else await plain(client);
 } catch (e) {
     check(false, "unexpected exception", e && e.stack ? e.stack : String(e));

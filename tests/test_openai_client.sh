@@ -2,9 +2,10 @@
 # dsinfer-serve checked with the official OpenAI Node client (npm package
 # `openai`, tests/openai_client.mjs) on the embedded tiny model: a streamed
 # thinking-mode chat against the unstreamed one, a conversation holding a
-# tool round, and, on a second server whose completions are forced to a
-# DSML tool-call block (DSINFER_TEST_FORCED_COMPLETION, testing only), the
-# client's parsing of tool_calls deltas and its own tool loop.
+# tool round, and, on servers whose completions are forced to a tool-call
+# block (DSINFER_TEST_FORCED_COMPLETION, testing only), the client's parsing
+# of tool_calls deltas and its own tool loop: DSML with the V3.2 tiny model,
+# V3.1's legacy tokens with a tiny model whose model_type is deepseek_v3.
 # Skips (77) without node or the package, which is looked for in
 # $DSINFER_NODE_MODULES, else $HOME/.cache/dsinfer-npm/node_modules (where
 # .ci/run installs it).  Every wait is bounded; servers are always killed.
@@ -45,14 +46,15 @@ free_port() {
     node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
 }
 
-# start_server LOG ARGS...: a server on a free port (another try when the
-# port was taken meanwhile); sets PID and URL, 0 once /health answers.
+# start_server MODEL LOG ARGS...: a server on a free port (another try when
+# the port was taken meanwhile); sets PID and URL, 0 once /health answers.
 start_server() {
-    log=$1
-    shift
+    model=$1
+    log=$2
+    shift 2
     for try in 1 2 3 4 5; do
         port=$(free_port)
-        OMP_NUM_THREADS=2 "$B/dsinfer-serve" -m "$MODEL" --host 127.0.0.1 --port "$port" \
+        OMP_NUM_THREADS=2 "$B/dsinfer-serve" -m "$model" --host 127.0.0.1 --port "$port" \
             --parallel 2 --ctx-size 512 "$@" >"$log" 2>&1 &
         PID=$!
         URL="http://127.0.0.1:$port"
@@ -83,7 +85,7 @@ stop_server() {
 }
 
 # ---- the tiny model as it is ---------------------------------------------------
-if start_server "$T/plain.log"; then
+if start_server "$MODEL" "$T/plain.log"; then
     ok "server up at $URL"
     timeout 300 node "$CLIENT" plain "$URL" || bad "openai client, plain server (see FAIL lines above)"
     stop_server
@@ -92,15 +94,31 @@ else
 fi
 
 # ---- completions forced to a tool-call block (testing only) --------------------
-node "$CLIENT" forced-text >"$T/forced.txt"
-DSINFER_TEST_FORCED_COMPLETION="$T/forced.txt"
-export DSINFER_TEST_FORCED_COMPLETION
-if start_server "$T/forced.log" --ctx-size 1024; then
-    grep -q "TESTING ONLY" "$T/forced.log" && ok "forced server says it is for testing" || bad "no TESTING ONLY line"
-    timeout 300 node "$CLIENT" forced "$URL" || bad "openai client, forced server (see FAIL lines above)"
-    stop_server
+# forced FMT MODEL: a server on MODEL whose chat completions are the client's
+# FORCED[FMT] text, checked by the client
+forced() {
+    node "$CLIENT" forced-text "$1" >"$T/forced-$1.txt"
+    DSINFER_TEST_FORCED_COMPLETION="$T/forced-$1.txt"
+    export DSINFER_TEST_FORCED_COMPLETION
+    if start_server "$2" "$T/forced-$1.log" --ctx-size 1024; then
+        grep -q "TESTING ONLY" "$T/forced-$1.log" && ok "$1: forced server says it is for testing" ||
+            bad "$1: no TESTING ONLY line"
+        grep -q "chat format $1)" "$T/forced-$1.log" && ok "$1: chat format" ||
+            bad "$1: wrong chat format: $(tail -1 "$T/forced-$1.log")"
+        timeout 300 node "$CLIENT" forced "$URL" "$1" || bad "openai client, forced $1 server (see FAIL lines above)"
+        stop_server
+    else
+        bad "the forced $1 server did not start: $(tail -5 "$T/forced-$1.log")"
+    fi
+    unset DSINFER_TEST_FORCED_COMPLETION
+}
+forced v3.2 "$MODEL"
+# the same random model, declared a V3 one, with the V3 tokenizer
+if "$B/dsinfer-mkmodel" --preset tiny --seed 1 --set model_type=deepseek_v3 \
+        --tokenizer "$top_srcdir/data/tokenizer.json" --out "$T/v3" -q 2>"$T/mk.log"; then
+    forced v3 "$T/v3"
 else
-    bad "the forced server did not start: $(tail -5 "$T/forced.log")"
+    bad "dsinfer-mkmodel for the V3 model: $(tail -3 "$T/mk.log")"
 fi
 
 echo "$fails failed"
