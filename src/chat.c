@@ -1,7 +1,9 @@
 /* chat.c — chat encoding: renders OpenAI-style conversations into DeepSeek
  * prompt text (the V3.2 encoding of SPEC 8.2 and the V3/V3.1 Jinja chat
  * template of tokenizer_config.json, both written by hand), and parses
- * V3.2 completions back into assistant messages, one-shot or streaming.
+ * completions back into assistant messages, one-shot or streaming: V3.2's
+ * DSML tool calls and the legacy V3 / V3.1 tool-call tokens, in one state
+ * machine.
  *
  * The V3.2 prompt embeds JSON produced by Python's json.dumps, so this file
  * also owns a serializer that reproduces Python's formatting byte for byte. */
@@ -33,6 +35,16 @@
 #define INVOKE_CLOSE "</" DSML "invoke>"
 #define PARAM_OPEN "<" DSML "parameter name=\""
 #define PARAM_CLOSE "</" DSML "parameter>"
+/* The legacy tool-call tokens of V3 / V3.1 (tokenizer ids 128806-128814).
+ * V3 writes a call as CALL_BEGIN "function" SEP NAME "\n```json\n" ARGS
+ * "\n```" CALL_END, V3.1 as CALL_BEGIN NAME SEP ARGS CALL_END; the calls
+ * sit between V3_CALLS_BEGIN and V3_CALLS_END. */
+#define V3_CALLS_BEGIN "<｜tool▁calls▁begin｜>"
+#define V3_CALLS_END "<｜tool▁calls▁end｜>"
+#define V3_CALL_BEGIN "<｜tool▁call▁begin｜>"
+#define V3_CALL_END "<｜tool▁call▁end｜>"
+#define V3_SEP "<｜tool▁sep｜>"
+#define V3_FENCE "\n```json\n"
 #define RESPONSE_FORMAT_HEAD \
     "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
 
@@ -602,18 +614,18 @@ static void v3_call(sbuf *b, const json_t *call, int first)
     const json_t *fn = function_of(call);
     const json_t *type = json_object_get(call, "type"), *args = json_object_get(fn, "arguments");
     if (first)
-        sb_adds(b, ASSISTANT "<｜tool▁calls▁begin｜>");
+        sb_adds(b, ASSISTANT V3_CALLS_BEGIN);
     else
         sb_adds(b, "\n");
-    sb_adds(b, "<｜tool▁call▁begin｜>");
+    sb_adds(b, V3_CALL_BEGIN);
     add_text(b, type);
-    sb_adds(b, "<｜tool▁sep｜>");
+    sb_adds(b, V3_SEP);
     add_text(b, json_object_get(fn, "name"));
-    sb_adds(b, "\n```json\n");
+    sb_adds(b, V3_FENCE);
     add_text(b, args);
-    sb_adds(b, "\n```<｜tool▁call▁end｜>");
+    sb_adds(b, "\n```" V3_CALL_END);
     if (!first)
-        sb_adds(b, "<｜tool▁calls▁end｜>" EOS);
+        sb_adds(b, V3_CALLS_END EOS);
 }
 
 static ds_status render_v3(sbuf *b, const json_t *msgs, const ds_chat_options *o)
@@ -736,10 +748,12 @@ ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size
 
 enum { ST_START, ST_REASONING, ST_CONTENT, ST_TOOLS, ST_DONE };
 
-/* Steps of the DSML block grammar, in order of appearance. */
+/* Steps of the DSML block grammar, then of the V3 / V3.1 one, in order of
+ * appearance. */
 enum {
     D_OPEN, D_ITEM, D_INVOKE_NAME, D_INVOKE_GT, D_PARAM_ITEM, D_PARAM_NAME, D_PARAM_ATTR,
-    D_PARAM_BOOL, D_VALUE
+    D_PARAM_BOOL, D_VALUE,
+    V_ITEM, V_HEAD, V_AFTER_SEP, V_NAME, V_FENCE, V_ARGS
 };
 enum { D_NEED, D_BAD, D_COMPLETE };
 
@@ -750,12 +764,14 @@ typedef struct ev_rec {      /* an event with its strings as arena offsets */
 
 struct ds_chat_stream {
     int thinking, state;
+    int v3;                  /* legacy V3 / V3.1 tool calls instead of DSML */
+    const char *mark;        /* where a tool-call block starts: CALLS_MARK or V3_CALLS_BEGIN */
     sbuf pend;               /* bytes not yet decided, from off on */
     size_t off;
-    /* DSML block parser; offsets are relative to off (the block start) */
+    /* tool-call block parser; offsets are relative to off (the block start) */
     int dstep;
     size_t dcur, dscan, vstart, tok;
-    int vstring;
+    int vstring;             /* DSML: string="true"; V3: the arguments are fenced */
     char *cur_name, *param_name;
     json_t *cur_args, *calls;
     /* events of the current push */
@@ -766,14 +782,21 @@ struct ds_chat_stream {
     int oom;
 };
 
-ds_chat_stream *ds_chat_stream_create(int thinking)
+ds_chat_stream *ds_chat_stream_create_for(ds_chat_format fmt, int thinking)
 {
     ds_chat_stream *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->thinking = thinking != 0;
+    s->v3 = fmt == DS_CHAT_V3;
+    s->mark = s->v3 ? V3_CALLS_BEGIN : CALLS_MARK;
     s->state = ST_START;
     return s;
+}
+
+ds_chat_stream *ds_chat_stream_create(int thinking)
+{
+    return ds_chat_stream_create_for(DS_CHAT_V32, thinking);
 }
 
 static void dsml_reset(ds_chat_stream *s)
@@ -784,8 +807,8 @@ static void dsml_reset(ds_chat_stream *s)
     json_decref(s->calls);
     s->cur_name = s->param_name = NULL;
     s->cur_args = s->calls = NULL;
-    s->dstep = D_OPEN;
-    s->dcur = strlen(CALLS_MARK);
+    s->dstep = s->v3 ? V_ITEM : D_OPEN;
+    s->dcur = strlen(s->mark);
 }
 
 void ds_chat_stream_free(ds_chat_stream *s)
@@ -952,20 +975,23 @@ static int pick(const char *p, size_t n, size_t *cur, const char *a, const char 
     return (ra == 1 || rb == 1) ? -1 : -2;
 }
 
-/* A name attribute's value up to '"'; NULL with *bad = 0 when more bytes
- * are needed, *bad = 1 when it cannot be a name. */
-static char *take_name(const char *p, size_t n, size_t *cur, int *bad)
+/* The text from *cur up to the literal end (*cur then points at end):
+ * NULL with *bad = 0 when more bytes are needed, *bad = 1 when the text is
+ * empty, not UTF-8, or holds a NUL or one of the bytes in reject. */
+static char *take_until(const char *p, size_t n, size_t *cur, const char *end, const char *reject,
+                        int *bad)
 {
     size_t i = *cur;
+    int r = 0;
     *bad = 0;
-    while (i < n && p[i] != '"') {
-        if (p[i] == '<' || p[i] == '>' || p[i] == '\n' || p[i] == 0) {
+    while (i < n && (r = lit_match(p + i, n - i, end)) == 0) {
+        if (p[i] == 0 || strchr(reject, p[i])) {
             *bad = 1;
             return NULL;
         }
         i++;
     }
-    if (i == n)
+    if (i == n || r == 1)
         return NULL;
     if (i == *cur) {
         *bad = 1;
@@ -983,6 +1009,12 @@ static char *take_name(const char *p, size_t n, size_t *cur, int *bad)
     return name;
 }
 
+/* A name attribute's value up to '"'. */
+static char *take_name(const char *p, size_t n, size_t *cur, int *bad)
+{
+    return take_until(p, n, cur, "\"", "<>\n", bad);
+}
+
 /* A parameter value: raw text for string="true"; JSON for string="false",
  * or the raw text when it is not valid JSON.  NULL when not valid UTF-8. */
 static json_t *param_value(const char *p, size_t n, int is_string)
@@ -993,6 +1025,29 @@ static json_t *param_value(const char *p, size_t n, int is_string)
             return v;
     }
     return json_stringn(p, n);
+}
+
+/* Looks for the literal close from dscan on, an end-of-sentence first
+ * meaning the block was cut off: its offset, or -1 with *res = D_NEED
+ * (dscan moves on past what cannot hold it) or D_BAD. */
+static long find_close(ds_chat_stream *s, const char *p, size_t n, const char *close, int *res)
+{
+    const char *q = p + s->dscan;
+    size_t qn = n - s->dscan;
+    const char *c = memmem(q, qn, close, strlen(close));
+    const char *eos = memmem(q, qn, EOS, strlen(EOS));
+    if (eos && (!c || eos < c)) {
+        *res = D_BAD;
+        return -1;
+    }
+    if (!c) {
+        size_t keep = strlen(EOS) > strlen(close) ? strlen(EOS) : strlen(close);
+        if (n > s->vstart + keep && n - keep > s->dscan)
+            s->dscan = n - keep;
+        *res = D_NEED;
+        return -1;
+    }
+    return (long)(c - p);
 }
 
 /* One step of the block grammar at dcur.  The grammar, blanks allowed
@@ -1090,21 +1145,11 @@ static int dsml_step(ds_chat_stream *s)
         s->dstep = D_VALUE;
         return -1;
     case D_VALUE: {
-        /* the value ends at PARAM_CLOSE; an end-of-sentence first means the
-         * block was cut off */
-        const char *q = p + s->dscan;
-        size_t qn = n - s->dscan;
-        const char *close = memmem(q, qn, PARAM_CLOSE, strlen(PARAM_CLOSE));
-        const char *eos = memmem(q, qn, EOS, strlen(EOS));
-        if (eos && (!close || eos < close))
-            return D_BAD;
-        if (!close) {
-            size_t keep = strlen(EOS) > strlen(PARAM_CLOSE) ? strlen(EOS) : strlen(PARAM_CLOSE);
-            if (n > s->vstart + keep)
-                s->dscan = n - keep;
-            return D_NEED;
-        }
-        size_t end = (size_t)(close - p);
+        /* the value ends at PARAM_CLOSE */
+        long close = find_close(s, p, n, PARAM_CLOSE, &r);
+        if (close < 0)
+            return r;
+        size_t end = (size_t)close;
         json_t *v = param_value(p + s->vstart, end - s->vstart, s->vstring);
         if (!v)
             return D_BAD;
@@ -1120,11 +1165,107 @@ static int dsml_step(ds_chat_stream *s)
     return D_BAD;
 }
 
-/* Runs the DSML parser as far as the pending bytes allow. */
-static int dsml_run(ds_chat_stream *s)
+/* One step of the V3 / V3.1 grammar at dcur, blanks allowed between calls:
+ * V3_CALLS_BEGIN (V3_CALL_BEGIN (V3: "function" V3_SEP name V3_FENCE args
+ * "\n```" | V3.1: name V3_SEP args) V3_CALL_END)+ V3_CALLS_END, where args
+ * is a JSON object (V3.1's is told apart by its '{' after the separator,
+ * blanks allowed; a V3 name never starts with one).
+ * Returns like dsml_step. */
+static int v3_step(ds_chat_stream *s)
+{
+    const char *p = s->pend.p + s->off;
+    size_t n = s->pend.n - s->off;
+    int r, bad;
+    switch (s->dstep) {
+    case V_ITEM:
+        if (!s->calls && !(s->calls = json_array()))
+            s->oom = 1;
+        if (!skip_ws(p, n, &s->dcur))
+            return D_NEED;
+        r = pick(p, n, &s->dcur, V3_CALL_BEGIN, V3_CALLS_END);
+        if (r < 0)
+            return r == -1 ? D_NEED : D_BAD;
+        if (r == 1)
+            return json_array_size(s->calls) ? D_COMPLETE : D_BAD;
+        s->dstep = V_HEAD;
+        return -1;
+    case V_HEAD:
+    case V_NAME: {
+        /* V_HEAD: the type (V3) or the name (V3.1) up to the separator;
+         * V_NAME: V3's name up to the fence */
+        char *name = take_until(p, n, &s->dcur, s->dstep == V_HEAD ? V3_SEP : V3_FENCE, "<\n", &bad);
+        if (bad || !name)
+            return bad ? D_BAD : D_NEED;
+        free(s->cur_name);
+        s->cur_name = name;
+        if (s->dstep == V_NAME) {
+            s->dstep = V_FENCE;
+            return -1;
+        }
+        s->dcur += strlen(V3_SEP);
+        s->dstep = V_AFTER_SEP;
+        return -1;
+    }
+    case V_AFTER_SEP: {
+        size_t k = s->dcur;
+        if (!skip_ws(p, n, &k))
+            return D_NEED;
+        if (p[k] == '{') {                  /* V3.1: the head was the name */
+            s->vstring = 0;
+            s->vstart = s->dscan = s->dcur;
+            s->dstep = V_ARGS;
+            return -1;
+        }
+        if (strcmp(s->cur_name, "function") != 0)
+            return D_BAD;
+        s->dstep = V_NAME;
+        return -1;
+    }
+    case V_FENCE:
+        r = lit_match(p + s->dcur, n - s->dcur, V3_FENCE);
+        if (r != 2)
+            return r ? D_NEED : D_BAD;
+        s->dcur += strlen(V3_FENCE);
+        s->vstring = 1;
+        s->vstart = s->dscan = s->dcur;
+        s->dstep = V_ARGS;
+        return -1;
+    case V_ARGS: {
+        long end = find_close(s, p, n, V3_CALL_END, &r);
+        if (end < 0)
+            return r;
+        size_t e = (size_t)end;
+        if (s->vstring) {               /* the fence closes the arguments */
+            while (e > s->vstart && strchr(" \t\r\n", p[e - 1]))
+                e--;
+            if (e < s->vstart + 3 || memcmp(p + e - 3, "```", 3) != 0)
+                return D_BAD;
+            e -= 3;
+        }
+        json_t *args = json_loadb(p + s->vstart, e - s->vstart, 0, NULL);
+        if (!json_is_object(args)) {
+            json_decref(args);
+            return D_BAD;
+        }
+        json_t *call = json_pack("{s:s, s:o}", "name", s->cur_name, "arguments", args);
+        if (!call || json_array_append_new(s->calls, call))
+            s->oom = 1;
+        free(s->cur_name);
+        s->cur_name = NULL;
+        s->dcur = (size_t)end + strlen(V3_CALL_END);
+        s->dstep = V_ITEM;
+        return -1;
+    }
+    }
+    return D_BAD;
+}
+
+/* Runs the tool-call block parser of the stream's format as far as the
+ * pending bytes allow. */
+static int block_run(ds_chat_stream *s)
 {
     int r;
-    while ((r = dsml_step(s)) == -1 && !s->oom)
+    while ((r = s->v3 ? v3_step(s) : dsml_step(s)) == -1 && !s->oom)
         ;
     return s->oom ? D_BAD : r;
 }
@@ -1155,7 +1296,7 @@ static void run_machine(ds_chat_stream *s, int final)
             s->state = r == 0 ? ST_CONTENT : ST_DONE;
             break;
         case ST_CONTENT:
-            r = scan_text(s, DS_CHAT_EV_CONTENT, EOS, CALLS_MARK, final);
+            r = scan_text(s, DS_CHAT_EV_CONTENT, EOS, s->mark, final);
             if (r < 0)
                 return;
             if (r == 0) {
@@ -1167,7 +1308,7 @@ static void run_machine(ds_chat_stream *s, int final)
             }
             break;
         case ST_TOOLS:
-            r = dsml_run(s);
+            r = block_run(s);
             if (r == D_NEED && !final)
                 return;
             if (r == D_COMPLETE) {
@@ -1176,8 +1317,8 @@ static void run_machine(ds_chat_stream *s, int final)
             } else {
                 /* truncated or malformed: the marker is plain text, and the
                  * rest is scanned again as content */
-                emit_text(s, DS_CHAT_EV_CONTENT, CALLS_MARK, strlen(CALLS_MARK));
-                s->off += strlen(CALLS_MARK);
+                emit_text(s, DS_CHAT_EV_CONTENT, s->mark, strlen(s->mark));
+                s->off += strlen(s->mark);
             }
             dsml_reset(s);
             s->state = ST_CONTENT;
@@ -1323,11 +1464,17 @@ static void collect(const ds_chat_event *ev, size_t n, sbuf *content, sbuf *reas
 ds_status ds_chat_parse_completion(const char *text, size_t len, int thinking,
                                    char **message_json, ds_error *err)
 {
+    return ds_chat_parse_completion_for(DS_CHAT_V32, text, len, thinking, message_json, err);
+}
+
+ds_status ds_chat_parse_completion_for(ds_chat_format fmt, const char *text, size_t len,
+                                       int thinking, char **message_json, ds_error *err)
+{
     const ds_chat_event *ev;
     size_t nev;
     sbuf content = { 0 }, reasoning = { 0 }, out = { 0 };
     json_t *calls = json_array(), *msg = NULL;
-    ds_chat_stream *s = ds_chat_stream_create(thinking);
+    ds_chat_stream *s = ds_chat_stream_create_for(fmt, thinking);
     ds_status st = DS_OK;
     if (!text || !message_json)
         st = ds_fail(err, DS_ERR_INVALID_ARG, "chat: NULL completion or output");

@@ -3,7 +3,7 @@
  * 8.1 token vector, chat vs thinking mode, drop_thinking, the V3 template,
  * Python-compatible JSON, and the streaming completion parser at every
  * byte boundary and in random chunkings, including truncated and
- * malformed DSML. */
+ * malformed DSML, and the same for the legacy V3 / V3.1 tool-call tokens. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -281,6 +281,9 @@ static void test_python_json(void)
 
 /* ---- completion parsing ---------------------------------------------------- */
 
+/* The format the parse helpers below use (V3.2 unless a test sets it). */
+static ds_chat_format parse_fmt = DS_CHAT_V32;
+
 typedef struct parsed {
     char *content, *reasoning;
     json_t *calls;   /* [[name, arguments-string], ...] */
@@ -318,7 +321,7 @@ static parsed stream_parse(const char *text, size_t len, int thinking, const siz
 {
     parsed r = { calloc(1, 1), calloc(1, 1), json_array() };
     size_t cn = 0, rn = 0, at = 0, nev;
-    ds_chat_stream *s = ds_chat_stream_create(thinking);
+    ds_chat_stream *s = ds_chat_stream_create_for(parse_fmt, thinking);
     const ds_chat_event *ev;
     for (size_t c = 0; c <= ncuts; c++) {
         size_t end = c < ncuts ? cuts[c] : len;
@@ -338,7 +341,7 @@ static parsed oneshot(const char *text, size_t len, int thinking, json_t **msg_o
     parsed r = { NULL, NULL, json_array() };
     char *js;
     ds_error err;
-    if (ds_chat_parse_completion(text, len, thinking, &js, &err) != DS_OK) {
+    if (ds_chat_parse_completion_for(parse_fmt, text, len, thinking, &js, &err) != DS_OK) {
         printf("FAIL parse: %s\n", err.msg);
         fails++;
         r.content = strdup("");
@@ -584,6 +587,156 @@ static void test_parse_cases(void)
     ds_chat_stream_free(s);
 }
 
+/* ---- V3 / V3.1 legacy tool calls ------------------------------------------- */
+
+#define TCS "<｜tool▁calls▁begin｜>"
+#define TCE "<｜tool▁calls▁end｜>"
+#define TB "<｜tool▁call▁begin｜>"
+#define TE "<｜tool▁call▁end｜>"
+#define TSEP "<｜tool▁sep｜>"
+#define V3_CALL(name, args) TB "function" TSEP name "\n```json\n" args "\n```" TE
+#define V31_CALL(name, args) TB name TSEP args TE
+
+/* p has the calls named in names (NULL-terminated) with arguments args. */
+static int has_calls(const parsed *p, const char *const *names, const char *const *args)
+{
+    size_t n = 0;
+    while (names[n])
+        n++;
+    if (json_array_size(p->calls) != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_array_get(p->calls, i);
+        if (strcmp(json_string_value(json_array_get(c, 0)), names[i]) != 0 ||
+            strcmp(json_string_value(json_array_get(c, 1)), args[i]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static void test_parse_v3(void)
+{
+    static const char *const names2[] = { "get_weather", "lookup", NULL };
+    static const char *const args2[] = { "{\"city\": \"Paris\", \"days\": [1, 2.5]}", "{\"q\": \"a <b> \\\"c\\\"\"}", NULL };
+    parse_fmt = DS_CHAT_V3;
+
+    /* V3: what the template renders for an assistant turn with two calls,
+     * after some content */
+    const char *v3 = "Let me check.é" TCS V3_CALL("get_weather", "{\"city\": \"Paris\", \"days\": [1, 2.5]}") "\n"
+                     V3_CALL("lookup", "{\"q\": \"a <b> \\\"c\\\"\"}") TCE EOS "ignored";
+    parsed p = oneshot(v3, strlen(v3), 0, NULL);
+    CHECK(strcmp(p.content, "Let me check.é") == 0 && has_calls(&p, names2, args2), "v3: [%s] %zu calls", p.content,
+          json_array_size(p.calls));
+    parsed_free(&p);
+    check_streaming("v3", v3, strlen(v3), 0);
+
+    /* V3.1: name before the separator, bare JSON; thinking mode first */
+    const char *v31 = "hmm, weather</think>" TCS V31_CALL("get_weather", "{\"city\":\"Paris\",\"days\":[1,2.5]}")
+                      V31_CALL("lookup", " {\"q\": \"a <b> \\\"c\\\"\"}\n") TCE EOS;
+    json_t *m = NULL;
+    p = oneshot(v31, strlen(v31), 1, &m);
+    CHECK(strcmp(p.reasoning, "hmm, weather") == 0 && !p.content[0] && has_calls(&p, names2, args2),
+          "v3.1: [%s] [%s] %zu calls", p.reasoning, p.content, json_array_size(p.calls));
+    CHECK(json_array_size(json_object_get(m, "tool_calls")) == 2 &&
+              strcmp(json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(m, "tool_calls"), 0),
+                                                                      "function"), "name")), "get_weather") == 0,
+          "v3.1: message tool_calls");
+    json_decref(m);
+    parsed_free(&p);
+    check_streaming("v3.1", v31, strlen(v31), 1);
+    check_streaming("v3.1, chat mode", v31, strlen(v31), 0);
+
+    /* a completion rendered by our own V3 template parses back */
+    const char *conv = "[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": null, "
+                       "\"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": "
+                       "\"{\\\"x\\\": 1}\"}}]}]";
+    char *prompt = render(DS_CHAT_V3, conv, 0, 1, 0, 0);
+    const char *at = prompt ? strstr(prompt, TCS) : NULL;
+    CHECK(at != NULL, "v3 render has a calls block");
+    if (at) {
+        static const char *const n1[] = { "f", NULL }, *const a1[] = { "{\"x\": 1}", NULL };
+        /* the first call of a conversation is left open by the template */
+        char *full = malloc(strlen(at) + strlen(TCE EOS) + 1);
+        sprintf(full, "%s%s", at, TCE EOS);
+        p = oneshot(full, strlen(full), 0, NULL);
+        CHECK(!p.content[0] && has_calls(&p, n1, a1), "v3 render round trip: [%s]", p.content);
+        parsed_free(&p);
+        free(full);
+    }
+    free(prompt);
+
+    /* every truncation: plain content until the block is closed */
+    size_t glen = strlen(v3), head = strlen("Let me check.é");
+    const char *close = strstr(v3, TCE) + strlen(TCE);
+    size_t close_at = (size_t)(close - v3);
+    for (size_t k = head; k <= glen; k++) {
+        if (k < glen && ((unsigned char)v3[k] & 0xC0) == 0x80)
+            continue;
+        p = oneshot(v3, k, 0, NULL);
+        if (k < close_at)
+            CHECK(strlen(p.content) == k && strncmp(p.content, v3, k) == 0 && json_array_size(p.calls) == 0,
+                  "v3 truncated at %zu: [%s]", k, p.content);
+        else {
+            /* a partial end-of-sentence token at the very end is text */
+            size_t tail = k < close_at + strlen(EOS) ? k - close_at : 0;
+            CHECK(strlen(p.content) == head + tail && strncmp(p.content, v3, head) == 0 &&
+                      strncmp(p.content + head, close, tail) == 0 && json_array_size(p.calls) == 2,
+                  "v3 complete at %zu: [%s]", k, p.content);
+        }
+        parsed_free(&p);
+    }
+
+    static const char *malformed[] = {
+        "x" TCS V3_CALL("f", "{\"a\": 1") TCE EOS,                     /* bad JSON */
+        "x" TCS V3_CALL("f", "[1, 2]") TCE EOS,                        /* not an object */
+        "x" TCS TB "function" TSEP "f\n```json\n{}" TE TCE EOS,        /* no closing fence */
+        "x" TCS TB "function" TSEP "f\n```\n{}\n```" TE TCE EOS,       /* wrong fence */
+        "x" TCS TB "method" TSEP "f\n```json\n{}\n```" TE TCE EOS,     /* V3 form, not a function */
+        "x" TCS TB "f g\n" TSEP "{}" TE TCE EOS,                       /* newline in the name */
+        "x" TCS TB TSEP "{}" TE TCE EOS,                               /* empty name */
+        "x" TCS TCE EOS,                                               /* no calls */
+        "x" TCS "junk" EOS,
+        "x" TCS V31_CALL("f", "{\"a\": ") EOS,                         /* cut off by the end */
+        "x" TCS V31_CALL("f", "{}") EOS,                               /* calls never closed */
+        "x" TCS V31_CALL("f", "{\"a\": \"\xff\"}") TCE EOS,            /* not UTF-8 */
+        "x" TCS TB "f\xc3(" TSEP "{}" TE TCE EOS,                      /* name not UTF-8 */
+    };
+    for (size_t i = 0; i < sizeof malformed / sizeof *malformed; i++) {
+        const char *t = malformed[i];
+        size_t n = strlen(t);
+        const char *e = strstr(t, EOS);
+        size_t want = e ? (size_t)(e - t) : n;
+        p = oneshot(t, n, 0, NULL);
+        /* invalid UTF-8 comes back repaired, so compare lengths only when valid */
+        json_t *chk = json_stringn(t, want);
+        CHECK(json_array_size(p.calls) == 0 && (!chk || (strlen(p.content) == want && strncmp(p.content, t, want) == 0)),
+              "v3 malformed %zu: [%s]", i, p.content);
+        parsed_free(&p);
+        char name[32];
+        snprintf(name, sizeof name, "v3 malformed %zu", i);
+        if (chk)   /* streams pass bytes on unrepaired, so only valid text compares */
+            check_streaming(name, t, n, 0);
+        json_decref(chk);
+    }
+    /* a malformed block followed by a good one */
+    const char *mixed = "a" TCS "oops" TCS V31_CALL("lookup", "{\"q\": 1}") TCE EOS;
+    p = oneshot(mixed, strlen(mixed), 0, NULL);
+    CHECK(json_array_size(p.calls) == 1 && strcmp(p.content, "a" TCS "oops") == 0, "v3 mixed: [%s]", p.content);
+    parsed_free(&p);
+    check_streaming("v3 mixed", mixed, strlen(mixed), 0);
+    /* DSML is plain text to the V3 parser, and V3 tokens to the V3.2 one */
+    const char *dsml = "x" BLOCK EOS;
+    p = oneshot(dsml, strlen(dsml), 0, NULL);
+    CHECK(json_array_size(p.calls) == 0 && strlen(p.content) == strlen(dsml) - strlen(EOS), "v3 ignores DSML");
+    parsed_free(&p);
+    parse_fmt = DS_CHAT_V32;
+    p = oneshot(v3, strlen(v3), 0, NULL);
+    CHECK(json_array_size(p.calls) == 0 && strncmp(p.content, v3, strlen(p.content)) == 0 &&
+              strlen(p.content) == (size_t)(strstr(v3, EOS) - v3),
+          "v3.2 ignores V3 calls");
+    parsed_free(&p);
+}
+
 int main(void)
 {
     test_official_fixture();
@@ -596,6 +749,7 @@ int main(void)
     test_python_json();
     test_parse_fixture();
     test_parse_cases();
+    test_parse_v3();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
 }

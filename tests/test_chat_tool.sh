@@ -92,6 +92,11 @@ printf 'x\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n<｜DSML�
     "$TOK" --parse-completion --no-thinking >"$T/p" &&
     python3 -c "import json; d=json.load(open('$T/p')); assert 'tool_calls' not in d and d['content'].startswith('x\n\n<')" &&
     ok "truncated DSML is content" || bad "truncated DSML"
+printf 'x<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{"a": 1}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>' |
+    "$TOK" --parse-completion --chat-format v3 >"$T/p" &&
+    python3 -c "import json; d=json.load(open('$T/p')); c=d['tool_calls'][0]['function']; assert d['content'] == 'x' and c['name'] == 'f' and json.loads(c['arguments']) == {'a': 1}, d" &&
+    ok "--parse-completion --chat-format v3 (V3.1 call)" || bad "V3.1 call not parsed"
+"$TOK" --text a --chat-format v3 >/dev/null 2>&1; [ $? = 1 ] && ok "--chat-format needs --render-chat or --parse-completion" || bad "--chat-format alone"
 
 # every --help flag of dsinfer-tokenize is in its man page, which is lint-clean
 man="$top_srcdir/man/dsinfer-tokenize.1"

@@ -560,7 +560,7 @@ static void finish_job(batch_run *run, job *j)
     batch_result res = {.req = &j->req, .text = j->text.data, .len = j->text.len, .prompt_tokens = j->n_prompt,
                         .completion_tokens = j->generated,
                         .length_limited = j->why == DS_FINISH_LENGTH && !j->stop_matched,
-                        .model_name = run->model_name};
+                        .model_name = run->model_name, .fmt = run->fmt};
     json_t *rec = batch_record_result(&res, why, sizeof why);
     if (!rec) {
         write_error(run, &j->req.ident, j->lineno, "generation_error", why);

@@ -162,6 +162,34 @@ static char *dir_name(const char *dir)
     return name;
 }
 
+/* TESTING ONLY.  A random-weight test model never writes a tool call, and
+ * no request parameter can make a model emit a chosen token sequence
+ * (logit_bias is the same at every position), so the tool-call path of the
+ * server (detokenizer, chat parser, tool_calls deltas and message) could
+ * not be exercised end to end over HTTP.  With DSINFER_TEST_FORCED_COMPLETION
+ * naming a file, the tokens of its text replace the sampled tokens of every
+ * chat completion, one for one, after the engine: the model still runs and
+ * everything downstream is the ordinary code.  The completion ends after
+ * the file's last token (or at max_tokens). */
+static void load_forced(server *s)
+{
+    const char *path = getenv("DSINFER_TEST_FORCED_COMPLETION");
+    size_t len;
+    ds_error err;
+    if (!path || !*path)
+        return;
+    char *text = tool_read_file(path, &len);
+    if (!text)
+        tool_die(EXIT_IO, "DSINFER_TEST_FORCED_COMPLETION: cannot read %s: %s", path, strerror(errno));
+    if (ds_tokenizer_encode(s->tok, text, len, 1, &s->forced, &s->n_forced, &err) != DS_OK)
+        tool_die(EXIT_INPUT, "DSINFER_TEST_FORCED_COMPLETION: %s: %s", path, err.msg);
+    free(text);
+    if (s->n_forced == 0)
+        tool_die(EXIT_INPUT, "DSINFER_TEST_FORCED_COMPLETION: %s is empty", path);
+    fprintf(stderr, "%s: TESTING ONLY: every chat completion is replaced by the %d tokens of %s "
+            "(DSINFER_TEST_FORCED_COMPLETION)\n", tool_name, s->n_forced, path);
+}
+
 static void load(server *s)
 {
     ds_error err;
@@ -175,6 +203,7 @@ static void load(server *s)
         tool_die_err(&err);
     s->model = tool_load_model(s->cfg.model_dir, &lp);
     s->info = ds_model_get_info(s->model);
+    load_forced(s);
     s->chat_fmt = ds_chat_format_for_model(s->info->model_type);
     int32_t eos = ds_tokenizer_eos_id(s->tok);
     s->extra_eos = eos >= 0 && eos != s->info->eos_token_id && eos < s->info->vocab_size ? eos : -1;
@@ -350,6 +379,7 @@ int main(int argc, char **argv)
         ds_engine_free(s->engine);
         ds_model_free(s->model);
         ds_tokenizer_free(s->tok);
+        free(s->forced);
     }
     free(name);
     return EXIT_OK;

@@ -35,6 +35,7 @@ static void usage(FILE *f)
         "       %s --render-chat FILE [--thinking | --no-thinking] [--no-bos]\n"
         "       [--chat-format auto|v3|v3.2] [--model DIR] [--ids] [--json]\n"
         "       %s --parse-completion [--thinking | --no-thinking]\n"
+        "       [--chat-format auto|v3|v3.2] [--model DIR]\n"
         "Encodes text (from --text, --file or standard input) to DeepSeek token ids,\n"
         "or decodes ids back to text; renders chat conversations into prompts and\n"
         "parses generated completions into messages.\n"
@@ -62,7 +63,8 @@ static void usage(FILE *f)
         "  --ids                    with --render-chat: also tokenize the prompt and print\n"
         "                           its ids on a line after it (with --json: one object\n"
         "                           {\"prompt\", \"ids\"})\n"
-        "  --parse-completion       parse a V3.2 completion read from standard input and\n"
+        "  --parse-completion       parse a completion read from standard input (tool calls\n"
+        "                           in DSML for v3.2, in the legacy tokens for v3) and\n"
         "                           print the assistant message as JSON\n"
         "  --bench N                encode the input N times and print one JSON object with\n"
         "                           the throughput (bytes, tokens, MB/s of the first pass\n"
@@ -131,8 +133,10 @@ static void parse_args(int argc, char **argv, opts *o)
                  "--text, --file, --decode, --batch-json, --render-chat and --parse-completion exclude each other");
     if (o->ids && !o->render)
         tool_die(EXIT_USAGE, "--ids goes with --render-chat");
-    if ((o->no_bos || o->chat_format) && !o->render)
-        tool_die(EXIT_USAGE, "--no-bos and --chat-format go with --render-chat");
+    if (o->no_bos && !o->render)
+        tool_die(EXIT_USAGE, "--no-bos goes with --render-chat");
+    if (o->chat_format && !o->render && !o->parse)
+        tool_die(EXIT_USAGE, "--chat-format goes with --render-chat or --parse-completion");
     if (o->ids_only && o->json)
         tool_die(EXIT_USAGE, "--ids-only and --json exclude each other");
 }
@@ -448,7 +452,7 @@ static void do_parse(const opts *o)
     char *text = tool_read_file("/dev/stdin", &len);
     if (!text)
         tool_die(EXIT_IO, "cannot read standard input: %s", strerror(errno));
-    if (ds_chat_parse_completion(text, len, o->thinking, &msg, &err))
+    if (ds_chat_parse_completion_for(chat_format(o), text, len, o->thinking, &msg, &err))
         tool_die_err(&err);
     puts(msg);
     free(msg);

@@ -55,7 +55,7 @@ static json_t *parse_message(const batch_result *res, char *why, size_t why_len)
 {
     char *mj;
     ds_error err;
-    if (ds_chat_parse_completion(res->text, res->len, res->req->thinking, &mj, &err) != DS_OK) {
+    if (ds_chat_parse_completion_for(res->fmt, res->text, res->len, res->req->thinking, &mj, &err) != DS_OK) {
         snprintf(why, why_len, "cannot parse the completion: %s", err.msg);
         return NULL;
     }

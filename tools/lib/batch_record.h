@@ -20,6 +20,7 @@ typedef struct batch_result {
     int prompt_tokens, completion_tokens;
     int length_limited;      /* stopped by max_tokens or the context, not by EOS / a stop string */
     const char *model_name;  /* when the request names none */
+    ds_chat_format fmt;      /* how chat completions write tool calls (DSML or V3 tokens) */
 } batch_result;
 
 /* The success record of a request; NULL with *why set when the completion

@@ -51,6 +51,9 @@ typedef struct server {
     ds_chat_format chat_fmt;
     int ctx_size;                 /* positions per slot, as the engine resolved it */
     int32_t extra_eos;            /* tokenizer EOS when it differs from the model's, else -1 */
+    int32_t *forced;              /* TESTING ONLY: the tokens that replace every chat
+                                   * completion's (DSINFER_TEST_FORCED_COMPLETION) */
+    int n_forced;
     struct MHD_Daemon *daemon;
     time_t started;
 

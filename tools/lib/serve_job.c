@@ -1,8 +1,9 @@
 /* serve_job.c — one generation job of dsinfer-serve: the engine's token
  * callback and everything it drives on the engine thread (streaming
  * detokenizer, text-level stop strings with hold-back, the chat completion
- * parser that splits reasoning / content / DSML tool calls, log-softmax
- * logprobs), the SSE chunks of a streaming response, the final
+ * parser that splits reasoning / content / tool calls (DSML or the legacy
+ * V3 tokens, by the model's chat format), log-softmax logprobs), the SSE
+ * chunks of a streaming response, the final
  * chat.completion / text_completion object, and the hand-over of all that
  * to the HTTP thread (mutex, suspend / resume of the connection). */
 #define _GNU_SOURCE          /* memmem */
@@ -131,7 +132,7 @@ job *job_create(server *s, job_params *p)
             j->max_stop = strlen(j->p.stop[i]);
     /* chat keeps special tokens: the parser needs </think>, DSML and EOS markers */
     j->dt = ds_detok_create(s->tok, j->p.kind != JOB_CHAT);
-    j->cs = j->p.kind == JOB_CHAT ? ds_chat_stream_create(j->p.thinking) : NULL;
+    j->cs = j->p.kind == JOB_CHAT ? ds_chat_stream_create_for(s->chat_fmt, j->p.thinking) : NULL;
     j->tool_calls = json_array();
     j->logprobs = json_array();
     j->lp_pending = json_array();
@@ -532,10 +533,17 @@ static int on_token(void *user, uint64_t id, int32_t token, const float *logits,
     sbuf out = {0};
     (void)id;
     if (token >= 0) {
+        /* testing only: the forced completion replaces the sampled tokens
+         * (see load_forced in dsinfer-serve.c) */
+        int forced_end = 0;
+        if (j->srv->n_forced && j->p.kind == JOB_CHAT) {
+            token = j->srv->forced[j->n_gen < j->srv->n_forced ? j->n_gen : j->srv->n_forced - 1];
+            forced_end = j->n_gen + 1 >= j->srv->n_forced;
+        }
         on_new_token(j, &out, token, logits);
         publish(j, &out, 0);
         sbuf_free(&out);
-        return j->stop_hit || is_detached(j);
+        return j->stop_hit || forced_end || is_detached(j);
     }
     on_finish(j, &out, why);
     publish(j, &out, 1);
@@ -555,8 +563,9 @@ ds_status job_submit(job *j, struct MHD_Connection *conn, ds_error *err)
     rq.n_prompt = j->p.n_prompt;
     rq.max_tokens = j->p.max_tokens;
     rq.sampling = j->p.sp;
-    rq.ignore_eos = j->p.ignore_eos;
-    if (s->extra_eos >= 0 && !j->p.ignore_eos) {
+    /* a forced completion (testing only) ends by itself, not at the model's EOS */
+    rq.ignore_eos = j->p.ignore_eos || (s->n_forced && j->p.kind == JOB_CHAT);
+    if (s->extra_eos >= 0 && !rq.ignore_eos) {
         stop_ids[0] = s->extra_eos;
         rq.stop_ids = stop_ids;
         rq.n_stop_ids = 1;
