@@ -481,7 +481,7 @@ static void gemm_tile(const ds_mat *m, int r0, int i0, int nr, const float *X, i
     const int cols = m->cols;
     for (int c0 = 0; c0 < cols; c0 += KC) {
         const int len = cols - c0 < KC ? cols - c0 : KC;
-        const float *w[RT];
+        const float *w[RT] = {NULL};
         for (int r = 0; r < RT; r++) {
             if (r >= nr) {
                 w[r] = w[0];      /* padding row: computed, never stored */
