@@ -65,7 +65,9 @@ static bool supported_by(const ds_cpu_features *f, ds_isa isa)
     case DS_ISA_SCALAR: return true;
     case DS_ISA_AVX2: return f->avx2;
     case DS_ISA_AVX512: return f->avx512;
-    case DS_ISA_NEON: return false;   /* no NEON kernel table yet: DSINFER_ISA=neon falls back */
+#if defined(__aarch64__)
+    case DS_ISA_NEON: return f->neon;
+#endif
     default: return false;
     }
 }

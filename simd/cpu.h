@@ -12,7 +12,7 @@ typedef enum ds_isa {
     DS_ISA_SCALAR = 0,
     DS_ISA_AVX2,    /* x86-64: AVX2 + FMA + F16C, OS saves YMM state */
     DS_ISA_AVX512,  /* x86-64: AVX-512 F+BW+VL+DQ, OS saves ZMM/opmask state */
-    DS_ISA_NEON,    /* aarch64: Advanced SIMD (detected; no kernel table yet) */
+    DS_ISA_NEON,    /* aarch64: Advanced SIMD (baseline on every AArch64 CPU) */
     DS_ISA_COUNT
 } ds_isa;
 
@@ -27,7 +27,7 @@ typedef struct ds_cpu_features {
 
 const ds_cpu_features *ds_cpu_get_features(void);
 /* True when both the CPU and this build can run kernels of level isa
- * (NEON: never yet, though features.neon reports the CPU). */
+ * (x86 levels only in x86 builds, NEON only in aarch64 builds). */
 bool ds_cpu_isa_supported(ds_isa isa);
 /* The best supported level, ignoring DSINFER_ISA. */
 ds_isa ds_cpu_isa_best(void);

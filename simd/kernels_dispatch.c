@@ -17,6 +17,9 @@ const ds_kernels *ds_kernels_for(ds_isa isa)
     case DS_ISA_AVX2: return &ds_kernels_avx2;
     case DS_ISA_AVX512: return &ds_kernels_avx512;
 #endif
+#if defined(__aarch64__)
+    case DS_ISA_NEON: return &ds_kernels_neon;
+#endif
     default: return NULL;
     }
 }

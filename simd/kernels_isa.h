@@ -24,6 +24,9 @@ extern const ds_kernels ds_kernels_scalar;
 extern const ds_kernels ds_kernels_avx2;
 extern const ds_kernels ds_kernels_avx512;
 #endif
+#if defined(__aarch64__)
+extern const ds_kernels ds_kernels_neon;
+#endif
 
 /* The table of level isa, or NULL when this build or this CPU lacks it. */
 const ds_kernels *ds_kernels_for(ds_isa isa);

@@ -1,14 +1,18 @@
 /* test_kernels.c — checks every SIMD kernel table this CPU can run (and the
  * scalar one itself) against the scalar reference: row dequantisation,
- * gemv, transposed gemv, gemm, dot and axpy over all weight dtypes, odd
+ * gemv, transposed gemv, gemm, dot and axpy over all weight dtypes (Q8_0 /
+ * Q4_K on raw random blocks; test_quant covers them on encoded data), odd
  * shapes, FP8 block scales and strided token matrices; plus the FP8 decoder
- * on all 256 codes and the ISA selection rules. */
+ * on all 256 codes and the ISA selection rules.  Needs nothing beyond simd/,
+ * so test_kernels_neon.sh cross-builds it for aarch64 and runs it under
+ * qemu.  With --selection only the ISA selection is checked. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cpu.h"
 #include "kernels_isa.h"
+#include "quant.h"
 
 static int failures;
 static long checks;
@@ -37,8 +41,9 @@ static float *rand_vec(size_t n)
 
 /* FP8 weight variants: block scales that are powers of two exercise the
  * exactness of the decode, other scales the rounding of the product. */
-enum wkind { W_F32, W_BF16, W_F16, W_F8_POW2, W_F8_ANY, W_COUNT };
-static const char *wkind_names[W_COUNT] = {"F32", "BF16", "F16", "F8/pow2-scale", "F8/any-scale"};
+enum wkind { W_F32, W_BF16, W_F16, W_F8_POW2, W_F8_ANY, W_Q8_0, W_Q4_K, W_COUNT };
+static const char *wkind_names[W_COUNT] = {"F32", "BF16", "F16", "F8/pow2-scale", "F8/any-scale", "Q8_0",
+                                           "Q4_K"};
 
 typedef struct test_mat {
     ds_mat m;
@@ -56,14 +61,35 @@ static uint8_t rand_e4m3(void)
     return c;
 }
 
+/* Random bits in every quant, scale and min of a Q8_0 / Q4_K block, with d
+ * and dmin kept in a sane range so the products stay finite. */
+static void rand_block(ds_dtype dt, uint8_t *b)
+{
+    for (size_t i = 0; i < ds_dtype_block_bytes(dt); i++)
+        b[i] = (uint8_t)rnd();
+    const uint16_t d = ds_f32_to_f16(0.001f + 0.01f * (float)(rnd() % 1000) / 1000.0f);
+    const uint16_t dmin = ds_f32_to_f16(0.0005f * (float)(rnd() % 1000) / 1000.0f);
+    memcpy(b, &d, 2);
+    if (dt == DS_DT_Q4_K)
+        memcpy(b + 2, &dmin, 2);
+}
+
 static void make_mat(test_mat *t, enum wkind k, int rows, int cols)
 {
-    static const ds_dtype dts[W_COUNT] = {DS_DT_F32, DS_DT_BF16, DS_DT_F16, DS_DT_F8_E4M3, DS_DT_F8_E4M3};
+    static const ds_dtype dts[W_COUNT] = {DS_DT_F32,     DS_DT_BF16, DS_DT_F16, DS_DT_F8_E4M3,
+                                          DS_DT_F8_E4M3, DS_DT_Q8_0, DS_DT_Q4_K};
     const ds_dtype dt = dts[k];
     const size_t n = (size_t)rows * cols;
-    t->data = malloc(n * ds_dtype_size(dt));
+    size_t n_plain = n;   /* elements written one by one below */
+    t->data = malloc(ds_dtype_row_bytes(dt, cols) * (size_t)rows);
     t->scale = NULL;
-    for (size_t i = 0; i < n; i++) {
+    if (ds_dtype_is_block(dt)) {
+        const size_t nb = ds_dtype_row_bytes(dt, cols) * (size_t)rows / ds_dtype_block_bytes(dt);
+        for (size_t i = 0; i < nb; i++)
+            rand_block(dt, (uint8_t *)t->data + i * ds_dtype_block_bytes(dt));
+        n_plain = 0;
+    }
+    for (size_t i = 0; i < n_plain; i++) {
         switch (dt) {
         case DS_DT_F32: ((float *)t->data)[i] = frand(); break;
         case DS_DT_BF16: ((uint16_t *)t->data)[i] = ds_f32_to_bf16(frand()); break;
@@ -195,12 +221,19 @@ static void check_matrices(const ds_kernels *k)
 {
     static const int rows_list[] = {1, 3, 127, 129, 300};
     static const int cols_list[] = {1, 7, 64, 127, 128, 129, 200, 511, 576};
+    /* Whole blocks only: one, several, and past the 512-column GEMM chunk. */
+    static const int q8_cols[] = {32, 96, 544};
+    static const int q4_cols[] = {256, 768};
     static const int n_list[] = {1, 2, 3, 5, 17};
     char what[96];
-    for (int kind = 0; kind < W_COUNT; kind++)
+    for (int kind = 0; kind < W_COUNT; kind++) {
+        const int *cl = kind == W_Q8_0 ? q8_cols : kind == W_Q4_K ? q4_cols : cols_list;
+        const size_t ncl = kind == W_Q8_0   ? sizeof q8_cols / sizeof *q8_cols
+                           : kind == W_Q4_K ? sizeof q4_cols / sizeof *q4_cols
+                                            : sizeof cols_list / sizeof *cols_list;
         for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
-            for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
-                const int rows = rows_list[ri], cols = cols_list[ci];
+            for (size_t ci = 0; ci < ncl; ci++) {
+                const int rows = rows_list[ri], cols = cl[ci];
                 test_mat t;
                 make_mat(&t, (enum wkind)kind, rows, cols);
                 snprintf(what, sizeof what, "%s %dx%d", wkind_names[kind], rows, cols);
@@ -219,6 +252,7 @@ static void check_matrices(const ds_kernels *k)
                 }
                 free_mat(&t);
             }
+    }
 }
 
 static void check_dot_axpy(const ds_kernels *k)
@@ -293,13 +327,18 @@ static void check_selection(void)
         FAIL("scalar level must always be available");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const int selection_only = argc > 1 && strcmp(argv[1], "--selection") == 0;
     const ds_cpu_features *f = ds_cpu_get_features();
     printf("cpu: avx2=%d avx512=%d avx512_bf16=%d avx512_vnni=%d neon=%d; selected %s%s%s\n", f->avx2,
            f->avx512, f->avx512_bf16, f->avx512_vnni, f->neon, ds_cpu_isa_name(),
            ds_cpu_isa_note() ? " — " : "", ds_cpu_isa_note() ? ds_cpu_isa_note() : "");
     check_selection();
+    if (selection_only) {
+        printf("%ld checks, %d failures\n", checks, failures);
+        return failures ? 1 : 0;
+    }
     printf("tested:");
     for (int i = 0; i < DS_ISA_COUNT; i++) {
         const ds_kernels *k = ds_kernels_for((ds_isa)i);
