@@ -63,12 +63,14 @@ got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache
 [ "$got" = "$want" ] && ok "greedy continuation equals the reference's ($got)" || bad "greedy: got '$got', want '$want'"
 
 # the benchmark prints one JSON object with positive speeds; --compare runs a command
-"$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 --membw-mb 16 \
+"$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 -b 3 --membw-mb 16 \
     --compare "echo '{\"pp_tps\": 2.0, \"tg_tps\": 4.0}'" >"$T/bench.json" &&
 python3 - "$T/bench.json" <<'PY' && ok "dsinfer-bench JSON" || bad "dsinfer-bench JSON: $(cat "$T/bench.json")"
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["prefill_tps"] > 0 and d["decode_tps"] > 0 and d["membw_GBps"] > 0, d
+assert d["batch"] == 3 and d["batch_decode_tps"] > 0, d
+assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d["batch_gain"], d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row
 assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 * 512 * 2 + 512 * 2, d

@@ -27,6 +27,9 @@ static void usage(FILE *f)
         "  -p, --prompt-len N     prefill test: tokens prefilled at once (default 512; 0 = skip)\n"
         "  -n, --gen N            decode test: tokens decoded one at a time (default 128; 0 = skip)\n"
         "  -d, --depth N          context depth before the decode test (default 0)\n"
+        "  -b, --batch N          also decode N sequences together (one batched step per\n"
+        "                         token, as the server and dsinfer-batch do) and report the\n"
+        "                         aggregate tokens/s and its gain over one sequence\n"
         "  -r, --repeat N         repetitions of each test; the median is reported (default 1)\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "      --kv-cache TYPE    fp8 (default) or f32\n"
@@ -137,7 +140,7 @@ static void random_ids(int32_t *ids, int n, int vocab, uint64_t *state)
 }
 
 typedef struct bench_opts {
-    int prompt_len, gen, depth, repeat;
+    int prompt_len, gen, depth, repeat, batch;
     ds_kv_type kv;
     uint64_t seed;
 } bench_opts;
@@ -211,6 +214,49 @@ static double bench_decode(ds_model *m, const bench_opts *o, float *logits)
     return v;
 }
 
+/* Batched decode: o->batch sequences, each at o->depth, decoded together
+ * one token each per ds_eval_batch step; aggregate tokens/s (median). */
+static double bench_batch_decode(ds_model *m, const bench_opts *o)
+{
+    const ds_model_info *mi = ds_model_get_info(m);
+    const int B = o->batch, total = o->depth + o->gen;
+    ds_context **ctx = calloc((size_t)B, sizeof *ctx);
+    ds_batch_item *items = calloc((size_t)B, sizeof *items);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)(total ? total : 1));
+    double *t = malloc(sizeof(double) * (size_t)o->repeat);
+    uint64_t st = o->seed + 2;
+    if (!ctx || !items || !ids || !t)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (int r = 0; r < o->repeat; r++) {
+        ds_error err;
+        random_ids(ids, B * total, mi->vocab_size, &st);
+        for (int b = 0; b < B; b++) {
+            ctx[b] = new_context(m, total, o->kv);
+            for (int s = 0; s < o->depth; s += 2048) {
+                int n = o->depth - s < 2048 ? o->depth - s : 2048;
+                if (ds_eval(ctx[b], ids + (size_t)b * total + s, n, NULL, 0, &err) != DS_OK)
+                    tool_die_err(&err);
+            }
+        }
+        double t0 = tool_now();
+        for (int k = 0; k < o->gen; k++) {
+            for (int b = 0; b < B; b++)
+                items[b] = (ds_batch_item){ctx[b], ids + (size_t)b * total + o->depth + k, 1, NULL, 0};
+            if (ds_eval_batch(items, B, &err) != DS_OK)
+                tool_die_err(&err);
+        }
+        t[r] = (double)B * o->gen / (tool_now() - t0);
+        for (int b = 0; b < B; b++)
+            ds_context_free(ctx[b]);
+    }
+    double v = median(t, o->repeat);
+    free(ctx);
+    free(items);
+    free(ids);
+    free(t);
+    return v;
+}
+
 /* Runs the comparison command; returns its JSON lines' last pp_tps / tg_tps. */
 static json_t *run_compare(const char *cmd, double pp, double tg)
 {
@@ -256,7 +302,7 @@ static json_t *run_compare(const char *cmd, double pp, double tg)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *compare = NULL;
-    bench_opts o = {512, 128, 0, 1, DS_KV_FP8, 1};
+    bench_opts o = {512, 128, 0, 1, 0, DS_KV_FP8, 1};
     int threads = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
@@ -265,19 +311,20 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
-        {"repeat", required_argument, 0, 'r'}, {"threads", required_argument, 0, 't'},
+        {"repeat", required_argument, 0, 'r'}, {"batch", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
         {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:p:n:d:r:t:s:qvhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:d:r:b:t:s:qvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p': o.prompt_len = (int)tool_parse_long("--prompt-len", optarg, 0, 1 << 22); break;
         case 'n': o.gen = (int)tool_parse_long("--gen", optarg, 0, 1 << 22); break;
         case 'd': o.depth = (int)tool_parse_long("--depth", optarg, 0, 1 << 22); break;
+        case 'b': o.batch = (int)tool_parse_long("--batch", optarg, 0, 4096); break;
         case 'r': o.repeat = (int)tool_parse_long("--repeat", optarg, 1, 1000); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case O_KV: o.kv = tool_parse_kv("--kv-cache", optarg); break;
@@ -314,6 +361,7 @@ int main(int argc, char **argv)
         tool_die(EXIT_RUNTIME, "out of memory");
     double pp = o.prompt_len ? bench_prefill(m, &o, logits) : 0.0;
     double tg = o.gen ? bench_decode(m, &o, logits) : 0.0;
+    double btg = o.gen && o.batch > 0 ? bench_batch_decode(m, &o) : 0.0;
     double bw = membw_mb ? measure_membw((size_t)membw_mb) : 0.0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -333,6 +381,12 @@ int main(int argc, char **argv)
     json_object_set_new(j, "depth", json_integer(o.depth));
     json_object_set_new(j, "gen", json_integer(o.gen));
     json_object_set_new(j, "decode_tps", json_real(tg));
+    if (o.batch > 0) {
+        json_object_set_new(j, "batch", json_integer(o.batch));
+        json_object_set_new(j, "batch_decode_tps", json_real(btg));
+        if (tg > 0)
+            json_object_set_new(j, "batch_gain", json_real(btg / tg));
+    }
     json_object_set_new(j, "repeat", json_integer(o.repeat));
     json_object_set_new(j, "peak_rss_mib", json_real(ru.ru_maxrss / 1024.0));
     json_object_set_new(j, "active_bytes_per_token", json_integer(mi->active_bytes_per_token));
