@@ -561,6 +561,8 @@ void ds_experts_stats(ds_expert_cache *c, ds_expert_stats *s)
     pthread_mutex_unlock(&c->mu);
 }
 
+int ds_experts_streaming(const ds_expert_cache *c) { return c->streaming; }
+
 void ds_model_expert_stats(ds_model *m, ds_expert_stats *s)
 {
     if (m && m->experts)

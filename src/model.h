@@ -52,6 +52,8 @@ void ds_experts_predict(ds_expert_cache *c, int layer, const int32_t *experts, i
 /* The experts a layer actually used, for prediction accuracy. */
 void ds_experts_observe(ds_expert_cache *c, int layer, const int32_t *experts, int n);
 void ds_experts_stats(ds_expert_cache *c, ds_expert_stats *s);
+/* 1 when slabs are streamed from disk, 0 when every expert is resident. */
+int ds_experts_streaming(const ds_expert_cache *c);
 
 struct ds_model {
     ds_config cfg;

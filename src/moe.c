@@ -1,6 +1,14 @@
 /* moe.c — the FFN block: SwiGLU MLP for dense layers, and for MoE layers
  * the router, the routed experts (tokens grouped by expert so each expert's
- * weights are read once per step) and the shared expert. */
+ * weights are read once per step) and the shared expert.
+ *
+ * Routed experts run one of two ways.  With many tokens per expert (prefill)
+ * experts go one after another and each product is split across the
+ * threads.  With few (decode, batched decode) that would cost three thread
+ * barriers per expert for little work each, so the threads instead take
+ * whole experts from a shared queue.  Both add the weighted expert outputs
+ * to each token in increasing expert id, so they give identical bits. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -52,13 +60,11 @@ static ds_status route_tokens(const ds_model *m, int layer, const float *x, int 
     return DS_OK;
 }
 
-/* Runs expert e on the tokens routed to it and adds weight * output. */
-static ds_status run_expert(const ds_model *m, int layer, int e, const float *x, int T, const int32_t *experts,
-                            const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
-                            ds_error *err)
+/* Gathers the tokens routed to expert e: their indices, routing weights and
+ * (in xs) hidden rows; returns how many. */
+static int gather_tokens(int e, const float *x, int T, int K, int H, const int32_t *experts,
+                         const float *weights, int *tok, float *tw, float *xs)
 {
-    const ds_config *cfg = &m->cfg;
-    const int H = cfg->hidden_size, K = cfg->num_experts_per_tok;
     int n = 0;
     for (int t = 0; t < T; t++)
         for (int k = 0; k < K; k++)
@@ -68,6 +74,16 @@ static ds_status run_expert(const ds_model *m, int layer, int e, const float *x,
                 memcpy(xs + (size_t)n * H, x + (size_t)t * H, sizeof(float) * (size_t)H);
                 n++;
             }
+    return n;
+}
+
+/* Runs expert e on the tokens routed to it and adds weight * output. */
+static ds_status run_expert(const ds_model *m, int layer, int e, const float *x, int T, const int32_t *experts,
+                            const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
+                            ds_error *err)
+{
+    const int H = m->cfg.hidden_size, K = m->cfg.num_experts_per_tok;
+    const int n = gather_tokens(e, x, T, K, H, experts, weights, tok, tw, xs);
     if (n == 0)
         return DS_OK;
     const ds_ffn_w *w = ds_experts_get(m->experts, layer, e, err);
@@ -79,6 +95,81 @@ static ds_status run_expert(const ds_model *m, int layer, int e, const float *x,
         return st;
     for (int i = 0; i < n; i++)
         ds_axpy(tw[i], ys + (size_t)i * H, out + (size_t)tok[i] * H, H);
+    return DS_OK;
+}
+
+/* Experts go to threads whole when they average at most this many tokens. */
+#define EXPERT_PAR_MAX_TOKENS 8
+
+/* Threads take whole experts (resident weights only: the streaming path
+ * orders reads and read-ahead itself).  Each expert's output rows land in
+ * ybuf[t][slot]; they are then added to each token in increasing expert id,
+ * the order of the one-at-a-time path. */
+static ds_status run_experts_parallel(const ds_model *m, int layer, const float *x, int T,
+                                      const int32_t *experts, const float *weights, const int32_t *used,
+                                      int n_used, float *out, ds_error *err)
+{
+    const int H = m->cfg.hidden_size, K = m->cfg.num_experts_per_tok, E = m->cfg.n_routed_experts;
+    float *ybuf = ds_calloc((size_t)T * K * H, sizeof(float), err);
+    if (!ybuf)
+        return DS_ERR_NOMEM;
+    ds_status st = DS_OK;
+    ds_error first;
+#pragma omp parallel
+    {
+        float *xs = malloc(sizeof(float) * (size_t)T * H), *ys = malloc(sizeof(float) * (size_t)T * H);
+        int *tok = malloc(sizeof(int) * (size_t)T);
+        float *tw = malloc(sizeof(float) * (size_t)T);
+        ds_error my;
+        ds_status mine = xs && ys && tok && tw ? DS_OK : ds_fail(&my, DS_ERR_NOMEM, "out of memory");
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_used; i++) {
+            if (mine != DS_OK)
+                continue;
+            const int e = used[i];
+            const int n = gather_tokens(e, x, T, K, H, experts, weights, tok, tw, xs);
+            const ds_ffn_w *w = ds_experts_get(m->experts, layer, e, &my);
+            if (!w) {
+                mine = my.code;
+                continue;
+            }
+            mine = swiglu(w, xs, n, H, ys, H, &my);
+            ds_experts_release(m->experts, layer, e);
+            for (int j = 0; j < n && mine == DS_OK; j++) {
+                int slot = 0;
+                while (experts[(size_t)tok[j] * K + slot] != e)
+                    slot++;
+                memcpy(ybuf + ((size_t)tok[j] * K + slot) * H, ys + (size_t)j * H, sizeof(float) * (size_t)H);
+            }
+        }
+#pragma omp critical(ds_moe_error)
+        if (mine != DS_OK && st == DS_OK) {
+            st = mine;
+            first = my;
+        }
+        free(xs), free(ys), free(tok), free(tw);
+    }
+    if (st != DS_OK) {
+        if (err)
+            *err = first;
+        free(ybuf);
+        return st;
+    }
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const int32_t *ex = experts + (size_t)t * K;
+        for (int prev = -1;;) {            /* this token's experts, in increasing id */
+            int slot = -1;
+            for (int k = 0; k < K; k++)
+                if (ex[k] > prev && (slot < 0 || ex[k] < ex[slot]))
+                    slot = k;
+            if (slot < 0 || ex[slot] >= E)
+                break;
+            prev = ex[slot];
+            ds_axpy(weights[(size_t)t * K + slot], ybuf + ((size_t)t * K + slot) * H, out + (size_t)t * H, H);
+        }
+    }
+    free(ybuf);
     return DS_OK;
 }
 
@@ -98,10 +189,18 @@ static ds_status run_experts(const ds_model *m, int layer, const float *x, int T
     for (int e = 0; st == DS_OK && e < E; e++)
         if (chosen[e])
             used[n++] = e;
-    if (st == DS_OK) {
+    if (st == DS_OK)
         ds_experts_observe(m->experts, layer, used, n);
-        ds_experts_prefetch(m->experts, layer, used, n, pinned);
+    if (st == DS_OK && !ds_experts_streaming(m->experts) && n > 1 && omp_get_max_threads() > 1 &&
+        T * K <= EXPERT_PAR_MAX_TOKENS * n) {
+        st = run_experts_parallel(m, layer, x, T, experts, weights, used, n, out, err);
+        free(used);
+        free(chosen);
+        free(pinned);
+        return st;
     }
+    if (st == DS_OK)
+        ds_experts_prefetch(m->experts, layer, used, n, pinned);
     for (int k = 0; k < n && st == DS_OK; k++) {
         st = run_expert(m, layer, used[k], x, T, experts, weights, out, xs, ys, tok, tw, err);
         if (pinned[k])
