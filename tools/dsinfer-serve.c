@@ -170,7 +170,7 @@ static void load(server *s)
     lp.expert_budget = s->cfg.mem_budget;
     lp.io = s->cfg.io;
     s->tok = tool_load_tokenizer(s->cfg.model_dir, &err);
-    if (!s->tok)
+    if (!s->tok || ds_json_vocab_create(s->tok, &s->json_vocab, &err) != DS_OK)
         tool_die_err(&err);
     if (ds_model_load(s->cfg.model_dir, &lp, &s->model, &err) != DS_OK)
         tool_die_err(&err);
@@ -349,6 +349,7 @@ int main(int argc, char **argv)
         ds_engine_free(s->engine);
         ds_model_free(s->model);
         ds_tokenizer_free(s->tok);
+        ds_json_vocab_free(s->json_vocab);
     }
     free(name);
     return EXIT_OK;
