@@ -207,6 +207,49 @@ ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_err
 void ds_sampler_free(ds_sampler *s);
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int vocab_size);
 
+/* ---- JSON Schema constrained decoding ---------------------------------- */
+/* A compiled schema is a byte-level pushdown automaton accepting exactly the
+ * compact JSON texts (no whitespace outside strings) that the generator may
+ * produce for it.  Supported: "type" (a name or a list whose members start
+ * with different characters), "enum", "const", "anyOf" / "oneOf" (when the
+ * alternatives start with different characters), "properties", "required",
+ * "additionalProperties", "items", "minItems", "maxItems", "minLength",
+ * "maxLength", and the annotations (title, description, default, examples,
+ * $schema, $id, $comment).  Objects with properties are generated with their
+ * declared properties only, in declared order (optional ones may be left
+ * out); an object with no properties is free-form.  {} or true is any JSON
+ * value.  Any other keyword fails compilation with a message naming it.
+ * A schema is immutable; one may be shared by threads and requests. */
+typedef struct ds_json_schema ds_json_schema;
+ds_status ds_json_schema_compile(const char *schema_json, size_t len, ds_json_schema **out, ds_error *err);
+void ds_json_schema_free(ds_json_schema *s);
+
+/* A tokenizer's tokens as byte strings in a trie, for computing token masks
+ * (special and added tokens are never allowed inside JSON).  Immutable;
+ * the tokenizer may be freed after creating it. */
+struct ds_tokenizer;
+typedef struct ds_json_vocab ds_json_vocab;
+ds_status ds_json_vocab_create(const struct ds_tokenizer *t, ds_json_vocab **out, ds_error *err);
+void ds_json_vocab_free(ds_json_vocab *v);
+
+/* The state of one generation against a schema. */
+typedef struct ds_json_matcher ds_json_matcher;
+ds_status ds_json_matcher_create(const ds_json_schema *s, ds_json_matcher **out, ds_error *err);
+void ds_json_matcher_free(ds_json_matcher *m);
+/* A copy of m's state (to try bytes without committing them). */
+ds_status ds_json_matcher_clone(const ds_json_matcher *m, ds_json_matcher **out, ds_error *err);
+/* Feeds bytes: 1 when all are accepted (the state advances), 0 when not
+ * (the state is unchanged). */
+int ds_json_matcher_feed(ds_json_matcher *m, const char *bytes, size_t len);
+/* The bytes so far form a complete value (a number may still grow). */
+int ds_json_matcher_can_end(const ds_json_matcher *m);
+/* Complete, and no further byte is accepted. */
+int ds_json_matcher_done(const ds_json_matcher *m);
+/* allowed[id] = 1 for each id < n whose token may come next, else 0; eos_id
+ * (ignored when < 0) is allowed exactly when the value can end.  Returns the
+ * number allowed. */
+int ds_json_matcher_allowed(ds_json_matcher *m, const ds_json_vocab *v, int32_t eos_id, uint8_t *allowed, int n);
+
 /* ---- engine: continuous batching of many sequences ---------------------- */
 /* The engine owns a pool of contexts (slots).  Requests are submitted from
  * any thread; one thread drives ds_engine_step(), which admits waiting
@@ -252,6 +295,14 @@ typedef struct ds_request {
     int ignore_eos;
     int sample_vocab;        /* sample only ids below this (0 = the model's vocabulary);
                                 pass the tokenizer's size: checkpoints pad their vocabulary */
+    /* Constrain the output to JSON matching json_schema (NULL = off) with the
+     * token table json_vocab; both must outlive the request.  EOS is allowed
+     * only once the value is complete and ends the request then (also with
+     * ignore_eos); a value that cannot continue ends it at once (finish STOP,
+     * without an EOS token).  max_tokens may cut the JSON short (LENGTH).
+     * The callback's logits stay the unconstrained ones. */
+    const ds_json_schema *json_schema;
+    const ds_json_vocab *json_vocab;
     ds_token_fn on_token;
     void *user;
 } ds_request;

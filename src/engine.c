@@ -4,10 +4,12 @@
  * each, prefills a chunk within the step's token budget).  Finished
  * sequences leave their KV in the slot so a later request with the same
  * prefix (a shared system prompt) skips recomputing it. */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "json_schema.h"
 #include "model.h"
 
 typedef struct req {
@@ -26,6 +28,10 @@ typedef struct req {
     int generated;
     int32_t last;          /* last sampled token, fed at the next step */
     int cancel;
+    ds_json_matcher *jm;   /* JSON constraint (NULL = none) */
+    const ds_json_vocab *jv;
+    uint8_t *allowed;      /* [vocab]: this step's token mask */
+    int n_allowed;
     struct req *next;
 } req;
 
@@ -47,6 +53,7 @@ struct ds_engine {
     uint64_t next_id, clock;
     ds_engine_stats st;
     float *logits;         /* [max_seqs][vocab] */
+    float *masked;         /* [vocab]: logits of a constrained sequence, masked */
     ds_batch_item *items;
     int *item_slot;
 };
@@ -66,6 +73,8 @@ static void free_req(req *r)
     if (!r)
         return;
     ds_sampler_free(r->smp);
+    ds_json_matcher_free(r->jm);
+    free(r->allowed);
     free(r->prompt);
     free(r->stop);
     free(r);
@@ -96,9 +105,10 @@ ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **o
     ds_status st = DS_ERR_NOMEM;
     e->slots = ds_calloc((size_t)p->max_seqs, sizeof(slot), err);
     e->logits = ds_calloc((size_t)p->max_seqs * e->vocab, sizeof(float), err);
+    e->masked = ds_calloc((size_t)e->vocab, sizeof(float), err);
     e->items = ds_calloc((size_t)p->max_seqs, sizeof(ds_batch_item), err);
     e->item_slot = ds_calloc((size_t)p->max_seqs, sizeof(int), err);
-    if (!e->slots || !e->logits || !e->items || !e->item_slot)
+    if (!e->slots || !e->logits || !e->masked || !e->items || !e->item_slot)
         goto fail;
     ds_context_params cp;
     ds_context_params_init(&cp);
@@ -140,6 +150,7 @@ void ds_engine_free(ds_engine *e)
     pthread_mutex_destroy(&e->mu);
     free(e->slots);
     free(e->logits);
+    free(e->masked);
     free(e->items);
     free(e->item_slot);
     free(e);
@@ -151,6 +162,19 @@ static int32_t *copy_ids(const int32_t *ids, int n, ds_error *err)
     if (c && n > 0)
         memcpy(c, ids, sizeof(int32_t) * (size_t)n);
     return c;
+}
+
+/* The request's JSON matcher and mask buffer. */
+static ds_status json_constraint(ds_engine *e, req *r, const ds_request *rq, ds_error *err)
+{
+    if (!rq->json_vocab)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_engine_submit: json_schema needs json_vocab");
+    ds_status st = ds_json_matcher_create(rq->json_schema, &r->jm, err);
+    if (st != DS_OK)
+        return st;
+    r->jv = rq->json_vocab;
+    r->allowed = ds_calloc((size_t)e->vocab, 1, err);
+    return r->allowed ? DS_OK : DS_ERR_NOMEM;
 }
 
 ds_status ds_engine_submit(ds_engine *e, const ds_request *rq, uint64_t *id, ds_error *err)
@@ -175,6 +199,8 @@ ds_status ds_engine_submit(ds_engine *e, const ds_request *rq, uint64_t *id, ds_
     r->prompt = copy_ids(rq->prompt, rq->n_prompt, err);
     r->stop = copy_ids(rq->stop_ids, rq->n_stop_ids, err);
     ds_status st = r->prompt && r->stop ? ds_sampler_create(&rq->sampling, &r->smp, err) : DS_ERR_NOMEM;
+    if (st == DS_OK && rq->json_schema)
+        st = json_constraint(e, r, rq, err);
     if (st != DS_OK) {
         free_req(r);
         return st;
@@ -350,8 +376,10 @@ static int plan(ds_engine *e, done *d, int *nd, int max_dropped)
 
 static int is_stop(const req *r, int32_t tok, int eos)
 {
-    if (tok == eos && !r->ignore_eos)
+    if (tok == eos && (!r->ignore_eos || r->jm))
         return 1;
+    if (r->jm && ds_json_matcher_done(r->jm))
+        return 1;                            /* the JSON value is complete: nothing may follow */
     for (int i = 0; i < r->n_stop; i++)
         if (r->stop[i] == tok)
             return 1;
@@ -367,6 +395,44 @@ typedef struct emit {
     const float *logits;
 } emit;
 
+/* Samples from the logits with the tokens the grammar forbids at -inf, and
+ * feeds the chosen token to the matcher. */
+static int32_t sample_constrained(ds_engine *e, req *r, const float *logits, int32_t eos)
+{
+    int n = r->sample_vocab, best = -1;
+    for (int i = 0; i < n; i++) {
+        e->masked[i] = r->allowed[i] ? logits[i] : -INFINITY;
+        if (r->allowed[i] && (best < 0 || logits[i] > logits[best]))
+            best = i;
+    }
+    int32_t tok = ds_sampler_sample(r->smp, e->masked, n);
+    if (tok < 0 || tok >= n || !r->allowed[tok])
+        tok = best;                          /* rounding picked a zero-probability token */
+    size_t len;
+    const char *b = tok == eos ? NULL : js_vocab_bytes(r->jv, tok, &len);
+    if (b)
+        ds_json_matcher_feed(r->jm, b, len);
+    return tok;
+}
+
+/* Token masks of the constrained sequences that sample this step.  Runs
+ * outside the lock: only the stepping thread touches running requests. */
+static void compute_masks(ds_engine *e, int n)
+{
+    req *todo[n];
+    int m = 0;
+    for (int k = 0; k < n; k++) {
+        req *r = e->slots[e->item_slot[k]].r;
+        if (r->jm && r->fed + e->items[k].n >= r->n_prompt)
+            todo[m++] = r;
+    }
+    int32_t eos = e->m->cfg.eos_token_id;
+#pragma omp parallel for schedule(dynamic) if (m > 1)
+    for (int k = 0; k < m; k++)
+        todo[k]->n_allowed = ds_json_matcher_allowed(todo[k]->jm, todo[k]->jv, eos, todo[k]->allowed,
+                                                     todo[k]->sample_vocab);
+}
+
 static void absorb(ds_engine *e, int n, emit *em, int *nem, done *d, int *nd)
 {
     for (int k = 0; k < n; k++) {
@@ -381,7 +447,12 @@ static void absorb(ds_engine *e, int n, emit *em, int *nem, done *d, int *nd)
             if (r->fed < r->n_prompt)
                 continue;                            /* more prompt to go */
         }
-        int32_t tok = ds_sampler_sample(r->smp, it->logits, r->sample_vocab);
+        if (r->jm && r->n_allowed == 0) {
+            finish_slot(e, i, DS_FINISH_ERROR, d, nd);     /* the grammar allows no token (cannot happen) */
+            continue;
+        }
+        int32_t tok = r->jm ? sample_constrained(e, r, it->logits, e->m->cfg.eos_token_id)
+                            : ds_sampler_sample(r->smp, it->logits, r->sample_vocab);
         r->generated++;
         e->st.generated_tokens++;
         em[(*nem)++] = (emit){r, tok, it->logits};
@@ -406,6 +477,8 @@ int ds_engine_step(ds_engine *e, ds_error *err)
     pthread_mutex_unlock(&e->mu);
 
     ds_status st = n ? ds_eval_batch(e->items, n, err) : DS_OK;
+    if (st == DS_OK && n)
+        compute_masks(e, n);
 
     pthread_mutex_lock(&e->mu);
     e->st.steps += n > 0;

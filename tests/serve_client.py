@@ -371,6 +371,32 @@ def check_sigterm_drains(cl, pid):
           "a request in flight at SIGTERM completes", r)
 
 
+def check_response_format(cl):
+    """response_format json_schema constrains sampled answers; bad schemas are 400."""
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "y"]},
+              "b": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}}, "required": ["a", "b"]}
+    rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    for seed in (1, 2):
+        st, d = cl.json("POST", "/v1/chat/completions",
+                        chat_body(max_tokens=60, temperature=1.0, seed=seed, response_format=rf))
+        if not check(st == 200, "response_format status", f"{st} {d}"):
+            return
+        ch = d["choices"][0]
+        try:
+            v = json.loads(ch["message"]["content"])
+        except ValueError:
+            v = None
+        check(ch["finish_reason"] == "stop" and isinstance(v, dict) and v.get("a") in ("x", "y")
+              and set(v) == {"a", "b"} and len(v["b"]) <= 2 and all(isinstance(x, bool) for x in v["b"]),
+              "response_format json_schema: the answer matches", ch)
+    st, d = cl.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 20,
+                    "response_format": {"type": "json_schema", "json_schema": {"schema": {"enum": [10, 20]}}}})
+    check(st == 200 and d["choices"][0]["text"] in ("10", "20"), "completions response_format enum", f"{st} {d}")
+    bad_rf = {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a"}}}
+    expect_error(cl, 400, "unsupported schema keyword", "POST", "/v1/chat/completions",
+                 chat_body(response_format=bad_rf))
+
+
 def main_checks(base, pid, max_body):
     cl = Client(base)
     check_basics(cl)
@@ -382,6 +408,7 @@ def main_checks(base, pid, max_body):
     check_completions(cl)
     check_chat_logprobs(cl)
     check_thinking_tools(cl)
+    check_response_format(cl)
     check_errors(cl, max_body)
     check_concurrency(cl)
     check_disconnect(cl)

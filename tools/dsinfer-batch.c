@@ -53,6 +53,8 @@ static void usage(FILE *f)
         "  -s, --seed N           base sampling seed, mixed with each line's id (default 24301)\n"
         "      --template FILE    prompt template for plain prompt lines: {{text}} is\n"
         "                         replaced by the line's text, {{id}} by its id\n"
+        "      --json-schema FILE constrain every answer to JSON matching the JSON Schema in\n"
+        "                         FILE (compact JSON; see the man page for the keywords)\n"
         "      --thinking         thinking mode by default (reasoning_content in results)\n"
         "      --no-thinking      chat mode by default (the default)\n"
         "      --shard I/N        process only the lines whose id hashes to I modulo N\n"
@@ -69,13 +71,13 @@ static void usage(FILE *f)
         "\n"
         "SIGINT / SIGTERM: finish the requests in flight, write them and exit 0;\n"
         "a second signal abandons them and exits 130.\n"
-        "Exit status: 0 ok (error records included), 1 usage, 2 bad model, 3 I/O error,\n"
+        "Exit status: 0 ok (error records included), 1 usage, 2 bad model or schema, 3 I/O error,\n"
         "4 runtime error, 130 aborted by a second signal.\n");
 }
 
 /* ---- options ----------------------------------------------------------- */
 typedef struct options {
-    const char *model_dir, *input, *output, *template_path;
+    const char *model_dir, *input, *output, *template_path, *schema_path;
     int parallel, ctx_size, threads, verbose, quiet;
     int64_t mem_budget;
     ds_io_mode io;
@@ -115,7 +117,7 @@ static batch_progress_mode parse_progress(const char *s)
 
 static void parse_options(int argc, char **argv, options *o)
 {
-    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO };
+    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO, O_SCHEMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'}, {"parallel", required_argument, 0, 'j'},
@@ -128,6 +130,7 @@ static void parse_options(int argc, char **argv, options *o)
         {"kv-cache", required_argument, 0, O_KV}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"json-schema", required_argument, 0, O_SCHEMA},
         {0, 0, 0, 0}};
     int c;
     *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8};
@@ -148,6 +151,7 @@ static void parse_options(int argc, char **argv, options *o)
         case O_TOPK: o->defaults.sampling.top_k = (int)tool_parse_long("--top-k", optarg, 0, 1 << 24); break;
         case 's': o->defaults.sampling.seed = tool_parse_u64("--seed", optarg); break;
         case O_TEMPLATE: o->template_path = optarg; break;
+        case O_SCHEMA: o->schema_path = optarg; break;
         case O_THINK: o->defaults.thinking = 1; break;
         case O_NOTHINK: o->defaults.thinking = 0; break;
         case O_SHARD: parse_shard(optarg, o); break;
@@ -167,6 +171,8 @@ static void parse_options(int argc, char **argv, options *o)
         tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!o->model_dir || !o->input || !o->output)
         tool_die(EXIT_USAGE, "--model, --input and --output are required (see --help)");
+    if (o->schema_path && o->defaults.thinking)
+        tool_die(EXIT_USAGE, "--json-schema constrains the whole answer: it cannot be combined with --thinking");
 }
 
 /* The template file, less one trailing newline (editors add it; it is not
@@ -184,6 +190,23 @@ static char *load_template(const char *path)
     if (!strstr(t, "{{text}}"))
         tool_die(EXIT_USAGE, "--template %s: no {{text}} placeholder", path);
     return t;
+}
+
+/* The --json-schema file, compiled; its JSON goes to *json (for prompts).
+ * A schema that does not compile is a bad input (exit 2). */
+static ds_json_schema *load_schema(const char *path, json_t **json)
+{
+    size_t len;
+    ds_error err;
+    ds_json_schema *s;
+    char *text = tool_read_file(path, &len);
+    if (!text)
+        tool_die(EXIT_IO, "cannot read %s: %s", path, strerror(errno));
+    if (ds_json_schema_compile(text, len, &s, &err) != DS_OK)
+        tool_die(err.code == DS_ERR_NOMEM ? EXIT_RUNTIME : EXIT_INPUT, "--json-schema %s: %s", path, err.msg);
+    *json = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+    free(text);
+    return s;
 }
 
 /* Appending to the file being read would feed results back as requests. */
@@ -231,6 +254,9 @@ typedef struct batch_run {
     ds_tokenizer *tok;
     ds_engine *engine;
     ds_chat_format fmt;
+    ds_json_schema *schema;  /* --json-schema, compiled; NULL = none */
+    json_t *schema_json;
+    ds_json_vocab *json_vocab;   /* built when some line is constrained */
     int ctx_size;            /* per sequence, as the engine sized it */
     char *model_name;
     batch_input in;
@@ -481,6 +507,15 @@ static void free_job(job *j)
     free(j);
 }
 
+/* The token table of constrained decoding, built on first use. */
+static const ds_json_vocab *json_vocab(batch_run *run)
+{
+    ds_error err;
+    if (!run->json_vocab && ds_json_vocab_create(run->tok, &run->json_vocab, &err) != DS_OK)
+        tool_die(EXIT_RUNTIME, "%s", err.msg);
+    return run->json_vocab;
+}
+
 /* Submits a parsed request, or writes its error record. */
 static void submit(batch_run *run, batch_request *r, long lineno)
 {
@@ -502,6 +537,9 @@ static void submit(batch_run *run, batch_request *r, long lineno)
     job *j = new_job(run, r, lineno, n);
     ds_request rq = {.prompt = ids, .n_prompt = n, .max_tokens = j->req.max_tokens, .sampling = j->req.sampling,
                      .sample_vocab = ds_tokenizer_vocab_size(run->tok), .on_token = on_token, .user = j};
+    rq.json_schema = j->req.schema ? j->req.schema : run->schema;
+    if (rq.json_schema)
+        rq.json_vocab = json_vocab(run);
     ds_status st = ds_engine_submit(run->engine, &rq, &j->engine_id, &err);
     free(ids);
     if (st == DS_ERR_INPUT || st == DS_ERR_INVALID_ARG) {
@@ -644,6 +682,8 @@ static void open_files(batch_run *run)
         tool_die(EXIT_IO, "cannot read %s: %s", o->input, strerror(errno));
     if (o->template_path)
         run->template_text = load_template(o->template_path);
+    if (o->schema_path)
+        run->schema = load_schema(o->schema_path, &run->schema_json);
     batch_output_open(o->output, &run->out);
 }
 
@@ -698,6 +738,7 @@ int main(int argc, char **argv)
     run.opt = &opt;
     open_files(&run);
     opt.defaults.template_text = run.template_text;
+    opt.defaults.json_schema = run.schema_json;
     select_lines(&run);
     load_model(&run);
     batch_progress_init(&run.progress, opt.progress, opt.quiet);
@@ -710,6 +751,9 @@ int main(int argc, char **argv)
     batch_output_close(&run.out);
     batch_input_close(&run.in);
     ds_engine_free(run.engine);
+    ds_json_vocab_free(run.json_vocab);
+    ds_json_schema_free(run.schema);
+    json_decref(run.schema_json);
     ds_tokenizer_free(run.tok);
     ds_model_free(run.model);
     free(run.todo);

@@ -199,7 +199,7 @@ static void load(server *s)
     lp.expert_budget = s->cfg.mem_budget;
     lp.io = s->cfg.io;
     s->tok = tool_load_tokenizer(s->cfg.model_dir, &err);
-    if (!s->tok)
+    if (!s->tok || ds_json_vocab_create(s->tok, &s->json_vocab, &err) != DS_OK)
         tool_die_err(&err);
     s->model = tool_load_model(s->cfg.model_dir, &lp);
     s->info = ds_model_get_info(s->model);
@@ -380,6 +380,7 @@ int main(int argc, char **argv)
         ds_model_free(s->model);
         ds_tokenizer_free(s->tok);
         free(s->forced);
+        ds_json_vocab_free(s->json_vocab);
     }
     free(name);
     return EXIT_OK;

@@ -259,8 +259,48 @@ static int parse_stop(const json_t *o, batch_request *r)
     return 0;
 }
 
+/* The schema a response_format asks for: {"type": "json_schema", "json_schema":
+ * {"schema": {...}}} or {"type": "json_object"} (any object); "text" or
+ * none leaves the output free. */
+static int parse_response_format(batch_request *r, const json_t *o)
+{
+    const json_t *rf = json_object_get(o, "response_format");
+    const json_t *type = json_object_get(rf, "type");
+    ds_error err;
+    char *text;
+    if (!rf || json_is_null(rf))
+        return 0;
+    if (!json_is_object(rf) || !json_is_string(type))
+        return fail(r, "invalid_request", "response_format must be an object with a \"type\"");
+    const char *t = json_string_value(type);
+    if (strcmp(t, "text") == 0)
+        return 0;
+    if (strcmp(t, "json_object") == 0)
+        text = batch_xstrdup("{\"type\":\"object\"}");
+    else if (strcmp(t, "json_schema") == 0) {
+        const json_t *sc = json_object_get(json_object_get(rf, "json_schema"), "schema");
+        if (!sc)
+            return fail(r, "invalid_request", "response_format.json_schema.schema is missing");
+        text = json_dumps(sc, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!text)
+            tool_die(EXIT_RUNTIME, "out of memory");
+    } else
+        return fail(r, "invalid_request", "response_format.type must be \"text\", \"json_object\" or \"json_schema\"");
+    ds_status st = ds_json_schema_compile(text, strlen(text), &r->schema, &err);
+    free(text);
+    if (st == DS_ERR_NOMEM)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    return st == DS_OK ? 0 : fail(r, "invalid_request", "response_format: %s", err.msg);
+}
+
+/* response_format telling the model a --json-schema (V3.2 prompts show it). */
+static json_t *default_response_format(const json_t *schema)
+{
+    return json_pack("{s:s, s:{s:s, s:O}}", "type", "json_schema", "json_schema", "name", "output", "schema", schema);
+}
+
 /* {"messages": [...], "tools"?, "response_format"?} for ds_chat_render. */
-static int set_conversation(batch_request *r, const json_t *messages, const json_t *from)
+static int set_conversation(batch_request *r, const json_t *messages, const json_t *from, const batch_defaults *d)
 {
     if (!json_is_array(messages) || json_array_size(messages) == 0)
         return fail(r, "invalid_request", "messages must be a non-empty array");
@@ -272,6 +312,8 @@ static int set_conversation(batch_request *r, const json_t *messages, const json
         json_object_set(conv, "tools", (json_t *)tools);
     if (rf && !json_is_null(rf))
         json_object_set(conv, "response_format", (json_t *)rf);
+    else if (d->json_schema)
+        json_object_set_new(conv, "response_format", default_response_format(d->json_schema));
     r->conversation = json_dumps(conv, JSON_COMPACT);
     json_decref(conv);
     if (!r->conversation)
@@ -321,7 +363,7 @@ static int plain_prompt(batch_request *r, const json_t *o, const json_t *text, c
         json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", "system", "content", sys));
     json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", content));
     free(content);
-    int rc = set_conversation(r, msgs, o);
+    int rc = set_conversation(r, msgs, o, d);
     json_decref(msgs);
     return rc;
 }
@@ -335,9 +377,9 @@ static int parse_plain(batch_request *r, const json_t *o, const batch_defaults *
         return fail(r, "invalid_request", "id must be a non-empty string or an integer");
     if ((prompt != NULL) + (text != NULL) + (msgs != NULL) != 1)
         return fail(r, "invalid_request", "a line needs exactly one of \"prompt\", \"text\" and \"messages\"");
-    if (parse_params(o, r) || parse_stop(o, r))
+    if (parse_params(o, r) || parse_stop(o, r) || parse_response_format(r, o))
         return -1;
-    return msgs ? set_conversation(r, msgs, o) : plain_prompt(r, o, prompt ? prompt : text, d);
+    return msgs ? set_conversation(r, msgs, o, d) : plain_prompt(r, o, prompt ? prompt : text, d);
 }
 
 static int parse_completion_body(batch_request *r, const json_t *body)
@@ -354,7 +396,7 @@ static int parse_completion_body(batch_request *r, const json_t *body)
     return 0;
 }
 
-static int parse_openai(batch_request *r, const json_t *o)
+static int parse_openai(batch_request *r, const json_t *o, const batch_defaults *d)
 {
     const json_t *method = json_object_get(o, "method"), *url = json_object_get(o, "url");
     const json_t *body = json_object_get(o, "body");
@@ -369,10 +411,10 @@ static int parse_openai(batch_request *r, const json_t *o)
     const json_t *model = json_object_get(body, "model");
     if (json_is_string(model))
         r->model = batch_xstrdup(json_string_value(model));
-    if (parse_params(body, r) || parse_stop(body, r))
+    if (parse_params(body, r) || parse_stop(body, r) || parse_response_format(r, body))
         return -1;
     if (strcmp(json_string_value(url), "/v1/chat/completions") == 0)
-        return set_conversation(r, json_object_get(body, "messages"), body);
+        return set_conversation(r, json_object_get(body, "messages"), body, d);
     if (strcmp(json_string_value(url), "/v1/completions") == 0)
         return parse_completion_body(r, body);
     return fail(r, "invalid_request", "unsupported url \"%.100s\" (expected /v1/chat/completions or /v1/completions)",
@@ -411,7 +453,9 @@ int batch_parse_request(const char *line, size_t len, long lineno, const batch_d
     }
     ident_from_object(o, lineno, &r->ident);
     request_defaults(r, d);
-    int rc = r->ident.style == BATCH_STYLE_OPENAI ? parse_openai(r, o) : parse_plain(r, o, d);
+    int rc = r->ident.style == BATCH_STYLE_OPENAI ? parse_openai(r, o, d) : parse_plain(r, o, d);
+    if (rc == 0 && r->kind == BATCH_KIND_CHAT && r->thinking && (r->schema || d->json_schema))
+        rc = fail(r, "invalid_request", "a JSON schema constrains the whole answer: it cannot be combined with thinking mode");
     json_decref(o);
     return rc;
 }
@@ -422,6 +466,7 @@ void batch_request_free(batch_request *r)
     free(r->conversation);
     free(r->prompt);
     free(r->model);
+    ds_json_schema_free(r->schema);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
     *r = (batch_request){0};

@@ -53,6 +53,8 @@ typedef struct batch_defaults {
     int max_tokens;
     int thinking;
     const char *template_text;   /* with {{text}} and optionally {{id}}; NULL = "{{text}}" */
+    const json_t *json_schema;   /* --json-schema: told to the model as response_format in chat
+                                    prompts of lines that give none; NULL = none */
 } batch_defaults;
 
 #define BATCH_MAX_STOP 16
@@ -68,6 +70,7 @@ typedef struct batch_request {
     int thinking;
     char *stop[BATCH_MAX_STOP];
     int n_stop;
+    ds_json_schema *schema;  /* the line's response_format (json_schema / json_object); NULL = none */
     /* when parsing fails: a code for the error record and its message */
     const char *err_code;
     char err_msg[512];

@@ -47,6 +47,7 @@ typedef struct server {
     ds_model *model;
     ds_tokenizer *tok;
     ds_engine *engine;
+    ds_json_vocab *json_vocab;    /* token table for response_format constraints */
     const ds_model_info *info;
     ds_chat_format chat_fmt;
     int ctx_size;                 /* positions per slot, as the engine resolved it */
@@ -94,6 +95,7 @@ typedef struct job_params {
     int n_stop;
     int logprobs, top_logprobs;   /* logprobs: 0 off, 1 on */
     int thinking;
+    ds_json_schema *schema;       /* response_format json_schema / json_object; NULL = free text */
 } job_params;
 void job_params_free(job_params *p);
 

@@ -454,6 +454,50 @@ static int parse_prompt(server *s, json_t *root, job_params *p, api_error *e)
     return -1;
 }
 
+/* ---- response_format ---------------------------------------------------------- */
+/* OpenAI's {"type": "json_schema", "json_schema": {"schema": {...}}} or
+ * {"type": "json_object"} (any object) constrain the output; "text" does not. */
+static int parse_response_format(json_t *root, job_params *p, api_error *e)
+{
+    json_t *rf = json_object_get(root, "response_format");
+    const char *type = json_string_value(json_object_get(rf, "type"));
+    ds_error err;
+    char *text;
+    if (!rf || json_is_null(rf) || (type && strcmp(type, "text") == 0))
+        return 0;
+    if (type && strcmp(type, "json_object") == 0)
+        text = strdup("{\"type\":\"object\"}");
+    else if (type && strcmp(type, "json_schema") == 0) {
+        json_t *sc = json_object_get(json_object_get(rf, "json_schema"), "schema");
+        if (!sc) {
+            api_set_error(e, 400, "invalid_request_error", "response_format", "missing_required_parameter",
+                          "'response_format.json_schema.schema' is missing");
+            return -1;
+        }
+        text = json_dumps(sc, JSON_COMPACT | JSON_ENCODE_ANY);
+    } else {
+        api_set_error(e, 400, "invalid_request_error", "response_format", "invalid_value",
+                      "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"");
+        return -1;
+    }
+    if (!text)
+        return -1;                          /* out of memory: e already says so */
+    ds_status st = ds_json_schema_compile(text, strlen(text), &p->schema, &err);
+    free(text);
+    if (st == DS_ERR_NOMEM)
+        return -1;
+    if (st != DS_OK) {
+        api_set_error(e, 400, "invalid_request_error", "response_format", "invalid_value", "%s", err.msg);
+        return -1;
+    }
+    if (p->thinking) {
+        api_set_error(e, 400, "invalid_request_error", "response_format", "unsupported_value",
+                      "a JSON response_format constrains the whole answer: it cannot be combined with thinking mode");
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- entry point ------------------------------------------------------------ */
 
 static int check_context(server *s, const job_params *p, api_error *e)
@@ -500,7 +544,8 @@ int api_parse_request(server *s, job_kind kind, const char *body, size_t len, jo
     if (!json_is_object(root))
         api_set_error(e, 400, "invalid_request_error", NULL, "invalid_type", "the request body must be a JSON object");
     else if (parse_common(s, root, p, e) == 0 &&
-             (kind == JOB_CHAT ? render_chat(s, root, p, e) : parse_prompt(s, root, p, e)) == 0)
+             (kind == JOB_CHAT ? render_chat(s, root, p, e) : parse_prompt(s, root, p, e)) == 0 &&
+             parse_response_format(root, p, e) == 0)
         rc = check_context(s, p, e);
     json_decref(root);
     if (rc < 0)

@@ -104,6 +104,7 @@ struct job {
 void job_params_free(job_params *p)
 {
     free(p->prompt);
+    ds_json_schema_free(p->schema);
     for (int i = 0; i < p->n_stop; i++)
         free(p->stop[i]);
     free(p->stop);
@@ -572,6 +573,8 @@ ds_status job_submit(job *j, struct MHD_Connection *conn, ds_error *err)
     }
     rq.on_token = on_token;
     rq.sample_vocab = ds_tokenizer_vocab_size(s->tok);
+    rq.json_schema = j->p.schema;
+    rq.json_vocab = s->json_vocab;
     rq.user = j;
     if (j->p.stream && j->p.kind == JOB_CHAT) {
         /* the role comes first, before the engine can add anything */
