@@ -265,6 +265,151 @@ NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
     }
 }
 
+/* ---- products with a few tokens (batched decode) --------------------------
+ * For 2..MAXNT tokens each weight vector is dequantised in registers and
+ * used at once for every token: no staging buffer, and the weights stream
+ * from memory as in the gemv.  Four rows advance together (independent FMA
+ * chains), with the next four rows prefetched in step. */
+#define MAXNT 4
+
+INL void fma_tokens(__m512 acc[][MAXNT], int i, __m512 w, const float *X, int ldx, int c, int nt,
+                    __mmask16 k)
+{
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        acc[i][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, X + (size_t)t * ldx + c), acc[i][t]);
+}
+
+/* Prefetches bytes [off, off + n) of each of the rb rows at pf (the next
+ * row block): several interleaved row streams are more than the hardware
+ * prefetchers follow, so the block after this one is fetched in step with
+ * the reads of this one. */
+INL void prefetch_rows(const uint8_t *const pf[], int rb, size_t off, size_t n)
+{
+    for (int i = 0; i < rb; i++)
+        for (size_t b = 0; b < n; b += 64)
+            __builtin_prefetch(pf[i] + off + b, 0, 3);
+}
+
+/* acc[i][t] = W[row[i]] . X[t] for i < rb, t < nt (rb, nt constant after
+ * inlining); next[] are the rows to prefetch meanwhile. */
+INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, const float *X, int ldx,
+                  int nt, __m512 acc[][MAXNT])
+{
+    const int cols = m->cols;
+    const uint8_t *w[4], *pf[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < rb; i++) {
+        w[i] = row_ptr(m, row[i]);
+        pf[i] = row_ptr(m, next[i]);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            acc[i][t] = _mm512_setzero_ps();
+    }
+    switch (m->dtype) {
+    case DS_DT_F8_E4M3:
+        for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
+            const int end = cols - c0 < DS_QBLOCK ? cols : c0 + DS_QBLOCK;
+            __m512 sc[4];
+            prefetch_rows(pf, rb, (size_t)c0, DS_QBLOCK);
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++)
+                sc[i] = _mm512_set1_ps(scale_row(m, row[i])[c0 / DS_QBLOCK] * 256.0f);
+            for (int c = c0; c < end; c += VW) {
+                const __mmask16 k = tail_mask(end - c);
+#pragma GCC unroll 4
+                for (int i = 0; i < rb; i++)
+                    fma_tokens(acc, i, _mm512_mul_ps(load_w(DS_DT_F8_E4M3, w[i], c, k), sc[i]), X, ldx, c, nt, k);
+            }
+        }
+        break;
+    case DS_DT_BF16:
+    case DS_DT_F16:
+    case DS_DT_F32:
+        for (int c = 0; c < cols; c += VW) {
+            const __mmask16 k = tail_mask(cols - c);
+            const size_t es = m->dtype == DS_DT_F32 ? 4 : 2;
+            if (c % (64 / (int)es) == 0)
+                prefetch_rows(pf, rb, (size_t)c * es, 64);
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++) {
+                __m512 wv = m->dtype == DS_DT_BF16  ? load_w(DS_DT_BF16, w[i], c, k)
+                            : m->dtype == DS_DT_F16 ? load_w(DS_DT_F16, w[i], c, k)
+                                                    : load_w(DS_DT_F32, w[i], c, k);
+                fma_tokens(acc, i, wv, X, ldx, c, nt, k);
+            }
+        }
+        break;
+    case DS_DT_Q8_0:
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q8_0_BLOCK, b += DS_Q8_0_BYTES) {
+            prefetch_rows(pf, rb, (size_t)b, DS_Q8_0_BYTES);
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++) {
+                const __m512 d = _mm512_set1_ps(f16_at(w[i] + b));
+                fma_tokens(acc, i, _mm512_mul_ps(q8x16(w[i] + b + 2), d), X, ldx, c0, nt, 0xffff);
+                fma_tokens(acc, i, _mm512_mul_ps(q8x16(w[i] + b + 18), d), X, ldx, c0 + 16, nt, 0xffff);
+            }
+        }
+        break;
+    case DS_DT_Q4_K:
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+            for (int g = 0; g < 4; g++) {
+                prefetch_rows(pf, rb, (size_t)b + 36 * g, 36);
+                for (int i = 0; i < rb; i++) {
+                    __m512 a[2], bm[2], lo0, hi0, lo1, hi1;
+                    q4_k_pair(w[i] + b, g, a, bm);
+                    q4_k_w16(w[i] + b, g, 0, a, bm, &lo0, &hi0);
+                    q4_k_w16(w[i] + b, g, VW, a, bm, &lo1, &hi1);
+                    const int c = c0 + 64 * g;
+                    fma_tokens(acc, i, lo0, X, ldx, c, nt, 0xffff);
+                    fma_tokens(acc, i, lo1, X, ldx, c + 16, nt, 0xffff);
+                    fma_tokens(acc, i, hi0, X, ldx, c + 32, nt, 0xffff);
+                    fma_tokens(acc, i, hi1, X, ldx, c + 48, nt, 0xffff);
+                }
+            }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Y[t][i] = W[r + i] . X[t] for i < nr (<= rb), t < nt; padding rows repeat
+ * row r.  Rows r + rb .. r + 2 rb - 1 (clamped to the matrix) are prefetched. */
+INL void rows_dot_store(const ds_mat *m, int r, int nr, int rb, const float *X, int ldx, int nt,
+                        float *Y, int ldy)
+{
+    __m512 acc[4][MAXNT];
+    int row[4], next[4];
+    for (int i = 0; i < rb; i++) {
+        row[i] = i < nr ? r + i : r;
+        next[i] = r + rb + i < m->rows ? r + rb + i : m->rows - 1;
+    }
+    rows_dot(m, row, next, rb, X, ldx, nt, acc);
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < nr; i++)
+            Y[(size_t)t * ldy + i] = hsum(acc[i][t]);
+}
+
+NOINL void rows_block(const ds_mat *m, int r, int nr, const float *X, int ldx, int nt, float *Y, int ldy)
+{
+    switch (nt) {
+    case 2: rows_dot_store(m, r, nr, 4, X, ldx, 2, Y, ldy); break;
+    case 3: rows_dot_store(m, r, nr, 4, X, ldx, 3, Y, ldy); break;
+    default: rows_dot_store(m, r, nr, 4, X, ldx, 4, Y, ldy); break;
+    }
+}
+
+/* The product for n <= MAXNT tokens: row blocks split across threads. */
+static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const int rb = 4, nblk = (nrows + rb - 1) / rb;
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
+    for (int b = 0; b < nblk; b++) {
+        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
+        rows_block(m, r0 + i, nr, X, ldx, n, Y + i, ldy);
+    }
+}
+
 static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
 
 static void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
@@ -408,6 +553,7 @@ static void gemm_tile(const ds_mat *m, int r0, int i0, int nr, const float *X, i
     const int cols = m->cols;
     for (int c0 = 0; c0 < cols; c0 += KC) {
         const int len = cols - c0 < KC ? cols - c0 : KC;
+        ds_prefetch_rows(m, r0 + i0 + RT, RT, c0, len);
         const float *w[RT];
         for (int r = 0; r < RT; r++) {
             if (r >= nr) {
@@ -437,6 +583,10 @@ static void avx512_gemm(const ds_mat *m, int r0, int nrows, const float *X, int 
 {
     if (n == 1) {
         avx512_gemv(m, r0, nrows, X, Y);
+        return;
+    }
+    if (n <= MAXNT) {
+        gemm_small(m, r0, nrows, X, ldx, n, Y, ldy);
         return;
     }
     const int ntiles = (nrows + RT - 1) / RT;

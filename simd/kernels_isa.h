@@ -38,4 +38,22 @@ const ds_kernels *ds_kernels_active(void);
  * more than the product. */
 static inline int ds_worth_threads(long work) { return work >= (1L << 16); }
 
+/* Prefetches the weight bytes of rows [r, r + nr) x columns [c0, c0 + len)
+ * of m (c0, len on block boundaries for block types).  The GEMMs call it
+ * for the next tile's rows while working on the current one: a tile walks
+ * four rows chunk by chunk, a pattern the hardware stream prefetchers do
+ * not follow, and without it weights arrive at DRAM latency, not bandwidth. */
+static inline void ds_prefetch_rows(const ds_mat *m, int r, int nr, int c0, int len)
+{
+    if (r + nr > m->rows)
+        nr = m->rows - r;
+    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols);
+    const size_t off = ds_dtype_row_bytes(m->dtype, c0), n = ds_dtype_row_bytes(m->dtype, len);
+    for (int i = 0; i < nr; i++) {
+        const char *p = (const char *)m->data + (size_t)(r + i) * rb + off;
+        for (size_t b = 0; b < n; b += 64)
+            __builtin_prefetch(p + b, 0, 3);
+    }
+}
+
 #endif

@@ -481,6 +481,7 @@ static void gemm_tile(const ds_mat *m, int r0, int i0, int nr, const float *X, i
     const int cols = m->cols;
     for (int c0 = 0; c0 < cols; c0 += KC) {
         const int len = cols - c0 < KC ? cols - c0 : KC;
+        ds_prefetch_rows(m, r0 + i0 + RT, RT, c0, len);
         const float *w[RT] = {NULL};
         for (int r = 0; r < RT; r++) {
             if (r >= nr) {
