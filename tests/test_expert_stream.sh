@@ -26,6 +26,10 @@ e = json.load(open(sys.argv[1]))["expert_cache"]
 assert e["streaming"] and e["io"] == "pread" and e["slots"] == 5 and e["slab_bytes"] == 196608, e
 assert e["misses"] > 0 and e["bytes_read"] >= e["misses"] * 196608, e
 assert 0.0 <= e["prediction_accuracy"] <= 1.0 and e["prefetched"] > 0, e
+# the decode test's disk traffic against the disk's own sequential bandwidth
+assert e["decode_bytes_read_per_token"] > 0 and e["disk_GBps"] > 0, e
+assert e["disk_probe"] in ("O_DIRECT", "buffered"), e
+assert abs(e["disk_bound_tps"] - e["disk_GBps"] * 1e9 / e["decode_bytes_read_per_token"]) < 1e-3 * e["disk_bound_tps"], e
 print("PASS expert cache stats:", e)
 PY
 if "$EV" -m "$C/model" --tokens "$C/tokens.json" -o "$T/x" --mem-budget 100K 2>"$T/err"; then

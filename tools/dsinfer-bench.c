@@ -3,6 +3,9 @@
  * weight bytes read per decoded token, the achieved bandwidth and its share
  * of the memory-bandwidth roofline the tool measures itself.  --compare runs
  * another benchmark command in the same invocation for a side-by-side ratio. */
+#define _GNU_SOURCE   /* O_DIRECT */
+#include <dirent.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -11,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include "common.h"
 
 const char *tool_name = "dsinfer-bench";
@@ -182,7 +187,8 @@ static double bench_prefill(ds_model *m, const bench_opts *o, float *logits)
     return v;
 }
 
-static double bench_decode(ds_model *m, const bench_opts *o, float *logits)
+/* Also adds to *read the expert bytes the timed decode steps read from disk. */
+static double bench_decode(ds_model *m, const bench_opts *o, float *logits, uint64_t *read)
 {
     const ds_model_info *mi = ds_model_get_info(m);
     int total = o->depth + o->gen;
@@ -201,11 +207,15 @@ static double bench_decode(ds_model *m, const bench_opts *o, float *logits)
             if (ds_eval(c, ids + s, n, NULL, 0, &err) != DS_OK)
                 tool_die_err(&err);
         }
+        ds_expert_stats es0, es1;
+        ds_model_expert_stats(m, &es0);
         double t0 = tool_now();
         for (int k = 0; k < o->gen; k++)
             if (ds_eval(c, ids + o->depth + k, 1, logits, 0, &err) != DS_OK)
                 tool_die_err(&err);
         t[r] = o->gen / (tool_now() - t0);
+        ds_model_expert_stats(m, &es1);
+        *read += es1.bytes_read - es0.bytes_read;
         ds_context_free(c);
     }
     double v = median(t, o->repeat);
@@ -255,6 +265,57 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
     free(ids);
     free(t);
     return v;
+}
+
+/* Sequential read bandwidth of the disk holding the checkpoint: up to mib
+ * MiB of its largest .safetensors file read with O_DIRECT in 4 MiB requests
+ * (buffered, and so possibly from the page cache, where the filesystem
+ * refuses O_DIRECT; *how says which).  The streaming decode is compared
+ * with the limit this bandwidth sets.  0 when nothing can be read. */
+static double measure_disk(const char *dir, size_t mib, const char **how)
+{
+    char best[4096] = "", path[4096];
+    off_t best_size = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        struct stat st;
+        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) == 0 && st.st_size > best_size) {
+            best_size = st.st_size;
+            snprintf(best, sizeof best, "%s", path);
+        }
+    }
+    if (d)
+        closedir(d);
+    *how = "O_DIRECT";
+    int fd = best[0] ? open(best, O_RDONLY | O_DIRECT) : -1;
+    if (fd < 0 && best[0]) {
+        *how = "buffered";
+        fd = open(best, O_RDONLY);
+    }
+    const size_t req = 4u << 20;
+    void *buf = NULL;
+    if (fd < 0 || posix_memalign(&buf, 4096, req) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return 0.0;
+    }
+    size_t total = 0, want = mib << 20;
+    double t0 = tool_now();
+    while (total < want) {
+        ssize_t n = pread(fd, buf, req, (off_t)total);
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+    }
+    double dt = tool_now() - t0;
+    close(fd);
+    free(buf);
+    return total && dt > 0 ? (double)total / dt / 1e9 : 0.0;
 }
 
 /* Runs the comparison command; returns its JSON lines' last pp_tps / tg_tps. */
@@ -360,7 +421,12 @@ int main(int argc, char **argv)
     if (!logits)
         tool_die(EXIT_RUNTIME, "out of memory");
     double pp = o.prompt_len ? bench_prefill(m, &o, logits) : 0.0;
-    double tg = o.gen ? bench_decode(m, &o, logits) : 0.0;
+    uint64_t decode_read = 0;
+    double tg = o.gen ? bench_decode(m, &o, logits, &decode_read) : 0.0;
+    ds_expert_stats es1;
+    ds_model_expert_stats(m, &es1);
+    const char *disk_how = NULL;
+    double disk = es1.streaming && o.gen ? measure_disk(model_dir, 1024, &disk_how) : 0.0;
     double btg = o.gen && o.batch > 0 ? bench_batch_decode(m, &o) : 0.0;
     double bw = membw_mb ? measure_membw((size_t)membw_mb) : 0.0;
     struct rusage ru;
@@ -413,6 +479,17 @@ int main(int argc, char **argv)
     json_object_set_new(ej, "prefetch_used", json_integer((json_int_t)es.prefetch_used));
     json_object_set_new(ej, "prediction_accuracy",
                         json_real(es.predicted ? (double)es.predicted_right / (double)es.predicted : 0.0));
+    if (es1.streaming && o.gen) {
+        /* what the decode test read from disk per token, against the disk's limit */
+        double per_tok = (double)decode_read / ((double)o.gen * o.repeat);
+        json_object_set_new(ej, "decode_bytes_read_per_token", json_real(per_tok));
+        json_object_set_new(ej, "disk_GBps", json_real(disk));
+        json_object_set_new(ej, "disk_probe", json_string(disk_how ? disk_how : "none"));
+        if (disk > 0 && per_tok > 0) {
+            json_object_set_new(ej, "disk_bound_tps", json_real(disk * 1e9 / per_tok));
+            json_object_set_new(ej, "disk_bound_pct", json_real(100.0 * tg * per_tok / (disk * 1e9)));
+        }
+    }
     json_object_set_new(j, "expert_cache", ej);
     if (compare)
         json_object_set_new(j, "compare", run_compare(compare, pp, tg));
