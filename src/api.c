@@ -23,8 +23,24 @@ void ds_load_params_init(ds_load_params *p)
     p->weights_in_ram = -1;
 }
 
-static uint64_t mem_available(void)
+/* One number from a text file (a cgroup limit); 0 when absent or "max". */
+static uint64_t read_u64_file(const char *path)
 {
+    FILE *f = fopen(path, "r");
+    unsigned long long v = 0;
+    if (f) {
+        if (fscanf(f, "%llu", &v) != 1)
+            v = 0;
+        fclose(f);
+    }
+    return (uint64_t)v;
+}
+
+uint64_t ds_mem_available(void)
+{
+    const char *env = getenv("DSINFER_MEM_AVAILABLE");
+    if (env && *env)
+        return strtoull(env, NULL, 10);
     FILE *f = fopen("/proc/meminfo", "r");
     char line[256];
     unsigned long long kb = 0;
@@ -33,7 +49,13 @@ static uint64_t mem_available(void)
             break;
     if (f)
         fclose(f);
-    return (uint64_t)kb * 1024;
+    uint64_t avail = (uint64_t)kb * 1024;
+    /* in a container MemAvailable is the host's: the cgroup v2 limit binds */
+    uint64_t limit = read_u64_file("/sys/fs/cgroup/memory.max");
+    uint64_t used = read_u64_file("/sys/fs/cgroup/memory.current");
+    if (limit > 0 && limit > used && limit - used < avail)
+        avail = limit - used;
+    return avail;
 }
 
 /* Copies the weights into RAM when asked, or (auto) when nothing streams
@@ -42,7 +64,7 @@ static ds_status place_weights(ds_model *m, const ds_load_params *p, ds_error *e
 {
     int want = p ? p->weights_in_ram : -1;
     if (want < 0)
-        want = (!p || p->expert_budget == 0) && ds_table_bytes(m->table) <= mem_available() / 2;
+        want = (!p || p->expert_budget == 0) && ds_table_bytes(m->table) <= ds_mem_available() / 2;
     return want ? ds_table_to_ram(m->table, err) : DS_OK;
 }
 

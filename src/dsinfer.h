@@ -74,11 +74,16 @@ typedef enum ds_io_mode {
     DS_IO_MODE_PREAD
 } ds_io_mode;
 
+#define DS_EXPERT_BUDGET_ALL (-1)
+
 typedef struct ds_load_params {
     int threads;             /* 0 = all cores */
-    /* Bytes of RAM for routed-expert slabs.  0 = all experts stay mapped
-     * (resident); a smaller budget keeps that many slabs in an expert cache
-     * and streams the others from disk on demand. */
+    /* Bytes of RAM for routed-expert slabs: a budget smaller than the
+     * experts keeps that many slabs in an expert cache and streams the others
+     * from disk on demand.  0 (default) = auto: every expert stays mapped
+     * when the checkpoint fits in available memory with headroom, else the
+     * memory left after the dense weights and headroom becomes the budget.
+     * DS_EXPERT_BUDGET_ALL = every expert stays mapped whatever the memory. */
     int64_t expert_budget;
     ds_io_mode io;           /* how streamed experts are read */
     int weights_in_ram;      /* 1: copy the checkpoint into process memory (huge pages),

@@ -230,6 +230,20 @@ static ds_status start_streaming(ds_model *m, ds_expert_cache *ec, const ds_load
     return locate_sources(m, ec, err);
 }
 
+/* The auto budget (ds_load_params.expert_budget == 0): 0 (all resident)
+ * when the checkpoint and headroom fit in available memory, else what is
+ * left after the dense weights and headroom, at least two slabs.  Headroom
+ * (KV caches, activations, the OS) is an eighth of the memory, >= 512 MiB. */
+static int64_t auto_budget(const ds_model *m, int64_t experts, size_t max_slab)
+{
+    const int64_t avail = (int64_t)ds_mem_available(), total = (int64_t)ds_table_bytes(m->table);
+    int64_t headroom = avail / 8 > (512 << 20) ? avail / 8 : (int64_t)512 << 20;
+    if (avail <= 0 || total + headroom <= avail)
+        return 0;
+    int64_t b = avail - headroom - (total - experts);
+    return b > 2 * (int64_t)max_slab ? b : 2 * (int64_t)max_slab;
+}
+
 ds_status ds_experts_create(ds_model *m, const ds_load_params *p, ds_expert_cache **out, ds_error *err)
 {
     const ds_config *c = &m->cfg;
@@ -245,10 +259,19 @@ ds_status ds_experts_create(ds_model *m, const ds_load_params *p, ds_expert_cach
     ds_status st = ec->views && ec->pred ? bind_views(m, ec, err) : DS_ERR_NOMEM;
     size_t max_slab = 0;
     int64_t total = st == DS_OK ? total_expert_bytes(ec, m, &max_slab) : 0;
-    if (st == DS_OK && p && p->expert_budget < 0)
+    int64_t budget = p ? p->expert_budget : 0;
+    if (st == DS_OK && budget < 0 && budget != DS_EXPERT_BUDGET_ALL)
         st = ds_fail(err, DS_ERR_INVALID_ARG, "the expert memory budget is negative");
-    if (st == DS_OK && p && p->expert_budget > 0 && p->expert_budget < total && max_slab > 0)
-        st = start_streaming(m, ec, p, max_slab, err);
+    if (st == DS_OK && budget == 0 && max_slab > 0)
+        budget = auto_budget(m, total, max_slab);
+    ds_load_params eff;
+    if (p)
+        eff = *p;
+    else
+        ds_load_params_init(&eff);
+    eff.expert_budget = budget;
+    if (st == DS_OK && budget > 0 && budget < total && max_slab > 0)
+        st = start_streaming(m, ec, &eff, max_slab, err);
     if (st != DS_OK) {
         ds_experts_free(ec);
         return st;

@@ -2,7 +2,8 @@
 # Expert streaming: with a memory budget smaller than the routed experts, slabs
 # are read from the checkpoint through the expert cache (io_uring and pread
 # backends) and the logits must be bit-identical to the all-resident run;
-# the cache reports its traffic; a budget below two slabs is refused.
+# the cache reports its traffic; a budget below two slabs is refused; the auto
+# budget streams only when memory is short.
 set -eu
 : "${top_srcdir:=.}" "${top_builddir:=.}"
 T=$(mktemp -d)
@@ -36,3 +37,16 @@ if "$EV" -m "$C/model" --tokens "$C/tokens.json" -o "$T/x" --mem-budget 100K 2>"
     echo "FAIL: a budget below two slabs was accepted"; exit 1
 fi
 grep -q "too small" "$T/err" && echo "PASS tiny budget refused: $(cat "$T/err")"
+# The auto budget: with little available memory (DSINFER_MEM_AVAILABLE
+# stands in for MemAvailable / the cgroup limit) experts stream, with the
+# same logits; with plenty, or with --mem-budget all, they stay resident.
+DSINFER_MEM_AVAILABLE=12000000 "$EV" -m "$C/model" --tokens "$C/tokens.json" -o "$T/auto.f32" --kv-cache f32 --chunk 13
+cmp "$T/auto.f32" "$T/r.f32" || { echo "FAIL: the auto budget changes the logits"; exit 1; }
+streaming() {
+    "$top_builddir/tools/dsinfer-bench" -m "$C/model" -p 4 -n 2 --membw-mb 0 "$@" |
+        python3 -c "import json, sys; print(json.load(sys.stdin)['expert_cache']['streaming'])"
+}
+[ "$(DSINFER_MEM_AVAILABLE=12000000 streaming)" = True ] || { echo "FAIL: auto budget with 12 MB free does not stream"; exit 1; }
+[ "$(DSINFER_MEM_AVAILABLE=12000000 streaming --mem-budget all)" = False ] || { echo "FAIL: --mem-budget all streams"; exit 1; }
+[ "$(DSINFER_MEM_AVAILABLE=100000000000 streaming --mem-budget auto)" = False ] || { echo "FAIL: auto budget streams with plenty of memory"; exit 1; }
+echo "PASS auto budget: streams when memory is short (same logits), resident otherwise or with --mem-budget all"

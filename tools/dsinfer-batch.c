@@ -61,7 +61,8 @@ static void usage(FILE *f)
         "      --progress MODE    auto (default), tty, json or none\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "      --mem-budget SIZE  RAM for routed experts (e.g. 12G); less than the experts\n"
-        "                         streams them from disk (default: all resident)\n"
+        "                         streams them from disk (default auto: all resident when the\n"
+        "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         "      --kv-cache TYPE    fp8 (default) or f32\n"
         "  -q, --quiet            no progress and no summary\n"
@@ -157,7 +158,7 @@ static void parse_options(int argc, char **argv, options *o)
         case O_SHARD: parse_shard(optarg, o); break;
         case O_PROGRESS: o->progress = parse_progress(optarg); break;
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
-        case O_BUDGET: o->mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_BUDGET: o->mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: o->io = tool_parse_io("--io", optarg); break;
         case O_KV: o->kv = tool_parse_kv("--kv-cache", optarg); break;
         case 'q': o->quiet = 1, tool_verbosity = -1; break;

@@ -43,7 +43,8 @@ static void usage(FILE *f)
         "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"
         "  -s, --seed N           seed of the random token ids (default 1)\n"
         "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
-        "                           streams them from disk through an expert cache (default: all resident)\n"
+        "                           streams them from disk through an expert cache (default auto: all resident\n"
+        "                           when the model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
         "  -q, --quiet            print errors only\n"
         "  -v, --verbose          describe the model, kernels and expert cache on stderr\n"
@@ -392,7 +393,7 @@ int main(int argc, char **argv)
         case O_MEMBW: membw_mb = tool_parse_long("--membw-mb", optarg, 0, 1 << 20); break;
         case O_COMPARE: compare = optarg; break;
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;
-        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;

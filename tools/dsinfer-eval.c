@@ -34,7 +34,8 @@ static void usage(FILE *f)
         "      --dump-layers FILE   residual stream after each block, float32 [layers,P,hidden] (prefill)\n"
         "      --dump-attn-rows FILE  latent rows read per query, int32 [layers,P] then [D,layers]\n"
         "      --mem-budget SIZE    RAM for routed experts (e.g. 12G); smaller than the experts\n"
-        "                           streams them from disk through an expert cache (default: all resident)\n"
+        "                           streams them from disk through an expert cache (default auto: all resident\n"
+        "                           when the model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
         "  -q, --quiet              print errors only\n"
         "  -v, --verbose            describe the model, kernels and expert cache on stderr\n"
@@ -188,7 +189,7 @@ int main(int argc, char **argv)
         case O_EW: dump_ew = optarg; break;
         case O_LAYERS: dump_layers = optarg; break;
         case O_ROWS: dump_rows = optarg; break;
-        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;

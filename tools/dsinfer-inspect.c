@@ -52,7 +52,7 @@ int main(int argc, char **argv)
         case 'm': dir = optarg; break;
         case 'T': list = 1; break;
         case 'j': json = 1; break;
-        case 'B': lp.expert_budget = tool_parse_size("--mem-budget", optarg); break;
+        case 'B': lp.expert_budget = tool_parse_budget("--mem-budget", optarg); break;
         case 'I': lp.io = tool_parse_io("--io", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;

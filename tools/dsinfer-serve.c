@@ -59,7 +59,8 @@ static void usage(FILE *f)
         "      --model-name NAME      model id in responses and /v1/models\n"
         "                             (default: the directory's name)\n"
         "      --mem-budget SIZE      RAM for routed experts (e.g. 12G); less than the experts\n"
-        "                             streams them from disk (default: all resident)\n"
+        "                             streams them from disk (default auto: all resident when the\n"
+        "                             model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE              how streamed experts are read: uring, pread or auto\n"
         "  -q, --quiet                do not log requests\n"
         "  -v, --verbose              describe the model, kernels and expert cache on stderr\n"
@@ -262,7 +263,7 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
                 tool_die(EXIT_USAGE, "invalid value for --model-name: the name is empty");
             cfg->model_name = optarg;
             break;
-        case O_BUDGET: cfg->mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_BUDGET: cfg->mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: cfg->io = tool_parse_io("--io", optarg); break;
         case 'q': cfg->quiet = 1, tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;

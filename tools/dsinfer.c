@@ -57,7 +57,8 @@ static void usage(FILE *f)
         "  -q, --quiet            do not print the speed line\n"
         "  -v, --verbose          also describe the model, kernels and expert cache\n"
         "      --mem-budget SIZE  RAM for routed experts (e.g. 12G); less than the experts\n"
-        "                         streams them from disk (default: all resident)\n"
+        "                         streams them from disk (default auto: all resident when the\n"
+        "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
@@ -194,7 +195,7 @@ int main(int argc, char **argv)
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
-        case O_BUDGET: mem_budget = tool_parse_size("--mem-budget", optarg); break;
+        case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();

@@ -186,6 +186,15 @@ int64_t tool_parse_size(const char *opt, const char *s)
     return (int64_t)(v * mul);
 }
 
+int64_t tool_parse_budget(const char *opt, const char *s)
+{
+    if (strcmp(s, "auto") == 0)
+        return 0;
+    if (strcmp(s, "all") == 0)
+        return DS_EXPERT_BUDGET_ALL;
+    return tool_parse_size(opt, s);
+}
+
 ds_kv_type tool_parse_kv(const char *opt, const char *s)
 {
     if (strcmp(s, "fp8") == 0)

@@ -42,6 +42,10 @@ uint64_t tool_parse_u64(const char *opt, const char *s);
 
 /* A byte size with an optional K/M/G/T suffix (powers of 1024): "12G". */
 int64_t tool_parse_size(const char *opt, const char *s);
+/* --mem-budget: a size (see tool_parse_size), "auto" (0: resident when the
+ * checkpoint fits in memory, else stream in what fits) or "all"
+ * (DS_EXPERT_BUDGET_ALL: every expert resident whatever the memory). */
+int64_t tool_parse_budget(const char *opt, const char *s);
 /* --kv-cache=fp8|f32 */
 ds_kv_type tool_parse_kv(const char *opt, const char *s);
 /* --io=uring|pread|auto */
