@@ -24,8 +24,10 @@ void ds_load_params_init(ds_load_params *p)
 }
 
 /* One number from a text file (a cgroup limit); 0 when absent or "max". */
-static uint64_t read_u64_file(const char *path)
+static uint64_t read_u64_file(const char *dir, const char *name)
 {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "r");
     unsigned long long v = 0;
     if (f) {
@@ -34,6 +36,61 @@ static uint64_t read_u64_file(const char *path)
         fclose(f);
     }
     return (uint64_t)v;
+}
+
+/* The value of key in a cgroup memory.stat file (0 when absent). */
+static uint64_t read_stat(const char *dir, const char *key)
+{
+    char path[4096], line[256], k[128];
+    unsigned long long v;
+    snprintf(path, sizeof path, "%s/memory.stat", dir);
+    FILE *f = fopen(path, "r");
+    uint64_t out = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "%127s %llu", k, &v) == 2 && strcmp(k, key) == 0)
+            out = (uint64_t)v;
+    if (f)
+        fclose(f);
+    return out;
+}
+
+/* Memory the process's cgroup still allows (limit - usage + reclaimable
+ * file cache), v2 or v1; UINT64_MAX when no limit applies. */
+static uint64_t cgroup_room(void)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[4096], dir[4200];
+    uint64_t room = UINT64_MAX;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = 0;
+        const char *ctl = c1 + 1, *path = c2 + 1;
+        uint64_t limit, used, cache;
+        if (!*ctl) {                                  /* v2 unified hierarchy */
+            snprintf(dir, sizeof dir, "/sys/fs/cgroup%s", path);
+            limit = read_u64_file(dir, "memory.max");
+            used = read_u64_file(dir, "memory.current");
+            cache = read_stat(dir, "inactive_file");
+        } else if (strstr(ctl, "memory")) {           /* v1 memory controller */
+            snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory%s", path);
+            limit = read_u64_file(dir, "memory.limit_in_bytes");
+            used = read_u64_file(dir, "memory.usage_in_bytes");
+            cache = read_stat(dir, "total_inactive_file");
+        } else
+            continue;
+        if (limit == 0 || limit >= (UINT64_C(1) << 60))   /* "max" or v1's unlimited */
+            continue;
+        uint64_t r = limit > used ? limit - used : 0;
+        r += cache < used ? cache : 0;
+        if (r < room)
+            room = r;
+    }
+    if (f)
+        fclose(f);
+    return room;
 }
 
 uint64_t ds_mem_available(void)
@@ -49,13 +106,9 @@ uint64_t ds_mem_available(void)
             break;
     if (f)
         fclose(f);
-    uint64_t avail = (uint64_t)kb * 1024;
-    /* in a container MemAvailable is the host's: the cgroup v2 limit binds */
-    uint64_t limit = read_u64_file("/sys/fs/cgroup/memory.max");
-    uint64_t used = read_u64_file("/sys/fs/cgroup/memory.current");
-    if (limit > 0 && limit > used && limit - used < avail)
-        avail = limit - used;
-    return avail;
+    uint64_t avail = (uint64_t)kb * 1024, room = cgroup_room();
+    /* in a container MemAvailable is the host's: the cgroup limit binds */
+    return room < avail ? room : avail;
 }
 
 /* Copies the weights into RAM when asked, or (auto) when nothing streams

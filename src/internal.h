@@ -20,8 +20,9 @@ void ds_error_clear(ds_error *err);
 void *ds_calloc(size_t n, size_t size, ds_error *err);
 /* 64-byte aligned, zeroed; free with free(). */
 void *ds_alloc_aligned(size_t bytes, ds_error *err);
-/* Bytes of memory this process may still use: MemAvailable, lowered to the
- * cgroup v2 limit's remainder; DSINFER_MEM_AVAILABLE (bytes) overrides. */
+/* Bytes of memory this process may still use: MemAvailable, lowered to what
+ * its cgroup's memory limit (v1 or v2) leaves; DSINFER_MEM_AVAILABLE (bytes)
+ * overrides. */
 uint64_t ds_mem_available(void);
 
 #endif
