@@ -300,6 +300,199 @@ NOINL void convert_span(const ds_mat *m, int r, int c0, int len, float *out)
     }
 }
 
+/* ---- products with a few tokens (batched decode) --------------------------
+ * For 2..MAXFUSED tokens each weight vector is dequantised in registers (to
+ * the exact values convert_span produces) and used at once for every token
+ * of a pass: no staging buffer, and the weights stream from memory as in
+ * the gemv.  A block of rows advances together (independent FMA chains)
+ * while the next block's rows are prefetched in step.  16 ymm registers
+ * bound the tile to 8 accumulators: 4 rows x 2 tokens when n == 2, else
+ * 2 rows x passes of 2..4 tokens.  That leaves room for the decoded
+ * weight, the FP8 decode mask and the Q4_K multipliers; activations enter
+ * the FMAs as memory operands. */
+#define MAXNT 4
+#define MAXRB 4
+
+/* Up to MAXFUSED tokens take the fused path in passes of <= MAXNT tokens
+ * over each row block (later passes find its weights in L1); larger
+ * batches (prefill) use the staged gemm_tile below. */
+#define MAXFUSED 8
+
+INL void fma_tokens(__m256 acc[][MAXNT], int i, __m256 w, const float *X, int ldx, int c, int nt)
+{
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        acc[i][t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(X + (size_t)t * ldx + c), acc[i][t]);
+}
+
+/* As fma_tokens for the last left < 8 columns (masked activation loads). */
+INL void fma_tokens_tail(__m256 acc[][MAXNT], int i, __m256 w, const float *X, int ldx, int c, int nt,
+                         __m256i k)
+{
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        acc[i][t] = _mm256_fmadd_ps(w, _mm256_maskload_ps(X + (size_t)t * ldx + c, k), acc[i][t]);
+}
+
+/* Prefetches bytes [off, off + n) of each of the rb rows at pf (the next
+ * row block): several interleaved row streams are more than the hardware
+ * prefetchers follow, so the block after this one is fetched in step with
+ * the reads of this one. */
+INL void prefetch_rows(const uint8_t *const pf[], int rb, size_t off, size_t n)
+{
+    for (int i = 0; i < rb; i++)
+        for (size_t b = 0; b < n; b += 64)
+            __builtin_prefetch(pf[i] + off + b, 0, 3);
+}
+
+/* acc[i][t] += W[row[i]][c0 .. end) . X[t][c0 .. end) for a span of F32,
+ * BF16, F16 or FP8 weights (dt constant after inlining), each weight
+ * vector multiplied by mul[i] first when scaled (FP8). */
+INL void span_rows(ds_dtype dt, const uint8_t *const w[], const __m256 mul[], int scaled, int rb,
+                   const float *X, int ldx, int nt, int c0, int end, const uint8_t *const pf[],
+                   __m256 acc[][MAXNT])
+{
+    const int es = (int)ds_dtype_size(dt);
+    int c = c0;
+    for (; c + VW <= end; c += VW) {
+        if (!scaled && c % (64 / es) == 0)
+            prefetch_rows(pf, rb, (size_t)c * es, 64);
+#pragma GCC unroll 4
+        for (int i = 0; i < rb; i++) {
+            __m256 wv = load_w(dt, w[i], c);
+            if (scaled)
+                wv = _mm256_mul_ps(wv, mul[i]);
+            fma_tokens(acc, i, wv, X, ldx, c, nt);
+        }
+    }
+    if (c < end) {
+        const __m256i k = tail_mask(end - c);
+        if (!scaled && c % (64 / es) == 0)
+            prefetch_rows(pf, rb, (size_t)c * es, 64);
+#pragma GCC unroll 4
+        for (int i = 0; i < rb; i++) {
+            __m256 wv = load_w_tail(dt, w[i], c, end - c);
+            if (scaled)
+                wv = _mm256_mul_ps(wv, mul[i]);
+            fma_tokens_tail(acc, i, wv, X, ldx, c, nt, k);
+        }
+    }
+}
+
+/* acc[i][t] = W[row[i]] . X[t] for i < rb, t < nt (rb, nt constant after
+ * inlining); next[] are the rows to prefetch meanwhile. */
+INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, const float *X, int ldx,
+                  int nt, __m256 acc[][MAXNT])
+{
+    const int cols = m->cols;
+    const uint8_t *w[MAXRB], *pf[MAXRB];
+#pragma GCC unroll 4
+    for (int i = 0; i < rb; i++) {
+        w[i] = row_ptr(m, row[i]);
+        pf[i] = row_ptr(m, next[i]);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            acc[i][t] = _mm256_setzero_ps();
+    }
+    switch (m->dtype) {
+    case DS_DT_F8_E4M3:
+        for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
+            const int end = cols - c0 < DS_QBLOCK ? cols : c0 + DS_QBLOCK;
+            __m256 sc[MAXRB];
+            prefetch_rows(pf, rb, (size_t)c0, DS_QBLOCK);
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++)
+                sc[i] = _mm256_set1_ps(scale_row(m, row[i])[c0 / DS_QBLOCK] * 256.0f);
+            span_rows(DS_DT_F8_E4M3, w, sc, 1, rb, X, ldx, nt, c0, end, pf, acc);
+        }
+        break;
+    case DS_DT_BF16: span_rows(DS_DT_BF16, w, NULL, 0, rb, X, ldx, nt, 0, cols, pf, acc); break;
+    case DS_DT_F16: span_rows(DS_DT_F16, w, NULL, 0, rb, X, ldx, nt, 0, cols, pf, acc); break;
+    case DS_DT_F32: span_rows(DS_DT_F32, w, NULL, 0, rb, X, ldx, nt, 0, cols, pf, acc); break;
+    case DS_DT_Q8_0:
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q8_0_BLOCK, b += DS_Q8_0_BYTES) {
+            prefetch_rows(pf, rb, (size_t)b, DS_Q8_0_BYTES);
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++) {
+                const __m256 d = _mm256_set1_ps(f16_at(w[i] + b));
+#pragma GCC unroll 4
+                for (int l = 0; l < DS_Q8_0_BLOCK; l += VW)
+                    fma_tokens(acc, i, _mm256_mul_ps(q8x8(w[i] + b + 2 + l), d), X, ldx, c0 + l, nt);
+            }
+        }
+        break;
+    case DS_DT_Q4_K:
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+            for (int g = 0; g < 4; g++) {
+                prefetch_rows(pf, rb, (size_t)b + 36 * g, 36);
+                for (int i = 0; i < rb; i++) {
+                    __m256 a[2], bm[2];
+                    q4_k_pair(w[i] + b, g, a, bm);
+                    const int c = c0 + 64 * g;
+#pragma GCC unroll 4
+                    for (int l = 0; l < 32; l += VW) {
+                        __m256 lo, hi;
+                        q4_k_w8(w[i] + b, g, l, a, bm, &lo, &hi);
+                        fma_tokens(acc, i, lo, X, ldx, c + l, nt);
+                        fma_tokens(acc, i, hi, X, ldx, c + 32 + l, nt);
+                    }
+                }
+            }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Y[t][i] = W[r + i] . X[t] for i < nr (<= rb), t < nt; padding rows repeat
+ * row r.  Rows r + rb .. r + 2 rb - 1 (clamped to the matrix) are prefetched. */
+INL void rows_dot_store(const ds_mat *m, int r, int nr, int rb, const float *X, int ldx, int nt,
+                        float *Y, int ldy)
+{
+    __m256 acc[MAXRB][MAXNT];
+    int row[MAXRB], next[MAXRB];
+    for (int i = 0; i < rb; i++) {
+        row[i] = i < nr ? r + i : r;
+        next[i] = r + rb + i < m->rows ? r + rb + i : m->rows - 1;
+    }
+    rows_dot(m, row, next, rb, X, ldx, nt, acc);
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < nr; i++)
+            Y[(size_t)t * ldy + i] = hsum(acc[i][t]);
+}
+
+/* Rows r .. r+nr-1 (nr <= rb) for all n tokens, in passes of at most
+ * MAXNT tokens: the later passes find the block's weights in L1. */
+NOINL void rows_block(const ds_mat *m, int r, int nr, int rb, const float *X, int ldx, int n, float *Y,
+                      int ldy)
+{
+    for (int t0 = 0; t0 < n;) {
+        const int left = n - t0, nt = left <= MAXNT ? left : left == MAXNT + 1 ? 3 : MAXNT;
+        const float *x = X + (size_t)t0 * ldx;
+        float *y = Y + (size_t)t0 * ldy;
+        if (rb == 4)
+            rows_dot_store(m, r, nr, 4, x, ldx, 2, y, ldy); /* rb 4 only with n == 2 */
+        else if (nt == 2)
+            rows_dot_store(m, r, nr, 2, x, ldx, 2, y, ldy);
+        else if (nt == 3)
+            rows_dot_store(m, r, nr, 2, x, ldx, 3, y, ldy);
+        else
+            rows_dot_store(m, r, nr, 2, x, ldx, 4, y, ldy);
+        t0 += nt;
+    }
+}
+
+/* The product for 2..MAXFUSED tokens: row blocks split across threads. */
+static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const int rb = n == 2 ? 4 : 2, nblk = (nrows + rb - 1) / rb;
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
+    for (int b = 0; b < nblk; b++) {
+        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
+        rows_block(m, r0 + i, nr, rb, X, ldx, n, Y + i, ldy);
+    }
+}
+
 static void avx2_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
 
 static void avx2_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
@@ -495,6 +688,10 @@ static void avx2_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ld
 {
     if (n == 1) {
         avx2_gemv(m, r0, nrows, X, Y);
+        return;
+    }
+    if (n <= MAXFUSED) {
+        gemm_small(m, r0, nrows, X, ldx, n, Y, ldy);
         return;
     }
     const int ntiles = (nrows + RT - 1) / RT;

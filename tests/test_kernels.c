@@ -224,7 +224,7 @@ static void check_matrices(const ds_kernels *k)
     /* Whole blocks only: one, several, and past the 512-column GEMM chunk. */
     static const int q8_cols[] = {32, 96, 544};
     static const int q4_cols[] = {256, 768};
-    static const int n_list[] = {1, 2, 3, 5, 17};
+    static const int n_list[] = {1, 2, 3, 4, 5, 8, 17};
     char what[96];
     for (int kind = 0; kind < W_COUNT; kind++) {
         const int *cl = kind == W_Q8_0 ? q8_cols : kind == W_Q4_K ? q4_cols : cols_list;
