@@ -393,20 +393,26 @@ INL void rows_dot_store(const ds_mat *m, int r, int nr, int rb, const float *X, 
 NOINL void rows_block(const ds_mat *m, int r, int nr, const float *X, int ldx, int nt, float *Y, int ldy)
 {
     switch (nt) {
+    case 1: rows_dot_store(m, r, nr, 4, X, ldx, 1, Y, ldy); break;
     case 2: rows_dot_store(m, r, nr, 4, X, ldx, 2, Y, ldy); break;
     case 3: rows_dot_store(m, r, nr, 4, X, ldx, 3, Y, ldy); break;
     default: rows_dot_store(m, r, nr, 4, X, ldx, 4, Y, ldy); break;
     }
 }
 
-/* The product for n <= MAXNT tokens: row blocks split across threads. */
+/* The product for n <= MAXNT tokens (larger n is faster through the tiled
+ * GEMM on AVX-512): row blocks split across threads, passes of MAXNT
+ * tokens. */
 static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const int rb = 4, nblk = (nrows + rb - 1) / rb;
 #pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
     for (int b = 0; b < nblk; b++) {
         const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
-        rows_block(m, r0 + i, nr, X, ldx, n, Y + i, ldy);
+        for (int t0 = 0; t0 < n; t0 += MAXNT) {
+            const int nt = n - t0 < MAXNT ? n - t0 : MAXNT;
+            rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, nt, Y + (size_t)t0 * ldy + i, ldy);
+        }
     }
 }
 
