@@ -309,7 +309,7 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
     ds_context_params_init(&def);
     if (!p)
         p = &def;
-    if (p->kv_type != DS_KV_FP8 && p->kv_type != DS_KV_F32)
+    if (p->kv_type != DS_KV_FP8 && p->kv_type != DS_KV_F32 && p->kv_type != DS_KV_FP8_COMPACT)
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown KV cache type %d", (int)p->kv_type);
     if (p->indexer_device != 0 && p->indexer_device != 1)
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown indexer device %d (0 = CPU, 1 = GPU)", p->indexer_device);
@@ -425,3 +425,7 @@ ds_status ds_model_tensor_info(const ds_model *m, int i, ds_tensor_info *out, ds
 }
 
 const char *ds_kernel_isa(void) { return ds_cpu_isa_name(); }
+
+int ds_context_kv_locked(const ds_context *c) { return c ? c->kv_locked : 0; }
+
+size_t ds_context_kv_bytes(const ds_context *c) { return c ? c->arena_bytes : 0; }

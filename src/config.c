@@ -433,6 +433,9 @@ static ds_status check_sizes(const ds_config *cfg, const char *path, ds_error *e
     if (cfg->qk_rope_head_dim % 2)
         return ds_fail(err, DS_ERR_FORMAT, "%s: qk_rope_head_dim %d is odd (RoPE rotates pairs)",
                        path, cfg->qk_rope_head_dim);
+    if (cfg->qk_rope_head_dim > DS_MAX_ROPE)
+        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s: qk_rope_head_dim %d exceeds the supported %d",
+                       path, cfg->qk_rope_head_dim, DS_MAX_ROPE);
     if (cfg->first_k_dense_replace > cfg->num_hidden_layers)
         return ds_fail(err, DS_ERR_FORMAT,
                        "%s: first_k_dense_replace %d exceeds num_hidden_layers %d", path,

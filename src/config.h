@@ -2,6 +2,8 @@
 #ifndef DS_CONFIG_H
 #define DS_CONFIG_H
 
+#define DS_MAX_ROPE 256   /* largest qk_rope_head_dim (stack buffers of rope keys) */
+
 #include "dsinfer.h"
 
 typedef struct ds_config {

@@ -135,7 +135,9 @@ typedef struct ds_context ds_context;
 
 typedef enum ds_kv_type {
     DS_KV_FP8 = 0,           /* latent as e4m3 with one scale per 128 values (DeepSeek's deployment) */
-    DS_KV_F32 = 1            /* latent in f32 (the strict conformance mode) */
+    DS_KV_F32 = 1,           /* latent in f32 (the strict conformance mode) */
+    DS_KV_FP8_COMPACT = 2    /* as DS_KV_FP8 with the rope key in bf16: DeepSeek's 788-byte
+                                layout (916 bytes per position and layer for DS_KV_FP8) */
 } ds_kv_type;
 
 typedef struct ds_context_params {
@@ -160,6 +162,14 @@ ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err);
  * error: results stay identical, the CPU takes over). */
 int ds_context_indexer_on_gpu(const ds_context *c);
 const char *ds_context_indexer_note(const ds_context *c);
+/* 1 when the context's KV arena is locked in RAM (mlock); 0 when
+ * RLIMIT_MEMLOCK refused it and it may be paged out (see ds_context_kv_bytes). */
+int ds_context_kv_locked(const ds_context *c);
+/* Bytes of the context's KV arena. */
+size_t ds_context_kv_bytes(const ds_context *c);
+/* KV bytes per position and layer of a cache type: 916 for DS_KV_FP8 and 788
+ * for DS_KV_FP8_COMPACT at DeepSeek-V3.2's dimensions. */
+size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t);
 
 /* Runs n tokens at the context's current position (prefill when n > 1,
  * decode when n == 1) and appends them to the cache.  logits receives

@@ -1,7 +1,8 @@
 /* kvcache.c — the per-sequence KV arena: for every layer and position the
  * MLA latent (f32, or e4m3 with one scale per 128 values), the rotated rope
- * key (f32) and the indexer key (128 x e4m3 + f32 scale).  One allocation
- * per context, sized by ctx_size, locked in RAM when the system allows. */
+ * key (f32, or bf16 in the compact layout) and the indexer key (128 x e4m3 +
+ * f32 scale).  One allocation per context, sized by ctx_size, locked in RAM
+ * when RLIMIT_MEMLOCK allows (ds_context_kv_locked says whether it was). */
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
@@ -46,7 +47,8 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
     const size_t P = (size_t)c->ctx_size, L = (size_t)cfg->num_hidden_layers;
     const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
     size_t lat = c->kv_type == DS_KV_F32 ? align64(P * kvl * 4) : align64(P * kvl) + align64(P * nb * 4);
-    size_t per_layer = lat + align64(P * (size_t)cfg->qk_rope_head_dim * 4);
+    const size_t rope_es = c->kv_type == DS_KV_FP8_COMPACT ? 2 : 4;
+    size_t per_layer = lat + align64(P * (size_t)cfg->qk_rope_head_dim * rope_es);
     if (cfg->is_v32)
         per_layer += align64(P * (size_t)cfg->index_head_dim) + align64(P * 4);
     if (per_layer != 0 && L > SIZE_MAX / per_layer)
@@ -62,7 +64,7 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
         return ds_fail(err, DS_ERR_NOMEM, "cannot allocate the KV cache: %zu bytes for %zu positions",
                        c->arena_bytes, P);
     }
-    (void)mlock(c->arena, c->arena_bytes);   /* best effort: RLIMIT_MEMLOCK may refuse */
+    c->kv_locked = mlock(c->arena, c->arena_bytes) == 0;   /* RLIMIT_MEMLOCK may refuse */
     uint8_t *p = c->arena;
     for (size_t l = 0; l < L; l++) {
         ds_kv_layer *k = &c->kv[l];
@@ -75,8 +77,11 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
             k->latent_s = (float *)p;
             p += align64(P * nb * 4);
         }
-        k->kpe = (float *)p;
-        p += align64(P * (size_t)cfg->qk_rope_head_dim * 4);
+        if (c->kv_type == DS_KV_FP8_COMPACT)
+            k->kpe_bf16 = (uint16_t *)p;
+        else
+            k->kpe = (float *)p;
+        p += align64(P * (size_t)cfg->qk_rope_head_dim * rope_es);
         if (cfg->is_v32) {
             k->idx_k = p;
             p += align64(P * (size_t)cfg->index_head_dim);
@@ -90,7 +95,8 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
 void ds_kv_free(ds_context *c)
 {
     if (c->arena) {
-        munlock(c->arena, c->arena_bytes);
+        if (c->kv_locked)
+            munlock(c->arena, c->arena_bytes);
         free(c->arena);
     }
     free(c->kv);
@@ -126,4 +132,48 @@ void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
     const float *s = k->latent_s + (size_t)pos * nb;
     for (int i = 0; i < kvl; i++)
         out[i] = ds_e4m3_to_f32(q[i]) * s[i / DS_QBLOCK];
+}
+
+/* bf16 with round-to-nearest-even (finite inputs). */
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void ds_kv_store_rope(ds_context *c, int layer, int pos, const float *kpe)
+{
+    const int rope = c->model->cfg.qk_rope_head_dim;
+    ds_kv_layer *k = &c->kv[layer];
+    if (c->kv_type == DS_KV_FP8_COMPACT)
+        for (int i = 0; i < rope; i++)
+            k->kpe_bf16[(size_t)pos * rope + i] = f32_to_bf16(kpe[i]);
+    else
+        memcpy(k->kpe + (size_t)pos * rope, kpe, sizeof(float) * (size_t)rope);
+}
+
+const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp)
+{
+    const int rope = c->model->cfg.qk_rope_head_dim;
+    const ds_kv_layer *k = &c->kv[layer];
+    if (c->kv_type != DS_KV_FP8_COMPACT)
+        return k->kpe + (size_t)pos * rope;
+    for (int i = 0; i < rope; i++) {
+        uint32_t u = (uint32_t)k->kpe_bf16[(size_t)pos * rope + i] << 16;
+        memcpy(tmp + i, &u, 4);
+    }
+    return tmp;
+}
+
+size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t)
+{
+    const ds_config *cfg = &m->cfg;
+    const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    size_t b = t == DS_KV_F32 ? kvl * 4 : kvl + nb * 4;
+    b += (size_t)cfg->qk_rope_head_dim * (t == DS_KV_FP8_COMPACT ? 2 : 4);
+    if (cfg->is_v32)
+        b += (size_t)cfg->index_head_dim + 4;
+    return b;
 }

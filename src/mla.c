@@ -50,11 +50,11 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     }
     for (int h = 0; h < d.nh; h++)
         ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, qabs + (size_t)h * d.kvl);
-    const ds_kv_layer *kv = &c->kv[layer];
     for (int i = 0; i < nk; i++) {
         int j = key_at(sel, i);
         ds_kv_load_latent(c, layer, j, lat);
-        const float *kpe = kv->kpe + (size_t)j * d.rope;
+        float kt[DS_MAX_ROPE];
+        const float *kpe = ds_kv_rope(c, layer, j, kt);
         for (int h = 0; h < d.nh; h++) {
             float s = ds_dot(qabs + (size_t)h * d.kvl, lat, d.kvl) +
                       ds_dot(q + (size_t)h * d.qk + d.nope, kpe, d.rope);
@@ -120,7 +120,6 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
         ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
     ds_gemm(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw);
 
-    const ds_kv_layer *kv = &c->kv[layer];
     int fail = 0;
 #pragma omp parallel
     {
@@ -140,7 +139,8 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
                 for (int i = 0; i < n; i++) {
                     int j = key_at(ts, i);
                     const float *kn = kvb + (size_t)slot[j] * kw + (size_t)h * d.kvb_rows;
-                    float s = ds_dot(qh, kn, d.nope) + ds_dot(qh + d.nope, kv->kpe + (size_t)j * d.rope, d.rope);
+                    float kt[DS_MAX_ROPE];
+                    float s = ds_dot(qh, kn, d.nope) + ds_dot(qh + d.nope, ds_kv_rope(c, layer, j, kt), d.rope);
                     p[i] = s * m->attn_scale;
                 }
                 ds_softmax(p, n);
@@ -186,7 +186,6 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
     ds_gemm(&L->kv_a, 0, kw, x, d.H, T, kva, kw);
     for (int i = 0; i < n_seqs; i++) {
         ds_context *c = seqs[i].ctx;
-        ds_kv_layer *kv = &c->kv[layer];
         for (int k = 0; k < seqs[i].n; k++) {
             int t = seqs[i].off + k, pos = seqs[i].start + k;
             for (int h = 0; h < d.nh; h++)
@@ -196,7 +195,7 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
             ds_rmsnorm(row, L->kv_a_norm, eps, d.kvl, row);
             ds_kv_store_latent(c, layer, pos, row);
             ds_rope_interleaved(row + d.kvl, d.rope, pos, m->rope_freq, m->rope_mscale);
-            memcpy(kv->kpe + (size_t)pos * d.rope, row + d.kvl, sizeof(float) * (size_t)d.rope);
+            ds_kv_store_rope(c, layer, pos, row + d.kvl);
         }
     }
 }

@@ -78,7 +78,8 @@ typedef struct ds_kv_layer {
     float *latent_f32;     /* [ctx][kv_lora] when DS_KV_F32 */
     uint8_t *latent_q;     /* [ctx][kv_lora] e4m3 when DS_KV_FP8 */
     float *latent_s;       /* [ctx][kv_lora/128 rounded up] scales */
-    float *kpe;            /* [ctx][rope] rotated rope key */
+    float *kpe;            /* [ctx][rope] rotated rope key (f32 layouts) */
+    uint16_t *kpe_bf16;    /* [ctx][rope] the same in bf16 (DS_KV_FP8_COMPACT) */
     uint8_t *idx_k;        /* [ctx][index_head_dim] e4m3 */
     float *idx_s;          /* [ctx] */
 } ds_kv_layer;
@@ -89,6 +90,7 @@ struct ds_context {
     ds_kv_type kv_type;
     void *arena;
     size_t arena_bytes;
+    int kv_locked;             /* the arena is mlock'ed */
     ds_kv_layer *kv;
     ds_trace_fn trace;
     void *trace_user;
@@ -115,6 +117,10 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err);
 void ds_kv_free(ds_context *c);
 void ds_kv_store_latent(ds_context *c, int layer, int pos, const float *latent);
 void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out);
+void ds_kv_store_rope(ds_context *c, int layer, int pos, const float *kpe);
+/* The rope key at pos: a pointer into the arena, or (bf16 layout) tmp[rope]
+ * filled with its f32 values. */
+const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp);
 
 /* FP8 block quantisation shared by the latent cache and the indexer:
  * amax = max(max|v|, 1e-4), s = amax * fp32(1/448) (rounded up to a power

@@ -70,6 +70,9 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["prefill_tps"] > 0 and d["decode_tps"] > 0 and d["membw_GBps"] > 0, d
 assert d["batch"] == 3 and d["batch_decode_tps"] > 0, d
+# KV bytes per position and layer at kv_lora 512, rope 64, index 128: 512 e4m3 + 4 f32 scales
+# + 64 f32 rope + 128 e4m3 index key + 1 f32 scale
+assert d["kv_cache"] == "fp8" and d["kv_bytes_per_token_layer"] == 512 + 16 + 256 + 128 + 4, d
 assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d["batch_gain"], d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row
@@ -77,6 +80,26 @@ assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 *
 assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-4 * d["decode_tps"], d["compare"]
 assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-4 * d["prefill_tps"], d["compare"]
 PY
+"$B/dsinfer-bench" -m "$CASE/model" -p 4 -n 2 --membw-mb 0 --kv-cache fp8-compact |
+    python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&
+    ok "fp8-compact KV: 788 bytes per position and layer (bf16 rope key)" || bad "fp8-compact KV bytes"
+expect 1 "fp8-compact" "$B/dsinfer" -m "$CASE/model" -p 1 --kv-cache fp9
+# a KV cache that cannot be locked (RLIMIT_MEMLOCK 0, no CAP_IPC_LOCK) warns, naming the
+# ulimit that would allow it, and generation goes on unchanged
+want_ids=$("$B/dsinfer" -q -m "$CASE/model" -p "0 831" -n 3 --ignore-eos)
+if [ "$(id -u)" = 0 ] && command -v capsh >/dev/null 2>&1; then
+    nolock() { capsh --drop=cap_ipc_lock -- -c 'ulimit -l 0 && exec "$0" "$@"' "$@"; }
+elif [ "$(id -u)" != 0 ]; then
+    nolock() { (ulimit -l 0 && exec "$@"); }
+else
+    nolock() { return 77; }
+fi
+got_ids=$(nolock "$B/dsinfer" -m "$CASE/model" -p "0 831" -n 3 --ignore-eos 2>"$T/lock.err")
+case $? in
+77) echo "SKIP unlockable KV cache (root without capsh)" ;;
+*) grep -q "KV cache is not locked in RAM.*ulimit -l [0-9]" "$T/lock.err" && [ "$got_ids" = "$want_ids" ] &&
+       ok "unlockable KV cache: warning and the same tokens" || bad "unlockable KV cache: '$got_ids' vs '$want_ids': $(cat "$T/lock.err")" ;;
+esac
 expect 1 "model" "$B/dsinfer-bench" -p 4
 
 # errors

@@ -64,7 +64,7 @@ static void usage(FILE *f)
         "                         streams them from disk (default auto: all resident when the\n"
         "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
-        "      --kv-cache TYPE    fp8 (default) or f32\n"
+        "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "  -q, --quiet            no progress and no summary\n"
         "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
         "  -h, --help             show this help\n"

@@ -37,7 +37,7 @@ static void usage(FILE *f)
         "                         aggregate tokens/s and its gain over one sequence\n"
         "  -r, --repeat N         repetitions of each test; the median is reported (default 1)\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
-        "      --kv-cache TYPE    fp8 (default) or f32\n"
+        "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "      --membw-mb N       size of the bandwidth probe buffer in MiB (default 1024; 0 = skip)\n"
         "      --compare CMD      run CMD through the shell after the tests; if it prints JSON\n"
         "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"
@@ -161,6 +161,9 @@ static ds_context *new_context(ds_model *m, int size, ds_kv_type kv)
     ds_context *c;
     if (ds_context_create(m, &cp, &c, &err) != DS_OK)
         tool_die_err(&err);
+    static int checked;
+    if (!checked++)
+        tool_check_kv_locked(c);
     return c;
 }
 
@@ -445,7 +448,8 @@ int main(int argc, char **argv)
     json_object_set_new(j, "model_type", json_string(mi->model_type));
     json_object_set_new(j, "cpu_isa", json_string(ds_kernel_isa()));
     json_object_set_new(j, "threads", json_integer(omp_get_max_threads()));
-    json_object_set_new(j, "kv_cache", json_string(o.kv == DS_KV_F32 ? "f32" : "fp8"));
+    json_object_set_new(j, "kv_cache", json_string(o.kv == DS_KV_F32 ? "f32" : o.kv == DS_KV_FP8 ? "fp8" : "fp8-compact"));
+    json_object_set_new(j, "kv_bytes_per_token_layer", json_integer((json_int_t)ds_kv_bytes_per_position_layer(m, o.kv)));
     json_object_set_new(j, "weight_bytes", json_integer(mi->weight_bytes));
     json_object_set_new(j, "load_s", json_real(load_s));
     json_object_set_new(j, "prompt_len", json_integer(o.prompt_len));

@@ -23,7 +23,7 @@ static void usage(FILE *f)
         "  -m, --model DIR          checkpoint directory (HF layout)\n"
         "      --tokens FILE        JSON {\"prompt\": [ids], \"decode_inputs\": [ids]}\n"
         "  -o, --out FILE           output logits (raw little-endian float32)\n"
-        "      --kv-cache TYPE      latent cache: fp8 (default) or f32\n"
+        "      --kv-cache TYPE      latent cache: fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "  -t, --threads N          worker threads (default: all cores)\n"
         "  -c, --ctx-size N         KV cache positions (default: prompt + decode)\n"
         "      --chunk N            prefill in chunks of N tokens (default: all at once)\n"
@@ -234,6 +234,7 @@ int main(int argc, char **argv)
     ds_context *ctx;
     if (ds_context_create(model, &cp, &ctx, &err) != DS_OK)
         tool_die_err(&err);
+    tool_check_kv_locked(ctx);
 
     dumps d;
     memset(&d, 0, sizeof d);

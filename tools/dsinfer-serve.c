@@ -49,7 +49,7 @@ static void usage(FILE *f)
         "      --api-key KEY          require Authorization: Bearer KEY (all\n"
         "                             endpoints but /health)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
-        "      --kv-cache TYPE        fp8 (default) or f32\n"
+        "      --kv-cache TYPE        fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "      --thinking-default on|off\n"
         "                             thinking mode for chat requests that do not\n"
         "                             choose (default off)\n"

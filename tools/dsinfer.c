@@ -52,7 +52,7 @@ static void usage(FILE *f)
         "  -s, --seed N           sampling seed (default 24301)\n"
         "      --ignore-eos       do not stop at the end-of-sequence token\n"
         "  -c, --ctx-size N       KV cache positions (default: prompt + max-tokens)\n"
-        "      --kv-cache TYPE    fp8 (default) or f32\n"
+        "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            do not print the speed line\n"
         "  -v, --verbose          also describe the model, kernels and expert cache\n"
@@ -244,6 +244,7 @@ int main(int argc, char **argv)
     ds_sampler *smp;
     if (ds_context_create(model, &cp, &ctx, &err) != DS_OK || ds_sampler_create(&sp, &smp, &err) != DS_OK)
         tool_die_err(&err);
+    tool_check_kv_locked(ctx);
     float *logits = malloc(sizeof(float) * (size_t)mi->vocab_size);
     if (!logits)
         tool_die(EXIT_RUNTIME, "out of memory");

@@ -201,7 +201,9 @@ ds_kv_type tool_parse_kv(const char *opt, const char *s)
         return DS_KV_FP8;
     if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0)
         return DS_KV_F32;
-    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected fp8 or f32)", opt, s);
+    if (strcmp(s, "fp8-compact") == 0)
+        return DS_KV_FP8_COMPACT;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected fp8, fp8-compact or f32)", opt, s);
 }
 
 ds_io_mode tool_parse_io(const char *opt, const char *s)
@@ -242,6 +244,15 @@ ds_tokenizer *tool_load_tokenizer(const char *model_dir, ds_error *err)
     if (access(path, R_OK) != 0)
         snprintf(path, sizeof path, "%s/data/tokenizer-v32.json", DS_SRCDIR);
     return ds_tokenizer_load(path, &t, err) == DS_OK ? t : NULL;
+}
+
+void tool_check_kv_locked(const ds_context *c)
+{
+    if (tool_verbosity < 0 || !c || ds_context_kv_locked(c))
+        return;
+    fprintf(stderr, "%s: warning: the %.1f MiB KV cache is not locked in RAM (RLIMIT_MEMLOCK too low; "
+            "`ulimit -l %zu` or more allows it); continuing unpinned\n", tool_name,
+            (double)ds_context_kv_bytes(c) / 1048576.0, (ds_context_kv_bytes(c) + 1023) / 1024);
 }
 
 ds_model *tool_load_model(const char *dir, const ds_load_params *lp)

@@ -58,6 +58,9 @@ const char *tool_default_model(void);
  * matching exit code (missing files 3, bad checkpoint 2); with -v describes
  * what was loaded and how (shapes, kernels, weight placement, load time). */
 ds_model *tool_load_model(const char *dir, const ds_load_params *lp);
+/* Warns (unless -q) when the context's KV cache could not be locked in RAM,
+ * naming the `ulimit -l` that would allow it. */
+void tool_check_kv_locked(const ds_context *c);
 /* With -v: the expert cache counters (hits, misses, bytes read, stalls). */
 void tool_info_experts(ds_model *m);
 
