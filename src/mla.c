@@ -31,47 +31,80 @@ static void report_rows(ds_context *c, int layer, int pos, int rows)
         c->trace(c->trace_user, DS_TRACE_ATTN_ROWS, layer, pos, &rows, 1);
 }
 
+/* Keys of the absorbed attention handled at once: their f32 latents
+ * (KEY_CHUNK x kv_lora) stay in L2 between the score and the sum passes. */
+#define KEY_CHUNK 256
+
+/* lat[i] = latent of key key_at(sel, k0 + i), kr[i] = its rope key, i < n;
+ * keys decoded in parallel. */
+static void load_keys(const ds_context *c, int layer, const int32_t *sel, int k0, int n, const mla_dims *d,
+                      float *lat, float *kr)
+{
+#pragma omp parallel for schedule(static) if (n >= 32)
+    for (int i = 0; i < n; i++) {
+        const int j = key_at(sel, k0 + i);
+        ds_kv_load_latent(c, layer, j, lat + (size_t)i * d->kvl);
+        if (kr) {
+            float kt[DS_MAX_ROPE];
+            memcpy(kr + (size_t)i * d->rope, ds_kv_rope(c, layer, j, kt), sizeof(float) * (size_t)d->rope);
+        }
+    }
+}
+
 /* Absorbed attention of one query over nk keys: q_nope is folded through
  * W_UK so scores are taken against the latent itself, and the weighted
- * latent sum is expanded through W_UV once per head. */
+ * latent sum is expanded through W_UV once per head.  Keys go in chunks:
+ * scores for all heads are two GEMMs (latent and rope parts, keys as the
+ * matrix rows, heads as the tokens), the weighted sums a GEMM-shaped pass
+ * split by head; the work is spread over the threads, and memory stays
+ * bounded for V3's dense attention over long contexts. */
 static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int pos, const int32_t *sel,
                                  int nk, float *o, ds_error *err)
 {
     const ds_model *m = c->model;
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
+    const int ch = nk < KEY_CHUNK ? nk : KEY_CHUNK;
     float *qabs = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
     float *p = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
     float *olat = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
-    float *lat = ds_calloc((size_t)d.kvl, sizeof(float), err);
-    if (!qabs || !p || !olat || !lat) {
-        free(qabs), free(p), free(olat), free(lat);
+    float *lat = ds_calloc((size_t)ch * d.kvl, sizeof(float), err);
+    float *kr = ds_calloc((size_t)ch * d.rope, sizeof(float), err);
+    float *sr = ds_calloc((size_t)d.nh * ch, sizeof(float), err);
+    if (!qabs || !p || !olat || !lat || !kr || !sr) {
+        free(qabs), free(p), free(olat), free(lat), free(kr), free(sr);
         return DS_ERR_NOMEM;
     }
+#pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)
         ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, qabs + (size_t)h * d.kvl);
-    for (int i = 0; i < nk; i++) {
-        int j = key_at(sel, i);
-        ds_kv_load_latent(c, layer, j, lat);
-        float kt[DS_MAX_ROPE];
-        const float *kpe = ds_kv_rope(c, layer, j, kt);
-        for (int h = 0; h < d.nh; h++) {
-            float s = ds_dot(qabs + (size_t)h * d.kvl, lat, d.kvl) +
-                      ds_dot(q + (size_t)h * d.qk + d.nope, kpe, d.rope);
-            p[(size_t)h * nk + i] = s * m->attn_scale;
-        }
+    for (int k0 = 0; k0 < nk; k0 += ch) {
+        const int n = nk - k0 < ch ? nk - k0 : ch;
+        load_keys(c, layer, sel, k0, n, &d, lat, kr);
+        const ds_mat lm = {DS_DT_F32, n, d.kvl, lat, NULL}, rm = {DS_DT_F32, n, d.rope, kr, NULL};
+        ds_gemm(&lm, 0, n, qabs, d.kvl, d.nh, p + k0, nk);
+        ds_gemm(&rm, 0, n, q + d.nope, d.qk, d.nh, sr, ch);
+        for (int h = 0; h < d.nh; h++)
+            for (int i = 0; i < n; i++)
+                p[(size_t)h * nk + k0 + i] = (p[(size_t)h * nk + k0 + i] + sr[(size_t)h * ch + i]) * m->attn_scale;
     }
+#pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)
         ds_softmax(p + (size_t)h * nk, nk);
-    for (int i = 0; i < nk; i++) {
-        ds_kv_load_latent(c, layer, key_at(sel, i), lat);
+    for (int k0 = 0; k0 < nk; k0 += ch) {
+        const int n = nk - k0 < ch ? nk - k0 : ch;
+        if (nk > ch)                      /* one chunk: its latents are still there */
+            load_keys(c, layer, sel, k0, n, &d, lat, NULL);
+#pragma omp parallel for schedule(static)
         for (int h = 0; h < d.nh; h++)
-            ds_axpy(p[(size_t)h * nk + i], lat, olat + (size_t)h * d.kvl, d.kvl);
+            for (int i = 0; i < n; i++)
+                ds_axpy(p[(size_t)h * nk + k0 + i], lat + (size_t)i * d.kvl, olat + (size_t)h * d.kvl, d.kvl);
     }
+#pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)
         ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
     report_rows(c, layer, pos, nk);
-    free(qabs), free(p), free(olat), free(lat);
+    free(qabs), free(p), free(olat), free(lat), free(kr), free(sr);
     return DS_OK;
 }
 

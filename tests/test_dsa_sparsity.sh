@@ -4,7 +4,8 @@
 # runtime itself), exactly min(16, pos + 1) of them, in prefill and in decode.
 # Also: with index_topk >= context the same weights give dense attention, so a
 # V3.2 checkpoint with a huge index_topk must equal the same weights without
-# the indexer (model_type deepseek_v3) position by position.
+# the indexer (model_type deepseek_v3) position by position.  And decode over
+# more keys than one attention chunk equals prefill.
 set -eu
 : "${top_srcdir:=.}" "${top_builddir:=.}"
 T=$(mktemp -d)
@@ -65,3 +66,28 @@ d = max(abs(x - y) for x, y in zip(a, b))
 print("V3.2 with index_topk >= context vs V3 dense MLA: max |diff| %.3g over %d logits" % (d, len(a)))
 sys.exit(0 if len(a) == len(b) == 17 * 300 and d == 0.0 else 1)
 PY
+
+# Decode attention takes keys in chunks of 256: 300 cached positions (V3's
+# dense attention, and V3.2's sparse one) decoded one token at a time must
+# equal one prefill of the same tokens.
+python3 - "$T/long_dec.json" "$T/long_pre.json" <<'PY'
+import json, random, sys
+random.seed(5)
+p = [0] + [random.randrange(3, 1024) for _ in range(299)]
+d = [random.randrange(3, 1024) for _ in range(6)]
+json.dump({"prompt": p, "decode_inputs": d}, open(sys.argv[1], "w"))
+json.dump({"prompt": p + d}, open(sys.argv[2], "w"))
+PY
+for case in tiny-dense tiny-dsa; do
+    "$EV" --model "$top_srcdir/tests/data/$case/model" --tokens "$T/long_dec.json" --out "$T/ld.f32" --kv-cache f32
+    "$EV" --model "$top_srcdir/tests/data/$case/model" --tokens "$T/long_pre.json" --out "$T/lp.f32" --kv-cache f32
+    python3 - "$T/ld.f32" "$T/lp.f32" "$case" <<'PY'
+import array, sys
+a = array.array("f", open(sys.argv[1], "rb").read())
+b = array.array("f", open(sys.argv[2], "rb").read())
+V = 1024
+d = max(abs(x - y) for x, y in zip(a[-6 * V:], b[-6 * V:]))
+print("%s: 6 decode steps after 300 positions vs one prefill: max |diff| %.3g" % (sys.argv[3], d))
+sys.exit(0 if len(a) == len(b) == 306 * V and d <= 2e-4 else 1)
+PY
+done
