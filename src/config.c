@@ -519,6 +519,8 @@ static ds_status check_indexer(const ds_config *cfg, const char *path, ds_error 
         return ds_fail(err, DS_ERR_FORMAT,
                        "%s: index_head_dim %d must be a power of two >= qk_rope_head_dim %d",
                        path, d, cfg->qk_rope_head_dim);
+    if (d > 256)   /* the exact f64 FP8 dot of indexer.c holds up to 256 terms */
+        return ds_fail(err, DS_ERR_UNSUPPORTED, "%s: index_head_dim %d exceeds the supported 256", path, d);
     return DS_OK;
 }
 

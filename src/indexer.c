@@ -28,12 +28,62 @@ static void fill_e4m3_int(void)
     }
 }
 
-static float dot_e4m3(const uint8_t *a, const uint8_t *b, int n)
+/* The reference form of the FP8 dot (tests compare the fast one with it). */
+float ds_index_dot_ref(const uint8_t *a, const uint8_t *b, int n)
 {
+    pthread_once(&e4m3_int_once, fill_e4m3_int);
     int64_t s = 0;
     for (int i = 0; i < n; i++)
         s += (int64_t)e4m3_int[a[i]] * e4m3_int[b[i]];
     return (float)((double)s * (1.0 / 262144.0));
+}
+
+/* The fast form, bit-identical: e4m3 values as doubles are exact, every
+ * product of two has at most 8 significant bits between 2^-18 and 2^18, so
+ * any sum of 128 of them is exact in a double's 53 bits — in any order,
+ * hence vector lanes.  GCC builds AVX-512, AVX2 and baseline clones of it
+ * and picks one at load time. */
+typedef double v8d __attribute__((vector_size(64)));
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static float dot_f64(const double *a, const double *b, int n)
+{
+    v8d acc0 = {0}, acc1 = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v8d x0, y0, x1, y1;
+        memcpy(&x0, a + i, 64), memcpy(&y0, b + i, 64);
+        memcpy(&x1, a + i + 8, 64), memcpy(&y1, b + i + 8, 64);
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    v8d acc = acc0 + acc1;
+    double s = 0.0;
+    for (int k = 0; k < 8; k++)
+        s += acc[k];
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return (float)s;
+}
+
+static void decode_e4m3(const uint8_t *q, int n, double *out)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = (double)e4m3_int[q[i]] * (1.0 / 512.0);
+}
+
+float ds_index_dot_fast(const uint8_t *a, const uint8_t *b, int n)
+{
+    pthread_once(&e4m3_int_once, fill_e4m3_int);
+    double x[256], y[256];
+    float s = 0.0f;
+    for (int i0 = 0; i0 < n; i0 += 256) {   /* callers use n <= 256; longer n sums chunks */
+        int k = n - i0 < 256 ? n - i0 : 256;
+        decode_e4m3(a + i0, k, x);
+        decode_e4m3(b + i0, k, y);
+        s += dot_f64(x, y, k);
+    }
+    return s;
 }
 
 /* Worse-than ordering for the selection heap: lower score, or equal score
@@ -104,22 +154,47 @@ static void index_key(ds_context *c, int layer, float *k, int pos)
     kv->idx_s[pos] = ds_quant_e4m3_block(tmp, id, cfg->scale_ue8m0, kv->idx_k + (size_t)pos * id);
 }
 
-static void score_keys(const ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys,
-                       float *score)
+/* Scores of keys [j0, j1) for one query (its ih e4m3 vectors q8, decoded
+ * once into qd[ih * id]). */
+static void score_range(const ds_context *c, int layer, const double *qd, const float *w, int j0, int j1,
+                        float *score)
 {
     const ds_config *cfg = &c->model->cfg;
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
     const ds_kv_layer *kv = &c->kv[layer];
-    for (int j = 0; j < nkeys; j++) {
-        const uint8_t *k8 = kv->idx_k + (size_t)j * id;
+    double kd[256];
+    for (int j = j0; j < j1; j++) {
+        decode_e4m3(kv->idx_k + (size_t)j * id, id, kd);
         float s = 0.0f;
         for (int h = 0; h < ih; h++) {
-            float d = dot_e4m3(q8 + (size_t)h * id, k8, id);
+            float d = dot_f64(qd + (size_t)h * id, kd, id);
             if (d > 0.0f)
                 s += w[h] * d;
         }
         score[j] = s * kv->idx_s[j];
     }
+}
+
+/* score[j], j < nkeys, for one query; with parallel, keys are split across
+ * the threads (decode: one query, many keys). */
+static int score_keys(const ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys,
+                      float *score, int parallel)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
+    double *qd = malloc(sizeof(double) * (size_t)ih * id);
+    if (!qd)
+        return -1;
+    decode_e4m3(q8, ih * id, qd);
+    if (parallel) {
+#pragma omp parallel for schedule(static) if (nkeys >= 256)
+        for (int b = 0; b < (nkeys + 127) / 128; b++)
+            score_range(c, layer, qd, w, b * 128, (b + 1) * 128 < nkeys ? (b + 1) * 128 : nkeys, score);
+    } else {
+        score_range(c, layer, qd, w, 0, nkeys, score);
+    }
+    free(qd);
+    return 0;
 }
 
 #ifdef DS_HAVE_CUDA
@@ -206,6 +281,21 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
 #endif
 
     int fail = 0;
+    if (T == 1) {                  /* decode: one query, its keys split across the threads */
+        float *score = malloc(sizeof(float) * (size_t)(start + 1));
+        if (!score || score_keys(c, layer, q8, wbuf, start + 1, score, 1)) {
+            free(score);
+            st = ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
+            goto out;
+        }
+        nsel[0] = ds_topk_positions(score, start + 1, topk, sel);
+        if (c->trace) {
+            c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start, score, start + 1);
+            c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start, sel, nsel[0]);
+        }
+        free(score);
+        goto out;
+    }
 #pragma omp parallel
     {
         float *score = malloc(sizeof(float) * (size_t)(start + T));
@@ -218,7 +308,11 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
             if (!score)
                 continue;
             int n = start + t + 1;
-            score_keys(c, layer, q8 + (size_t)t * ih * id, wbuf + (size_t)t * ih, n, score);
+            if (score_keys(c, layer, q8 + (size_t)t * ih * id, wbuf + (size_t)t * ih, n, score, 0)) {
+#pragma omp atomic write
+                fail = 1;
+                continue;
+            }
             nsel[t] = ds_topk_positions(score, n, topk, sel + (size_t)t * sel_stride);
             if (c->trace) {
 #pragma omp critical(ds_trace)

@@ -135,6 +135,11 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
 /* Positions of the k largest scores among n, ascending; ties prefer the
  * lower position.  Exposed for unit tests. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out);
+/* The indexer's FP8 dot of two e4m3 vectors, exact and rounded once to f32:
+ * the reference (int64) form and the vectorised f64 form the indexer uses
+ * (bit-identical for n <= 256; tests compare them). */
+float ds_index_dot_ref(const uint8_t *a, const uint8_t *b, int n);
+float ds_index_dot_fast(const uint8_t *a, const uint8_t *b, int n);
 
 /* mla.c: the attention block over one step: projections for all T tokens
  * together, indexer and attention per sequence (rows [off, off+n) of the
