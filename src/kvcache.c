@@ -128,10 +128,9 @@ void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
         memcpy(out, k->latent_f32 + (size_t)pos * kvl, sizeof(float) * (size_t)kvl);
         return;
     }
-    const uint8_t *q = k->latent_q + (size_t)pos * kvl;
-    const float *s = k->latent_s + (size_t)pos * nb;
-    for (int i = 0; i < kvl; i++)
-        out[i] = ds_e4m3_to_f32(q[i]) * s[i / DS_QBLOCK];
+    /* one row of an FP8 matrix with 128-wide scale blocks: the SIMD decoder */
+    const ds_mat row = {DS_DT_F8_E4M3, 1, kvl, k->latent_q + (size_t)pos * kvl, k->latent_s + (size_t)pos * nb};
+    ds_mat_row(&row, 0, out);
 }
 
 /* bf16 with round-to-nearest-even (finite inputs). */
