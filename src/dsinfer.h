@@ -114,6 +114,8 @@ typedef struct ds_expert_stats {
     uint64_t prefetch_used;  /* ... that the next layer then used */
     uint64_t predicted, predicted_right;  /* next-layer experts predicted / correct */
     const char *io_backend;  /* "io_uring", "pread" or "mmap" */
+    uint64_t io_requests;    /* read requests submitted for slabs: 3 per expert read, or 1 when
+                                its parts lie in the file as in the slab (dsinfer-quantize --repack) */
 } ds_expert_stats;
 void ds_model_expert_stats(ds_model *m, ds_expert_stats *s);
 

@@ -57,6 +57,7 @@ struct ds_expert_cache {
     pthread_mutex_t mu;
     ds_reader *rd;
     part *src;             /* [layer][expert][3] */
+    unsigned char *whole;  /* [layer][expert]: the parts lie in the file as in the slab (one read) */
     int *where;            /* [layer][expert] -> slot or -1 */
     slot *slots;
     int nslots;
@@ -175,6 +176,12 @@ static ds_status locate_sources(ds_model *m, ds_expert_cache *ec, ds_error *err)
                 p->dst = dst;
                 dst += align_up(t->nbytes, 4096);
             }
+            /* dsinfer-quantize --repack writes gate, up and down at the
+             * slab's own offsets: then one request reads the whole slab */
+            const size_t key = (size_t)l * ec->n_experts + e;
+            const part *p = &ec->src[key * 3];
+            ec->whole[key] = st == DS_OK && p[1].file == p[0].file && p[2].file == p[0].file &&
+                             p[1].off == p[0].off + p[1].dst && p[2].off == p[0].off + p[2].dst;
         }
     }
     free(fid);
@@ -206,8 +213,9 @@ static ds_status start_streaming(ds_model *m, ds_expert_cache *ec, const ds_load
         return DS_ERR_NOMEM;
     ec->src = ds_calloc((size_t)all * 3, sizeof(part), err);
     ec->where = ds_calloc((size_t)all, sizeof(int), err);
+    ec->whole = ds_calloc((size_t)all, 1, err);
     ec->slots = ds_calloc((size_t)ec->nslots, sizeof(slot), err);
-    if (!ec->src || !ec->where || !ec->slots)
+    if (!ec->src || !ec->where || !ec->whole || !ec->slots)
         return DS_ERR_NOMEM;
     for (int64_t i = 0; i < all; i++)
         ec->where[i] = -1;
@@ -292,6 +300,7 @@ void ds_experts_free(ds_expert_cache *c)
     free(c->slots);
     free(c->src);
     free(c->where);
+    free(c->whole);
     free(c->pred);
     free(c->sums);
     free(c->views);
@@ -373,9 +382,16 @@ static ds_status start_read(ds_expert_cache *c, int i, int key, ds_error *err)
     slot *s = &c->slots[i];
     const part *p = &c->src[(size_t)key * 3];
     ds_io_req rq[3];
-    for (int k = 0; k < 3; k++)
-        rq[k] = (ds_io_req){p[k].file, p[k].off, p[k].len, s->buf + p[k].dst};
-    ds_status st = ds_reader_submit(c->rd, rq, 3, (uint64_t)i + 1, err);
+    int n = 3;
+    if (c->whole[key]) {
+        /* one range from gate to the end of down, the padding between included */
+        rq[0] = (ds_io_req){p[0].file, p[0].off, p[2].dst + p[2].len, s->buf};
+        n = 1;
+    } else {
+        for (int k = 0; k < 3; k++)
+            rq[k] = (ds_io_req){p[k].file, p[k].off, p[k].len, s->buf + p[k].dst};
+    }
+    ds_status st = ds_reader_submit(c->rd, rq, n, (uint64_t)i + 1, err);
     if (st != DS_OK)
         return st;
     evict(c, i);
@@ -384,8 +400,9 @@ static ds_status start_read(ds_expert_cache *c, int i, int key, ds_error *err)
     s->checked = 0;
     c->where[key] = i;
     bind_slot(c, s, key);
-    for (int k = 0; k < 3; k++)
-        c->st.bytes_read += p[k].len;
+    for (int k = 0; k < n; k++)
+        c->st.bytes_read += rq[k].length;
+    c->st.io_requests += (uint64_t)n;
     return DS_OK;
 }
 

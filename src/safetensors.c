@@ -18,6 +18,12 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 #define MAX_TENSORS (1 << 28)          /* keeps the hash table's int32 slots safe */
+/* Tensors named PAD_PREFIX<n> (1-D U8) only fill gaps so that the tensors
+ * after them start aligned (dsinfer-quantize --repack; safetensors has no
+ * holes between tensors): validated like any entry, then left out of the
+ * table and not expected in the index. */
+#define PAD_PREFIX "__dsinfer_pad."
+
 
 struct ds_tensor_table {
     ds_tensor *tensors;
@@ -378,6 +384,13 @@ static ds_status parse_file(ds_tensor_table *t, int file, ds_error *err)
         s = parse_entry(f->path, key, val, f->size - start, &tn, &begin, err);
         if (s)
             break;
+        if (strncmp(key, PAD_PREFIX, strlen(PAD_PREFIX)) == 0) {
+            /* filler between aligned tensors (dsinfer-quantize --repack) */
+            if (tn.dtype != DS_DT_U8 || tn.ndim != 1)
+                s = ds_fail(err, DS_ERR_FORMAT, "%s: padding tensor '%s' is not one-dimensional U8",
+                            f->path, show(key).s);
+            continue;
+        }
         tn.offset = start + begin;
         tn.data = f->base + tn.offset;
         if (!(tn.name = strdup(key))) {

@@ -2,7 +2,8 @@
 # dsinfer-quantize end to end: --help / --version / man page, usage errors,
 # then tests/data/tiny-dsa/model (FP8) converted to bf16, q8_0 and q4_k,
 # inspected (new dtypes, validation) and run through dsinfer-eval with an
-# f32 KV cache; the logits are compared with the FP8 model's.
+# f32 KV cache; the logits are compared with the FP8 model's; --repack's
+# expert-contiguous layout checked and streamed.
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}"
 B="$top_builddir/tools"
@@ -133,6 +134,99 @@ assert f8 < 0.05 and m8 < 0.6 and t8 > 0.3 and c8 > 0.8, "q8_0 too far from fp8"
 assert f4 < 1.0 and m4 < 2.0 and t4 > 0.05 and c4 > 0.5, "q4_k too far from fp8"
 assert m4 > m8, "q4_k closer than q8_0: suspicious"
 EOF
+
+# --repack: each routed expert's gate, up and down weights adjacent in one
+# shard at 4096-aligned file offsets equal to the expert cache's slab layout,
+# the gaps filled by __dsinfer_pad.N U8 tensors (no holes, as HF's reader
+# requires) that stay out of the index.  Without --type every tensor is
+# copied, so the streamed logits (one read per expert) must be bit-identical
+# to the original model's resident ones; with --type q8_0 the repacked model
+# must give exactly the logits of the plain q8_0 conversion.
+check_repack() {
+    python3 - "$1" <<'EOF'
+# checks a --repack output: every routed expert's gate, up, down weights
+# adjacent in one shard at the slab layout, 4096-aligned file offsets
+import json, os, struct, sys, re
+d = sys.argv[1]
+ix = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+assert ix["metadata"]["dsinfer_layout"] == "expert-contiguous-4k", ix["metadata"]
+assert not any(k.startswith("__dsinfer_pad.") for k in ix["weight_map"])
+where = {}
+for shard in sorted(set(ix["weight_map"].values())):
+    f = open(os.path.join(d, shard), "rb")
+    n = struct.unpack("<Q", f.read(8))[0]
+    h = json.loads(f.read(n))
+    assert h["__metadata__"]["dsinfer_layout"] == "expert-contiguous-4k"
+    start = 8 + n
+    assert start % 4096 == 0, start
+    ents = sorted((v["data_offsets"][0], v["data_offsets"][1], k, v) for k, v in h.items() if k != "__metadata__")
+    pos = 0
+    for b, e, k, v in ents:      # no holes, as HF's reader requires
+        assert b == pos, (shard, k, b, pos)
+        pos = e
+        if k.startswith("__dsinfer_pad."):
+            assert v["dtype"] == "U8" and v["shape"] == [e - b]
+            assert k not in ix["weight_map"]
+        else:
+            assert ix["weight_map"][k] == shard, k
+            where[k] = (shard, start + b, e - b)
+    assert pos + start == os.path.getsize(os.path.join(d, shard))
+assert set(where) == set(ix["weight_map"])
+up4k = lambda x: (x + 4095) // 4096 * 4096
+experts = sorted({m.group(1) for k in where for m in [re.match(r"(model\.layers\.\d+\.mlp\.experts\.\d+\.)", k)] if m})
+assert experts
+for p in experts:
+    g, u, dn = (where[p + x + "_proj.weight"] for x in ("gate", "up", "down"))
+    assert g[0] == u[0] == dn[0], p
+    assert g[1] % 4096 == 0 and u[1] % 4096 == 0 and dn[1] % 4096 == 0, p
+    assert u[1] == g[1] + up4k(g[2]) and dn[1] == u[1] + up4k(u[2]), p
+print(f"{len(experts)} experts contiguous and 4 KiB aligned in {d}")
+EOF
+}
+if "$Q" -q --repack --model "$CASE/model" --out "$T/rp" >"$T/rp.json" 2>"$T/err" &&
+    grep -q '"type":"keep"' "$T/rp.json" && grep -q '"converted":0' "$T/rp.json"; then
+    ok "quantize --repack (types kept)"
+else
+    bad "quantize --repack: $(cat "$T/err" "$T/rp.json")"
+fi
+check_repack "$T/rp" && ok "repack layout" || bad "repack layout"
+python3 -c "import json, sys; c = json.load(open(sys.argv[1])); assert 'dsinfer_quant' not in c" "$T/rp/config.json" &&
+    ok "repack config.json has no dsinfer_quant" || bad "repack config.json"
+"$B/dsinfer-inspect" "$T/rp" >"$T/inspect" 2>&1 && grep -q "validation: *OK" "$T/inspect" &&
+    ! grep -q "__dsinfer_pad" "$T/inspect" && ok "inspect repacked" || bad "inspect repacked: $(cat "$T/inspect")"
+for io in uring pread; do
+    "$EV" -m "$T/rp" --tokens "$CASE/tokens.json" -o "$T/rp-$io.bin" --kv-cache f32 --mem-budget 400K --io $io 2>"$T/err" &&
+        cmp -s "$T/rp-$io.bin" "$T/fp8.bin" && ok "repacked, streamed (--io $io): logits identical to the original" ||
+        bad "repacked --io $io: logits differ or eval failed: $(cat "$T/err")"
+done
+# one read request per expert instead of three
+reqs() {
+    "$B/dsinfer-bench" -m "$1" -p 8 -n 4 --membw-mb 0 --mem-budget 1M --io pread |
+        python3 -c "import json, sys; e = json.load(sys.stdin)['expert_cache']; print(e['io_requests'], e['misses'] + e['prefetched'])"
+}
+set -- $(reqs "$CASE/model") $(reqs "$T/rp")
+[ "$1" -ge 3 ] && [ "$3" -ge 1 ] && [ $(($1 * $4)) = $((3 * $2 * $3)) ] &&
+    ok "io_requests: $1 for $2 slab reads (original), $3 for $4 (repacked)" ||
+    bad "io_requests: original $1 for $2 reads, repacked $3 for $4"
+if "$Q" -q --repack --type q8_0 --model "$CASE/model" --out "$T/rpq" >/dev/null 2>"$T/err"; then
+    check_repack "$T/rpq" && ok "repack q8_0 layout" || bad "repack q8_0 layout"
+    "$EV" -m "$T/rpq" --tokens "$CASE/tokens.json" -o "$T/rpq.bin" --kv-cache f32 --mem-budget 600K 2>"$T/err" &&
+        cmp -s "$T/rpq.bin" "$T/q8_0.bin" && ok "repacked q8_0, streamed: logits identical to plain q8_0" ||
+        bad "repacked q8_0: $(cat "$T/err")"
+else
+    bad "quantize --repack --type q8_0: $(cat "$T/err")"
+fi
+# a repacked fp8 conversion keeps each NEW scale with its own weight
+if "$Q" -q --repack --type fp8 --model "$T/bf16" --out "$T/rpf" >/dev/null 2>"$T/err" &&
+    "$Q" -q --type fp8 --model "$T/bf16" --out "$T/pf" >/dev/null 2>>"$T/err"; then
+    check_repack "$T/rpf" && ok "repack fp8 layout" || bad "repack fp8 layout"
+    "$EV" -m "$T/rpf" --tokens "$CASE/tokens.json" -o "$T/rpf.bin" --kv-cache f32 2>"$T/err" &&
+        "$EV" -m "$T/pf" --tokens "$CASE/tokens.json" -o "$T/pf.bin" --kv-cache f32 2>>"$T/err" &&
+        cmp -s "$T/rpf.bin" "$T/pf.bin" && ok "repacked fp8 (from bf16): logits identical to plain fp8" ||
+        bad "repacked fp8: $(cat "$T/err")"
+else
+    bad "quantize --repack --type fp8: $(cat "$T/err")"
+fi
 
 echo "$fails failures"
 [ "$fails" = 0 ]

@@ -34,13 +34,16 @@ const char *tool_name = "dsinfer-quantize";
 #define STRIP DS_QBLOCK          /* rows converted together: one FP8 scale row */
 #define COPY_CHUNK (8u << 20)
 
-typedef enum { T_Q8_0, T_Q4_K, T_FP8, T_BF16 } target;
-static const char *const target_names[] = {"q8_0", "q4_k", "fp8", "bf16"};
+typedef enum { T_Q8_0, T_Q4_K, T_FP8, T_BF16, T_KEEP } target;
+static const char *const target_names[] = {"q8_0", "q4_k", "fp8", "bf16", "keep"};
+
+#define REPACK_ALIGN 4096        /* the expert cache's slab part alignment */
+#define REPACK_LAYOUT "expert-contiguous-4k"
 
 typedef struct options {
     const char *in, *out;
     target type;
-    int experts_only, keep_attention, threads, quiet;
+    int experts_only, keep_attention, threads, quiet, repack;
 } options;
 
 /* Error statistics are kept per kind of weight. */
@@ -66,6 +69,9 @@ typedef struct out_tensor {
     enum how how;
     int shard;
     int kind;
+    int align;              /* --repack: starts at a REPACK_ALIGN multiple of the file */
+    int cont;               /* --repack: continues an expert group (never starts a shard) */
+    int of;                 /* NEW_SCALE: index of the weight whose scales it holds */
     float *scales;          /* CONVERT to FP8: its block scales, written by the NEW_SCALE after it */
 } out_tensor;
 
@@ -86,7 +92,11 @@ static void usage(FILE *f)
         "\n"
         "  -m, --model IN_DIR     source checkpoint directory (HF layout)\n"
         "  -o, --out OUT_DIR      output directory (created if missing; must differ from IN_DIR)\n"
-        "      --type TYPE        q8_0, q4_k, fp8 (e4m3, 128x128 block scales) or bf16\n"
+        "      --type TYPE        q8_0, q4_k, fp8 (e4m3, 128x128 block scales) or bf16;\n"
+        "                         optional with --repack (then every tensor is copied)\n"
+        "      --repack           write each routed expert's gate, up and down weights\n"
+        "                         adjacent, each at a 4096-byte aligned file offset, so\n"
+        "                         the expert cache reads one expert with one request\n"
         "      --experts-only     convert only the routed experts\n"
         "      --keep-attention   leave every self_attn weight (indexer included) as it is\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
@@ -106,13 +116,14 @@ static void usage(FILE *f)
 
 static void parse_args(int argc, char **argv, options *o)
 {
-    enum { OPT_TYPE = 256, OPT_EXPERTS, OPT_KEEP_ATTN };
+    enum { OPT_TYPE = 256, OPT_EXPERTS, OPT_KEEP_ATTN, OPT_REPACK };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
         {"type", required_argument, NULL, OPT_TYPE},
         {"experts-only", no_argument, NULL, OPT_EXPERTS},
         {"keep-attention", no_argument, NULL, OPT_KEEP_ATTN},
+        {"repack", no_argument, NULL, OPT_REPACK},
         {"threads", required_argument, NULL, 't'},
         {"quiet", no_argument, NULL, 'q'},
         {"verbose", no_argument, NULL, 'v'},
@@ -131,6 +142,7 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_TYPE: type = optarg; break;
         case OPT_EXPERTS: o->experts_only = 1; break;
         case OPT_KEEP_ATTN: o->keep_attention = 1; break;
+        case OPT_REPACK: o->repack = 1; break;
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': o->quiet = 1, tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
@@ -142,12 +154,16 @@ static void parse_args(int argc, char **argv, options *o)
     }
     if (optind < argc)
         tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!o->in || !o->out || !type)
-        tool_die(EXIT_USAGE, "--model, --out and --type are required (see --help)");
+    if (!o->in || !o->out || (!type && !o->repack))
+        tool_die(EXIT_USAGE, "--model, --out and --type (or --repack) are required (see --help)");
+    if (!type) {
+        o->type = T_KEEP;
+        return;
+    }
     size_t k = 0;
-    while (k < sizeof target_names / sizeof *target_names && strcmp(type, target_names[k]) != 0)
+    while (k < T_KEEP && strcmp(type, target_names[k]) != 0)
         k++;
-    if (k == sizeof target_names / sizeof *target_names)
+    if (k == T_KEEP)
         tool_die(EXIT_USAGE, "invalid value for --type: '%s' (q8_0, q4_k, fp8 or bf16)", type);
     o->type = (target)k;
 }
@@ -180,7 +196,7 @@ static int kind_of(const char *name)
 static int should_convert(const options *o, const ds_tensor *t)
 {
     const char *n = t->name;
-    if (t->ndim != 2 || !ends_with(n, ".weight"))
+    if (o->type == T_KEEP || t->ndim != 2 || !ends_with(n, ".weight"))
         return 0;
     if (t->dtype != DS_DT_F8_E4M3 && t->dtype != DS_DT_BF16 && t->dtype != DS_DT_F16 && t->dtype != DS_DT_F32)
         return 0;
@@ -200,7 +216,8 @@ static ds_dtype target_dtype(plan *p, target ty, int64_t cols)
 {
     switch (ty) {
     case T_FP8: return DS_DT_F8_E4M3;
-    case T_BF16: return DS_DT_BF16;
+    case T_BF16:
+    case T_KEEP: return DS_DT_BF16;
     case T_Q4_K:
         if (cols % DS_Q4_K_BLOCK == 0)
             return DS_DT_Q4_K;
@@ -243,6 +260,111 @@ static uint64_t out_bytes(const out_tensor *t)
     return st_tensor_bytes(t->dt, t->ndim, t->shape);
 }
 
+/* Splits "model.layers.L.mlp.experts.E.<proj>.weight[_scale_inv]" into the
+ * expert's prefix (up to and including "E."), the projection (0 gate, 1 up,
+ * 2 down) and whether it is the scale; 0 when the name is no such tensor. */
+static int expert_part(const char *name, size_t *prefix_len, int *proj, int *scale)
+{
+    static const char *const projs[3] = {"gate_proj.weight", "up_proj.weight", "down_proj.weight"};
+    const char *e = strstr(name, ".mlp.experts.");
+    if (!e || strncmp(name, "model.layers.", 13) != 0)
+        return 0;
+    e += strlen(".mlp.experts.");
+    if (*e < '0' || *e > '9')
+        return 0;
+    while (*e >= '0' && *e <= '9')
+        e++;
+    if (*e++ != '.')
+        return 0;
+    for (int k = 0; k < 3; k++) {
+        size_t n = strlen(projs[k]);
+        if (strncmp(e, projs[k], n) == 0 && (!e[n] || !strcmp(e + n, "_scale_inv"))) {
+            *prefix_len = (size_t)(e - name);
+            *proj = k;
+            *scale = e[n] != 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* --repack: reorders the plan so every routed expert's three weights come
+ * together (gate, up, down, each REPACK_ALIGN-aligned: the expert cache's
+ * slab layout), followed by their block scales, at the place of the
+ * expert's first tensor in the source order.  NEW_SCALE entries still come
+ * after the weight that produces them. */
+static void repack_plan(plan *p)
+{
+    json_t *groups = json_object();   /* expert prefix -> [6 plan indices or -1] */
+    int *order = malloc(sizeof(int) * (size_t)(p->n + 1)), *newpos = malloc(sizeof(int) * (size_t)(p->n + 1));
+    char *done = calloc((size_t)p->n + 1, 1);
+    if (!groups || !order || !newpos || !done)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    char key[512];
+    for (int i = 0; i < p->n; i++) {
+        size_t pl;
+        int proj, scale;
+        if (!expert_part(p->t[i].name, &pl, &proj, &scale) || p->t[i].ndim != 2)
+            continue;
+        snprintf(key, sizeof key, "%.*s", (int)pl, p->t[i].name);
+        json_t *g = json_object_get(groups, key);
+        if (!g) {
+            g = json_array();
+            for (int k = 0; k < 6; k++)
+                json_array_append_new(g, json_integer(-1));
+            if (json_object_set_new(groups, key, g))
+                tool_die(EXIT_RUNTIME, "out of memory");
+        }
+        json_array_set_new(g, (size_t)(scale * 3 + proj), json_integer(i));
+    }
+    int n = 0;
+    for (int i = 0; i < p->n; i++) {
+        if (done[i])
+            continue;
+        size_t pl;
+        int proj, scale;
+        json_t *g = NULL;
+        if (expert_part(p->t[i].name, &pl, &proj, &scale) && p->t[i].ndim == 2) {
+            snprintf(key, sizeof key, "%.*s", (int)pl, p->t[i].name);
+            g = json_object_get(groups, key);
+        }
+        int idx[6] = {-1, -1, -1, -1, -1, -1}, full = g != NULL;
+        for (int k = 0; g && k < 6; k++)
+            idx[k] = (int)json_integer_value(json_array_get(g, (size_t)k));
+        for (int k = 0; k < 3; k++)
+            full &= idx[k] >= 0;
+        if (!full) {
+            order[n++] = i;
+            done[i] = 1;
+            continue;
+        }
+        for (int k = 0; k < 6; k++) {
+            if (idx[k] < 0)
+                continue;
+            out_tensor *t = &p->t[idx[k]];
+            t->align = k < 3;
+            t->cont = k > 0;
+            order[n++] = idx[k];
+            done[idx[k]] = 1;
+        }
+    }
+    out_tensor *nt = malloc(sizeof *nt * (size_t)(p->n + 1));
+    if (!nt)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (int k = 0; k < n; k++)
+        newpos[order[k]] = k;
+    for (int k = 0; k < n; k++) {
+        nt[k] = p->t[order[k]];
+        if (nt[k].how == NEW_SCALE)
+            nt[k].of = newpos[nt[k].of];
+    }
+    free(p->t);
+    p->t = nt;
+    p->cap = p->n + 1;
+    json_decref(groups);
+    free(order), free(newpos), free(done);
+}
+
 /* A source weight's "_scale_inv" is dropped when the weight is converted
  * to anything but FP8; FP8 sources stay FP8 (copied) under --type fp8. */
 static void build_plan(const options *o, const ds_tensor_table *tab, plan *p)
@@ -282,21 +404,27 @@ static void build_plan(const options *o, const ds_tensor_table *tab, plan *p)
             if (ds_table_find(tab, nm))
                 tool_die(EXIT_INPUT, "%s: non-FP8 tensor '%s' already has a '%s'", o->in, t->name, nm);
             out_tensor *s = plan_push(p, t, nm, DS_DT_F32, NEW_SCALE);
+            s->of = p->n - 2;
             s->shape[0] = (t->shape[0] + DS_QBLOCK - 1) / DS_QBLOCK;
             s->shape[1] = (t->shape[1] + DS_QBLOCK - 1) / DS_QBLOCK;
         }
     }
-    /* Shards in order of the source; a weight and its new scale stay together. */
+    if (o->repack)
+        repack_plan(p);
+    /* Shards in order of the source; a weight and its new scale stay
+     * together, and so does a repacked expert group. */
     uint64_t fill = 0;
     int shard = 0;
     for (int i = 0; i < p->n; i++) {
         const uint64_t b = out_bytes(&p->t[i]);
-        if (p->t[i].how != NEW_SCALE && fill > 0 && fill + b > SHARD_MAX) {
+        /* an aligned tensor may bring up to REPACK_ALIGN - 1 bytes of padding */
+        const uint64_t room = p->t[i].align ? b + REPACK_ALIGN : b;
+        if (p->t[i].how != NEW_SCALE && !p->t[i].cont && fill > 0 && fill + room > SHARD_MAX) {
             shard++;
             fill = 0;
         }
         p->t[i].shard = shard;
-        fill += b;
+        fill += room;
         p->bytes_out += b;
     }
     p->nshards = shard + 1;
@@ -453,10 +581,15 @@ static void write_shard(const options *o, const ds_tensor_table *tab, plan *p, i
     if (!w)
         tool_die(EXIT_RUNTIME, "out of memory");
     int count = 0;
+    if (o->repack && (st_writer_set_align(w, REPACK_ALIGN) != 0 ||
+                      st_writer_set_meta(w, "dsinfer_layout", REPACK_LAYOUT) != 0))
+        die_writer(w);
     for (int i = 0; i < p->n; i++) {
         out_tensor *t = &p->t[i];
         if (t->shard != shard)
             continue;
+        if (t->align && st_writer_pad_to(w, REPACK_ALIGN) != 0)
+            die_writer(w);
         if (st_writer_add(w, t->name, t->dt, t->ndim, t->shape) != 0)
             die_writer(w);
         if (st_index_add(ix, t->name, fname) != 0)
@@ -475,8 +608,8 @@ static void write_shard(const options *o, const ds_tensor_table *tab, plan *p, i
         case COPY: write_copy(t, w); break;
         case CONVERT: write_converted(o, tab, t, w, &st[t->kind]); break;
         case NEW_SCALE: {
-            /* The weight just before it produced the scales. */
-            out_tensor *wt = &p->t[i - 1];
+            /* Its weight, written before it, produced the scales. */
+            out_tensor *wt = &p->t[t->of];
             if (st_writer_write(w, wt->scales, sizeof(float) * (size_t)(t->shape[0] * t->shape[1])) != 0)
                 die_writer(w);
             free(wt->scales);
@@ -520,7 +653,8 @@ static void write_config(const options *o, const plan *p)
                               "quant_method", "fp8", "weight_block_size", 128, 128);
         json_object_set_new(cfg, "quantization_config", q);
     }
-    json_object_set_new(cfg, "dsinfer_quant", json_string(target_names[o->type]));
+    if (o->type != T_KEEP)
+        json_object_set_new(cfg, "dsinfer_quant", json_string(target_names[o->type]));
     char *text = json_dumps(cfg, JSON_INDENT(2));
     json_decref(cfg);
     if (!text)
@@ -624,6 +758,8 @@ int main(int argc, char **argv)
     for (int s = 0; s < p.nshards; s++)
         write_shard(&o, tab, &p, s, ix, st);
     char path[PATH_MAX], msg[512];
+    if (o.repack && st_index_set_meta(ix, "dsinfer_layout", REPACK_LAYOUT) != 0)
+        tool_die(EXIT_RUNTIME, "out of memory");
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", o.out);
     if (st_index_write(ix, path, p.bytes_out, msg, sizeof msg) != 0)
         tool_die(EXIT_IO, "%s", msg);

@@ -18,6 +18,7 @@ typedef struct st_entry {
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     uint64_t begin, end;
+    int pad;             /* padding: zero bytes the writer fills itself */
 } st_entry;
 
 struct st_writer {
@@ -30,6 +31,8 @@ struct st_writer {
     uint64_t written;    /* data bytes accepted so far */
     uint64_t header_len; /* 8 + padded JSON */
     size_t cur;          /* tensor the next byte belongs to */
+    uint64_t align;      /* data area starts at a multiple of this (1: no rule) */
+    int npad;            /* padding tensors declared */
     int fd;
     int state;           /* 0 declaring, 1 writing, 2 finished, -1 failed */
     unsigned char *buf;
@@ -120,6 +123,7 @@ st_writer *st_writer_new(const char *path)
     if (!w)
         return NULL;
     w->fd = -1;
+    w->align = 8;
     w->path = strdup(path);
     w->tmp = str_concat(path, ".tmp");
     w->meta = json_object();
@@ -185,11 +189,40 @@ int st_writer_add(st_writer *w, const char *name, ds_dtype dt, int ndim, const i
     return 0;
 }
 
+int st_writer_set_align(st_writer *w, uint64_t align)
+{
+    if (w->state != 0)
+        return fail(w, "%s: alignment set after the header was written", w->path);
+    if (align < 8 || (align & (align - 1)))
+        return fail(w, "%s: bad alignment %llu", w->path, (unsigned long long)align);
+    w->align = align;
+    return 0;
+}
+
+int st_writer_pad_to(st_writer *w, uint64_t align)
+{
+    if (!align || (align & (align - 1)))
+        return fail(w, "%s: bad alignment %llu", w->path, (unsigned long long)align);
+    const uint64_t gap = (align - w->data_size % align) % align;
+    if (!gap)
+        return 0;
+    char name[64];
+    snprintf(name, sizeof name, ST_PAD_PREFIX "%d", w->npad);
+    const int64_t shape[1] = {(int64_t)gap};
+    if (st_writer_add(w, name, DS_DT_U8, 1, shape))
+        return -1;
+    w->t[w->n - 1].pad = 1;
+    w->npad++;
+    return 0;
+}
+
 size_t st_writer_count(const st_writer *w) { return w->n; }
 uint64_t st_writer_data_size(const st_writer *w) { return w->data_size; }
 size_t st_writer_current(const st_writer *w) { return w->cur; }
 const char *st_writer_error(const st_writer *w) { return w->err; }
 uint64_t st_writer_file_size(const st_writer *w) { return w->header_len + w->data_size; }
+
+static int fill_pads(st_writer *w);
 
 static char *build_header(st_writer *w)
 {
@@ -240,7 +273,8 @@ int st_writer_begin(st_writer *w)
     if (!json)
         return fail(w, "%s: out of memory building the header", w->path);
     size_t jl = strlen(json);
-    size_t padded = (jl + 7) & ~(size_t)7;
+    /* 8 + padded is a multiple of the alignment (8 by default: padded too) */
+    size_t padded = (size_t)((8 + jl + w->align - 1) / w->align * w->align - 8);
     w->buf = malloc(ST_BUF_SIZE > 8 + padded ? ST_BUF_SIZE : 8 + padded);
     if (!w->buf) {
         free(json);
@@ -269,7 +303,7 @@ int st_writer_begin(st_writer *w)
     w->cur = 0;
     while (w->cur < w->n && w->t[w->cur].end == w->t[w->cur].begin)
         w->cur++;
-    return 0;
+    return fill_pads(w);
 }
 
 static int flush_buf(st_writer *w)
@@ -280,10 +314,48 @@ static int flush_buf(st_writer *w)
     return 0;
 }
 
+static int write_data(st_writer *w, const void *data, size_t n);
+
+/* Writes the zero bytes of the padding tensors at the current position. */
+static int fill_pads(st_writer *w)
+{
+    static const unsigned char zeros[4096];
+    while (w->cur < w->n && w->t[w->cur].pad) {
+        const st_entry *e = &w->t[w->cur];
+        uint64_t left = e->end - w->written;
+        while (left) {
+            size_t k = left < sizeof zeros ? (size_t)left : sizeof zeros;
+            if (write_data(w, zeros, k))
+                return -1;
+            left -= k;
+        }
+    }
+    return 0;
+}
+
+/* The caller's bytes go to the tensors in order, the padding tensors
+ * between them filled in as they come up. */
 int st_writer_write(st_writer *w, const void *data, size_t n)
 {
     if (w->state != 1)
         return fail(w, "%s: write outside begin/finish", w->path);
+    const unsigned char *p = data;
+    while (n) {
+        if (w->cur >= w->n)
+            return fail(w, "%s: %zu bytes written beyond the declared %llu", w->path, n,
+                        (unsigned long long)w->data_size);
+        const uint64_t room = w->t[w->cur].end - w->written;
+        const size_t k = n < room ? n : (size_t)room;
+        if (write_data(w, p, k) || fill_pads(w))
+            return -1;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static int write_data(st_writer *w, const void *data, size_t n)
+{
     if (n > w->data_size - w->written)
         return fail(w, "%s: %llu bytes written beyond the declared %llu", w->path,
                     (unsigned long long)(w->written + n - w->data_size),
@@ -498,6 +570,7 @@ int st_fsync_dir(const char *dir, char *err, size_t errlen)
 
 struct st_index {
     json_t *map;
+    json_t *meta;        /* extra metadata strings */
 };
 
 st_index *st_index_new(void)
@@ -506,7 +579,10 @@ st_index *st_index_new(void)
     if (!ix)
         return NULL;
     ix->map = json_object();
-    if (!ix->map) {
+    ix->meta = json_object();
+    if (!ix->map || !ix->meta) {
+        json_decref(ix->map);
+        json_decref(ix->meta);
         free(ix);
         return NULL;
     }
@@ -520,6 +596,13 @@ int st_index_add(st_index *ix, const char *tensor, const char *shard)
     return json_object_set_new(ix->map, tensor, json_string(shard)) ? -1 : 0;
 }
 
+int st_index_set_meta(st_index *ix, const char *key, const char *value)
+{
+    if (!strcmp(key, "total_size"))
+        return -1;
+    return json_object_set_new(ix->meta, key, json_string(value)) ? -1 : 0;
+}
+
 int st_index_write(const st_index *ix, const char *path, uint64_t total_size, char *err, size_t errlen)
 {
     json_t *root = json_object(), *meta = json_object();
@@ -529,6 +612,7 @@ int st_index_write(const st_index *ix, const char *path, uint64_t total_size, ch
         set_err(err, errlen, "%s: out of memory", path);
         return -1;
     }
+    json_object_update(meta, ix->meta);
     json_object_set_new(meta, "total_size", json_integer((json_int_t)total_size));
     json_object_set_new(root, "metadata", meta);
     json_object_set(root, "weight_map", ix->map);
@@ -557,5 +641,6 @@ void st_index_free(st_index *ix)
     if (!ix)
         return;
     json_decref(ix->map);
+    json_decref(ix->meta);
     free(ix);
 }

@@ -35,7 +35,19 @@ st_writer *st_writer_new(const char *path);
 int st_writer_set_meta(st_writer *w, const char *key, const char *value);
 /* Declares the next tensor. Names must be unique. */
 int st_writer_add(st_writer *w, const char *name, ds_dtype dt, int ndim, const int64_t *shape);
-/* Number of declared tensors and the sum of their data bytes. */
+/* Padding for aligned layouts (dsinfer-quantize --repack): safetensors has
+ * no holes between tensors, so a gap is an explicit U8 tensor named
+ * ST_PAD_PREFIX<n> whose zero bytes the writer fills itself (callers never
+ * write them).  dsinfer's loader skips these names.
+ * st_writer_set_align: the data area starts at a multiple of align bytes of
+ * the file (the header is padded with spaces), so data offsets aligned to
+ * align are file offsets aligned to it too.  align is a power of two >= 8.
+ * st_writer_pad_to: declares a padding tensor, if needed, so the next
+ * declared tensor starts at a multiple of align in the data area. */
+#define ST_PAD_PREFIX "__dsinfer_pad."
+int st_writer_set_align(st_writer *w, uint64_t align);
+int st_writer_pad_to(st_writer *w, uint64_t align);
+/* Number of declared tensors (padding included) and the sum of their data bytes. */
 size_t st_writer_count(const st_writer *w);
 uint64_t st_writer_data_size(const st_writer *w);
 /* Bytes a tensor of this dtype and shape takes (0 on overflow or bad dtype). */
@@ -66,12 +78,14 @@ int st_copy_file_atomic(const char *src, const char *dst, char *err, size_t errl
  * than "not supported" are reported). */
 int st_fsync_dir(const char *dir, char *err, size_t errlen);
 
-/* model.safetensors.index.json: {"metadata":{"total_size":N},
+/* model.safetensors.index.json: {"metadata":{"total_size":N, extra strings},
  * "weight_map":{tensor: shard file name, ...}} with sorted keys. */
 typedef struct st_index st_index;
 st_index *st_index_new(void);
 /* Returns -1 when out of memory or when the tensor is already mapped. */
 int st_index_add(st_index *ix, const char *tensor, const char *shard);
+/* Adds a string to the index's "metadata" (besides total_size). */
+int st_index_set_meta(st_index *ix, const char *key, const char *value);
 /* total_size: sum of the tensors' data bytes (headers excluded). Written atomically. */
 int st_index_write(const st_index *ix, const char *path, uint64_t total_size, char *err, size_t errlen);
 void st_index_free(st_index *ix);
