@@ -73,12 +73,12 @@ static uint64_t cgroup_room(void)
             snprintf(dir, sizeof dir, "/sys/fs/cgroup%s", path);
             limit = read_u64_file(dir, "memory.max");
             used = read_u64_file(dir, "memory.current");
-            cache = read_stat(dir, "inactive_file");
+            cache = read_stat(dir, "file");
         } else if (strstr(ctl, "memory")) {           /* v1 memory controller */
             snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory%s", path);
             limit = read_u64_file(dir, "memory.limit_in_bytes");
             used = read_u64_file(dir, "memory.usage_in_bytes");
-            cache = read_stat(dir, "total_inactive_file");
+            cache = read_stat(dir, "total_cache");
         } else
             continue;
         if (limit == 0 || limit >= (UINT64_C(1) << 60))   /* "max" or v1's unlimited */

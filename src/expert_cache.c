@@ -317,7 +317,7 @@ static double rank(const ds_expert_cache *c, const slot *s)
     return s->freq * exp2(-age / (double)c->nslots) + 1e-9 * (double)s->last;
 }
 
-static int pick_victim_on(ds_expert_cache *c, int node);
+static int pick_victim_on(ds_expert_cache *c, int node, int take_predicted);
 
 /* Marks finished reads as loaded so their slots become evictable. */
 static void collect_done(ds_expert_cache *c)
@@ -329,23 +329,27 @@ static void collect_done(ds_expert_cache *c)
             c->slots[tags[i] - 1].loading = 0;
 }
 
+/* A victim slot for key: on the key's NUMA node first; slabs read ahead for
+ * the next layer's predicted experts are spared until that layer has
+ * routed (ds_experts_observe), else a small cache evicts its own
+ * predictions before they are used and reads them twice. */
 static int pick_victim(ds_expert_cache *c, int key)
 {
     int want = c->numa ? ds_numa_expert_node(c->numa, key % c->n_experts, c->n_experts) : 0;
-    for (int pass = 0; pass < 2; pass++) {
-        int i = pick_victim_on(c, pass == 0 && c->numa ? want : -1);
+    for (int pass = 0; pass < 4; pass++) {
+        int i = pick_victim_on(c, pass % 2 == 0 && c->numa ? want : -1, pass >= 2);
         if (i >= 0)
             return i;
     }
     return -1;
 }
 
-static int pick_victim_on(ds_expert_cache *c, int node)
+static int pick_victim_on(ds_expert_cache *c, int node, int take_predicted)
 {
     int best = -1;
     for (int i = 0; i < c->nslots; i++) {
         slot *s = &c->slots[i];
-        if (s->pins || s->loading || (node >= 0 && s->node != node))
+        if (s->pins || s->loading || (node >= 0 && s->node != node) || (s->predicted && !take_predicted))
             continue;
         if (s->key < 0)
             return i;
@@ -581,6 +585,17 @@ void ds_experts_observe(ds_expert_cache *c, int layer, const int32_t *experts, i
 {
     pthread_mutex_lock(&c->mu);
     unsigned char *p = c->pred + (size_t)layer * c->n_experts;
+    /* this layer has routed: its wrong predictions lose their protection */
+    for (int i = 0; c->streaming && i < c->nslots; i++) {
+        slot *s = &c->slots[i];
+        if (s->predicted && s->key >= 0 && s->key / c->n_experts == layer) {
+            int used = 0;
+            for (int k = 0; k < n; k++)
+                used |= s->key % c->n_experts == experts[k];
+            if (!used)
+                s->predicted = 0;
+        }
+    }
     int any = 0;
     for (int e = 0; e < c->n_experts; e++)
         any |= p[e];
