@@ -13,6 +13,7 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "numa.h"
 
 /* out[t] = down(silu(gate x_t) * up x_t) for n tokens. */
 static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float *out, int ldo,
@@ -101,8 +102,32 @@ static ds_status run_expert(const ds_model *m, int layer, int e, const float *x,
 /* Experts go to threads whole when they average at most this many tokens. */
 #define EXPERT_PAR_MAX_TOKENS 8
 
+/* The i-th expert a thread of node `node` should run next: experts of its
+ * own node first (their slabs live there), then any left, so no thread idles
+ * while work remains.  next[] counts claims per node, one atomic each. */
+static int claim_expert(const ds_numa *nm, const int32_t *used, int n_used, int E, int node, int nodes,
+                        int *next)
+{
+    for (int k = 0; k < nodes; k++) {
+        const int nd = (node + k) % nodes;
+        for (;;) {
+            int i = __atomic_fetch_add(&next[nd], 1, __ATOMIC_RELAXED);
+            /* walk node nd's experts: the i-th expert of used[] owned by nd */
+            int seen = 0, found = -1;
+            for (int j = 0; j < n_used && found < 0; j++)
+                if (ds_numa_expert_node(nm, used[j], E) == nd && seen++ == i)
+                    found = j;
+            if (found < 0)
+                break;
+            return found;
+        }
+    }
+    return -1;
+}
+
 /* Threads take whole experts (resident weights only: the streaming path
- * orders reads and read-ahead itself).  Each expert's output rows land in
+ * orders reads and read-ahead itself).  With several NUMA nodes a thread
+ * takes its own node's experts first.  Each expert's output rows land in
  * ybuf[t][slot]; they are then added to each token in increasing expert id,
  * the order of the one-at-a-time path. */
 static ds_status run_experts_parallel(const ds_model *m, int layer, const float *x, int T,
@@ -115,6 +140,12 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
         return DS_ERR_NOMEM;
     ds_status st = DS_OK;
     ds_error first;
+    const int nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
+    int *next = ds_calloc((size_t)nodes, sizeof(int), err);
+    if (!next) {
+        free(ybuf);
+        return DS_ERR_NOMEM;
+    }
 #pragma omp parallel
     {
         float *xs = malloc(sizeof(float) * (size_t)T * H), *ys = malloc(sizeof(float) * (size_t)T * H);
@@ -122,8 +153,13 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
         float *tw = malloc(sizeof(float) * (size_t)T);
         ds_error my;
         ds_status mine = xs && ys && tok && tw ? DS_OK : ds_fail(&my, DS_ERR_NOMEM, "out of memory");
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < n_used; i++) {
+        const int tn = nodes > 1 ? ds_numa_thread_node(m->numa, omp_get_thread_num()) : 0;
+        const int node = tn > 0 ? tn : 0;
+        for (;;) {
+            const int i = nodes > 1 ? claim_expert(m->numa, used, n_used, E, node, nodes, next)
+                                    : __atomic_fetch_add(&next[0], 1, __ATOMIC_RELAXED);
+            if (i < 0 || i >= n_used)
+                break;
             if (mine != DS_OK)
                 continue;
             const int e = used[i];
@@ -149,6 +185,7 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
         }
         free(xs), free(ys), free(tok), free(tw);
     }
+    free(next);
     if (st != DS_OK) {
         if (err)
             *err = first;

@@ -50,3 +50,11 @@ streaming() {
 [ "$(DSINFER_MEM_AVAILABLE=12000000 streaming --mem-budget all)" = False ] || { echo "FAIL: --mem-budget all streams"; exit 1; }
 [ "$(DSINFER_MEM_AVAILABLE=100000000000 streaming --mem-budget auto)" = False ] || { echo "FAIL: auto budget streams with plenty of memory"; exit 1; }
 echo "PASS auto budget: streams when memory is short (same logits), resident otherwise or with --mem-budget all"
+# Expert-parallel execution by NUMA node (threads take their node's experts
+# first) on a synthetic two-node topology: the same logits, resident and streamed.
+for budget in all 1M; do
+    HWLOC_SYNTHETIC="pack:2 numa:1 core:1 pu:1" "$EV" -m "$C/model" --tokens "$C/tokens.json" -o "$T/numa.f32" \
+        --kv-cache f32 --chunk 13 --threads 2 --mem-budget $budget
+    cmp "$T/numa.f32" "$T/r.f32" || { echo "FAIL: two NUMA nodes (--mem-budget $budget) change the logits"; exit 1; }
+done
+echo "PASS two synthetic NUMA nodes: logits identical, resident and streamed"
