@@ -84,6 +84,8 @@ PY
     python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&
     ok "fp8-compact KV: 788 bytes per position and layer (bf16 rope key)" || bad "fp8-compact KV bytes"
 expect 1 "fp8-compact" "$B/dsinfer" -m "$CASE/model" -p 1 --kv-cache fp9
+expect 1 "expected auto, all or a size" "$B/dsinfer" -m "$CASE/model" -p 1 --mem-budget autoo
+expect 1 "expected a size" "$B/dsinfer" -m "$CASE/model" -p 1 --mem-budget 12Q
 # a KV cache that cannot be locked (RLIMIT_MEMLOCK 0, no CAP_IPC_LOCK) warns, naming the
 # ulimit that would allow it, and generation goes on unchanged
 want_ids=$("$B/dsinfer" -q -m "$CASE/model" -p "0 831" -n 3 --ignore-eos)

@@ -192,6 +192,8 @@ int64_t tool_parse_budget(const char *opt, const char *s)
         return 0;
     if (strcmp(s, "all") == 0)
         return DS_EXPERT_BUDGET_ALL;
+    if (*s < '0' || *s > '9')
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected auto, all or a size such as 12G)", opt, s);
     return tool_parse_size(opt, s);
 }
 
