@@ -11,16 +11,22 @@
 
 int tool_verbosity;
 
+/* "NAME: message\n" on stderr. */
+static void say(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", tool_name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void tool_info(const char *fmt, ...)
 {
     if (tool_verbosity < 1)
         return;
     va_list ap;
-    fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 double tool_now(void)
@@ -33,11 +39,9 @@ double tool_now(void)
 void tool_die(int code, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     exit(code);
 }
 
