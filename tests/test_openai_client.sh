@@ -42,50 +42,10 @@ fails=0
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
 
-free_port() {
-    node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
-}
-
-# start_server MODEL LOG ARGS...: a server on a free port (another try when
-# the port was taken meanwhile); sets PID and URL, 0 once /health answers.
-start_server() {
-    model=$1
-    log=$2
-    shift 2
-    for try in 1 2 3 4 5; do
-        port=$(free_port)
-        OMP_NUM_THREADS=2 "$B/dsinfer-serve" -m "$model" --host 127.0.0.1 --port "$port" \
-            --parallel 2 --ctx-size 512 "$@" >"$log" 2>&1 &
-        PID=$!
-        URL="http://127.0.0.1:$port"
-        i=0
-        while [ $i -lt 300 ] && kill -0 "$PID" 2>/dev/null; do
-            node -e 'fetch(process.argv[1] + "/health", { signal: AbortSignal.timeout(2000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' \
-                "$URL" 2>/dev/null && return 0
-            sleep 0.1
-            i=$((i + 1))
-        done
-        stop_server
-        grep -q "cannot listen" "$log" || break
-    done
-    return 1
-}
-
-stop_server() {
-    [ -n "$PID" ] || return 0
-    kill -TERM "$PID" 2>/dev/null
-    i=0
-    while kill -0 "$PID" 2>/dev/null && [ $i -lt 150 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -KILL "$PID" 2>/dev/null
-    wait "$PID" 2>/dev/null
-    PID=
-}
+. "$top_srcdir/tests/serve_lib.sh"
 
 # ---- the tiny model as it is ---------------------------------------------------
-if start_server "$MODEL" "$T/plain.log"; then
+if start_server "$MODEL" "$T/plain.log" --ctx-size 512; then
     ok "server up at $URL"
     timeout 300 node "$CLIENT" plain "$URL" || bad "openai client, plain server (see FAIL lines above)"
     stop_server

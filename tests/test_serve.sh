@@ -48,35 +48,7 @@ if [ ! -f "$MODEL/config.json" ]; then
     exit 1
 fi
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# start_server LOG ARGS...: starts the server on a free port (another try
-# when the port was taken meanwhile), sets PID and URL; 0 once /health answers.
-start_server() {
-    log=$1
-    shift
-    for try in 1 2 3 4 5; do
-        port=$(free_port)
-        OMP_NUM_THREADS=2 "$B/dsinfer-serve" -m "$MODEL" --host 127.0.0.1 --port "$port" \
-            --parallel 2 --ctx-size 256 "$@" >"$log" 2>&1 &
-        PID=$!
-        URL="http://127.0.0.1:$port"
-        i=0
-        while [ $i -lt 300 ] && kill -0 "$PID" 2>/dev/null; do
-            python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)' \
-                "$URL" 2>/dev/null && return 0
-            sleep 0.1
-            i=$((i + 1))
-        done
-        kill -KILL "$PID" 2>/dev/null
-        wait "$PID" 2>/dev/null
-        PID=
-        grep -q "cannot listen" "$log" || break
-    done
-    return 1
-}
+. "$top_srcdir/tests/serve_lib.sh"
 
 # wait_exit SECONDS: RC = the server's exit status, or 124 when it is still
 # running after SECONDS (then it is killed).
@@ -98,7 +70,7 @@ wait_exit() {
 }
 
 # ---- the main server: the client ends by sending SIGTERM mid-request ----------
-if start_server "$T/serve.log" --max-body $MAX_BODY; then
+if start_server "$MODEL" "$T/serve.log" --ctx-size 256 --max-body $MAX_BODY; then
     ok "server up at $URL"
     if ! timeout 300 python3 "$CLIENT" main "$URL" "$PID" $MAX_BODY; then
         bad "client checks (see FAIL lines above)"
@@ -113,7 +85,7 @@ else
 fi
 
 # ---- --api-key, a full queue (--max-queue 0), and SIGINT ------------------------------------------------------
-if start_server "$T/auth.log" --api-key sekrit --max-queue 0 -q; then
+if start_server "$MODEL" "$T/auth.log" --ctx-size 256 --api-key sekrit --max-queue 0 -q; then
     timeout 120 python3 "$CLIENT" auth "$URL" sekrit || bad "API key checks (see FAIL lines above)"
     kill -INT "$PID"
     wait_exit 15
