@@ -22,7 +22,17 @@ typedef struct ds_mat {
     int rows, cols;
     const void *data;
     const float *scale;
+    /* Optional per-NUMA-node copies of the same matrix (--numa replicate):
+     * copies[k] lives in node k's memory; a thread reads the copy of the
+     * node ds_kernels_set_node() gave it.  NULL: one copy, `data`. */
+    const struct ds_mat *copies;
+    int n_copies;
 } ds_mat;
+
+/* The NUMA node of the calling thread, used to pick a ds_mat copy; set by
+ * the thread-pinning code, 0 for threads never told. */
+void ds_kernels_set_node(int node);
+int ds_kernels_node(void);
 
 /* Dequantises row r into out[cols]. */
 void ds_mat_row(const ds_mat *m, int r, float *out);

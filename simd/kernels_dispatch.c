@@ -1,6 +1,10 @@
 /* kernels_dispatch.c — owns the public matrix/vector entry points of
  * kernels.h that have SIMD versions: each forwards to the table of the ISA
- * level chosen once per process (ds_cpu_isa()). */
+ * level chosen once per process (ds_cpu_isa()).  It also owns the choice of
+ * a matrix's NUMA-node copy (ds_mat.copies): a product over a replicated
+ * matrix is split here into one row range per thread, each read from the
+ * copy in the thread's own node. */
+#include <omp.h>
 #include <pthread.h>
 #include "kernels_isa.h"
 
@@ -41,21 +45,71 @@ const ds_kernels *ds_kernels_active(void)
     return __atomic_load_n(&active, __ATOMIC_ACQUIRE);
 }
 
-void ds_mat_row(const ds_mat *m, int r, float *out) { ds_kernels_active()->mat_row(m, r, out); }
+static __thread int thread_node;
+
+void ds_kernels_set_node(int node) { thread_node = node > 0 ? node : 0; }
+int ds_kernels_node(void) { return thread_node; }
+
+/* The copy of m in the calling thread's node (m itself when unreplicated). */
+static const ds_mat *local_copy(const ds_mat *m)
+{
+    return m->copies && thread_node < m->n_copies ? &m->copies[thread_node] : m;
+}
+
+/* A replicated product called outside a parallel region is split by rows
+ * here, in blocks of 16 rows so every kernel keeps its full tiles; inside
+ * a region the caller already split the work. */
+static int split_here(const ds_mat *m, long work)
+{
+    return m->copies && !omp_in_parallel() && omp_get_max_threads() > 1 && ds_worth_threads(work);
+}
+
+static void thread_rows(int nrows, int *lo, int *hi)
+{
+    const int nb = (nrows + 15) / 16, t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *lo = (int)((long)nb * t / nt) * 16;
+    *hi = (int)((long)nb * (t + 1) / nt) * 16;
+    if (*hi > nrows)
+        *hi = nrows;
+}
+
+void ds_mat_row(const ds_mat *m, int r, float *out) { ds_kernels_active()->mat_row(local_copy(m), r, out); }
 
 void ds_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-    ds_kernels_active()->gemv(m, r0, nrows, x, y);
+    const ds_kernels *k = ds_kernels_active();
+    if (!split_here(m, (long)nrows * m->cols)) {
+        k->gemv(local_copy(m), r0, nrows, x, y);
+        return;
+    }
+#pragma omp parallel
+    {
+        int lo, hi;
+        thread_rows(nrows, &lo, &hi);
+        if (hi > lo)
+            k->gemv(local_copy(m), r0 + lo, hi - lo, x, y + lo);
+    }
 }
 
 void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-    ds_kernels_active()->gemv_t(m, r0, nrows, x, y);
+    ds_kernels_active()->gemv_t(local_copy(m), r0, nrows, x, y);
 }
 
 void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
-    ds_kernels_active()->gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+    const ds_kernels *k = ds_kernels_active();
+    if (!split_here(m, (long)nrows * m->cols * n)) {
+        k->gemm(local_copy(m), r0, nrows, X, ldx, n, Y, ldy);
+        return;
+    }
+#pragma omp parallel
+    {
+        int lo, hi;
+        thread_rows(nrows, &lo, &hi);
+        if (hi > lo)
+            k->gemm(local_copy(m), r0 + lo, hi - lo, X, ldx, n, Y + lo, ldy);
+    }
 }
 
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }

@@ -158,6 +158,8 @@ static void fill_info(ds_model *m)
     i->max_position_embeddings = c->max_position_embeddings;
     i->scale_ue8m0 = c->scale_ue8m0;
     i->numa_nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
+    i->numa_replicas = m->numa_replicas > 1 ? m->numa_replicas : 1;
+    i->replica_bytes = m->replica_bytes;
     i->n_tensors = ds_table_count(m->table);
     i->weight_bytes = i->expert_bytes = i->active_bytes_per_token = 0;
     for (int k = 0; k < ds_table_count(m->table); k++) {
@@ -232,6 +234,8 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = ds_weights_bind(m, err);
     if (st == DS_OK && (!p || p->numa))
         st = place_numa(m, p, err);
+    if (st == DS_OK && p && p->numa == DS_NUMA_REPLICATE)
+        st = ds_weights_replicate(m, err);
     if (st == DS_OK)
         st = ds_experts_create(m, p, &m->experts, err);
     if (st == DS_OK)
@@ -255,6 +259,7 @@ void ds_model_free(ds_model *m)
     if (!m)
         return;
     ds_experts_free(m->experts);
+    ds_weights_free_replicas(m);
     ds_numa_free(m->numa);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);

@@ -60,6 +60,9 @@ typedef struct ds_model_info {
     int max_position_embeddings;
     int scale_ue8m0;         /* quantization_config.scale_fmt == "ue8m0" */
     int numa_nodes;          /* NUMA nodes of the placement plan (1 when off) */
+    int numa_replicas;       /* copies of the dense weights: numa_nodes with DS_NUMA_REPLICATE
+                                when RAM allowed it, else 1 */
+    int64_t replica_bytes;   /* bytes of each such copy (0 when not replicated) */
     int64_t n_tensors;
     int64_t weight_bytes;    /* bytes of all tensors in the checkpoint */
     int64_t expert_bytes;    /* bytes of all routed experts */
@@ -76,6 +79,8 @@ typedef enum ds_io_mode {
 
 #define DS_EXPERT_BUDGET_ALL (-1)
 
+enum { DS_NUMA_OFF = 0, DS_NUMA_ON = 1, DS_NUMA_REPLICATE = 2 };
+
 typedef struct ds_load_params {
     int threads;             /* 0 = all cores */
     /* Bytes of RAM for routed-expert slabs: a budget smaller than the
@@ -90,8 +95,10 @@ typedef struct ds_load_params {
                                 0: use it through the page cache (mmap), -1 (default):
                                 copy when every expert is resident and it fits in half
                                 of the available memory */
-    int numa;                /* 1 (default): place threads and expert slabs by NUMA node
-                                (hwloc; experts partitioned across nodes); 0: off */
+    int numa;                /* DS_NUMA_ON (default): place threads and expert slabs by NUMA
+                                node (hwloc; experts partitioned across nodes, no copies);
+                                DS_NUMA_REPLICATE: also one copy of the dense weights in
+                                each node's memory when RAM allows; DS_NUMA_OFF: off */
 } ds_load_params;
 
 void ds_load_params_init(ds_load_params *p);
@@ -116,6 +123,7 @@ typedef struct ds_expert_stats {
     const char *io_backend;  /* "io_uring", "pread" or "mmap" */
     uint64_t io_requests;    /* read requests submitted for slabs: 3 per expert read, or 1 when
                                 its parts lie in the file as in the slab (dsinfer-quantize --repack) */
+    int64_t numa_bound_bytes; /* resident expert bytes bound to their node's memory (0 on one node) */
 } ds_expert_stats;
 void ds_model_expert_stats(ds_model *m, ds_expert_stats *s);
 

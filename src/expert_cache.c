@@ -121,6 +121,36 @@ static ds_status bind_views(ds_model *m, ds_expert_cache *ec, ds_error *err)
     return DS_OK;
 }
 
+/* Resident experts go to the memory of the node that computes them (the
+ * same partition the MoE threads claim by, ds_numa_expert_node): the whole
+ * pages inside each matrix are bound, and migrated when already in RAM.
+ * Page-cache pages of a mapped file keep the kernel's placement.  Returns
+ * the bytes bound (0 on one node or a synthetic topology). */
+static int64_t bind_resident(const ds_expert_cache *ec, const ds_model *m)
+{
+    int64_t bound = 0;
+    if (!m->numa || ds_numa_nodes(m->numa) < 2)
+        return 0;
+    for (int l = 0; l < ec->n_layers; l++) {
+        if (!ds_config_is_moe_layer(&m->cfg, l))
+            continue;
+        for (int e = 0; e < ec->n_experts; e++) {
+            const ds_ffn_w *w = &ec->views[(size_t)l * ec->n_experts + e];
+            const ds_mat *mats[3] = {&w->gate, &w->up, &w->down};
+            const int node = ds_numa_expert_node(m->numa, e, ec->n_experts);
+            for (int k = 0; k < 3; k++) {
+                uintptr_t a = (uintptr_t)mats[k]->data;
+                uintptr_t b = a + (size_t)mats[k]->rows * ds_dtype_row_bytes(mats[k]->dtype, mats[k]->cols);
+                a = (a + 4095) & ~(uintptr_t)4095;
+                b &= ~(uintptr_t)4095;
+                if (b > a && ds_numa_bind(m->numa, (void *)a, b - a, node))
+                    bound += (int64_t)(b - a);
+            }
+        }
+    }
+    return bound;
+}
+
 static int64_t total_expert_bytes(const ds_expert_cache *ec, const ds_model *m, size_t *max_slab)
 {
     int64_t tot = 0;
@@ -280,6 +310,8 @@ ds_status ds_experts_create(ds_model *m, const ds_load_params *p, ds_expert_cach
     eff.expert_budget = budget;
     if (st == DS_OK && budget > 0 && budget < total && max_slab > 0)
         st = start_streaming(m, ec, &eff, max_slab, err);
+    if (st == DS_OK && !ec->streaming)
+        ec->st.numa_bound_bytes = bind_resident(ec, m);
     if (st != DS_OK) {
         ds_experts_free(ec);
         return st;

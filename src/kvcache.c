@@ -129,7 +129,8 @@ void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
         return;
     }
     /* one row of an FP8 matrix with 128-wide scale blocks: the SIMD decoder */
-    const ds_mat row = {DS_DT_F8_E4M3, 1, kvl, k->latent_q + (size_t)pos * kvl, k->latent_s + (size_t)pos * nb};
+    const ds_mat row = {DS_DT_F8_E4M3, 1, kvl, k->latent_q + (size_t)pos * kvl, k->latent_s + (size_t)pos * nb,
+                         NULL, 0};
     ds_mat_row(&row, 0, out);
 }
 

@@ -81,7 +81,7 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         load_keys(c, layer, sel, k0, n, &d, lat, kr);
-        const ds_mat lm = {DS_DT_F32, n, d.kvl, lat, NULL}, rm = {DS_DT_F32, n, d.rope, kr, NULL};
+        const ds_mat lm = {DS_DT_F32, n, d.kvl, lat, NULL, NULL, 0}, rm = {DS_DT_F32, n, d.rope, kr, NULL, NULL, 0};
         ds_gemm(&lm, 0, n, qabs, d.kvl, d.nh, p + k0, nk);
         ds_gemm(&rm, 0, n, q + d.nope, d.qk, d.nh, sr, ch);
         for (int h = 0; h < d.nh; h++)

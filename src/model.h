@@ -71,6 +71,9 @@ struct ds_model {
     float attn_scale;      /* MLA softmax scale incl. YaRN mscale^2 */
     void **owned;          /* buffers to free with the model */
     int n_owned, cap_owned;
+    struct ds_node_mem { void *p; size_t len; } *node_mem;  /* per-node weight copies */
+    int n_node_mem, numa_replicas;
+    int64_t replica_bytes;
 };
 
 /* Per-layer KV arena slices. */
@@ -104,6 +107,9 @@ struct ds_context {
 ds_status ds_weights_bind(ds_model *m, ds_error *err);
 ds_status ds_weights_bind_expert(ds_model *m, int layer, int e, ds_ffn_w *w, ds_error *err);
 void *ds_model_own(ds_model *m, size_t bytes, ds_error *err);
+/* --numa replicate: one copy of every dense matrix in each node's memory. */
+ds_status ds_weights_replicate(ds_model *m, ds_error *err);
+void ds_weights_free_replicas(ds_model *m);
 
 /* rope.c */
 ds_status ds_rope_init(ds_model *m, ds_error *err);

@@ -3,7 +3,9 @@
 #include <hwloc.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include "internal.h"
+#include "kernels.h"
 #include "numa.h"
 
 struct ds_numa {
@@ -118,12 +120,11 @@ int ds_numa_expert_node(const ds_numa *n, int expert, int n_experts)
 int ds_numa_pin_team(ds_numa *n)
 {
     int bound = 0;
-    if (!n->real)
-        return 0;
 #pragma omp parallel reduction(+ : bound)
     {
         int t = omp_get_thread_num();
-        if (t < n->threads) {
+        ds_kernels_set_node(t < n->threads ? n->thread_node[t] : 0);
+        if (n->real && t < n->threads) {
             hwloc_obj_t core = hwloc_get_obj_by_type(n->topo, HWLOC_OBJ_CORE, (unsigned)n->thread_core[t]);
             if (core && hwloc_set_cpubind(n->topo, core->cpuset, HWLOC_CPUBIND_THREAD) == 0)
                 bound++;
@@ -139,5 +140,27 @@ int ds_numa_bind(ds_numa *n, void *p, size_t len, int node)
     hwloc_obj_t obj = hwloc_get_obj_by_type(n->topo, HWLOC_OBJ_NUMANODE, (unsigned)node);
     if (!obj)
         return 0;
-    return hwloc_set_area_membind(n->topo, p, len, obj->nodeset, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET) == 0;
+    /* MIGRATE: pages already touched (a RAM copy of the checkpoint) move too */
+    return hwloc_set_area_membind(n->topo, p, len, obj->nodeset, HWLOC_MEMBIND_BIND,
+                                  HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_MIGRATE) == 0;
+}
+
+/* Anonymous mappings: pages are untouched until the copy, so a bind before
+ * it decides where they land (no migration). */
+void *ds_numa_alloc(ds_numa *n, size_t len, int node)
+{
+    if (!len)
+        return NULL;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    ds_numa_bind(n, p, len, node);
+    return p;
+}
+
+void ds_numa_free_mem(ds_numa *n, void *p, size_t len)
+{
+    (void)n;
+    if (p && len)
+        munmap(p, len);
 }

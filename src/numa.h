@@ -27,10 +27,17 @@ int ds_numa_node_threads(const ds_numa *n, int node);
  * balanced ranges (node k gets experts [k E / N, (k+1) E / N)). */
 int ds_numa_expert_node(const ds_numa *n, int expert, int n_experts);
 /* Binds the calling OpenMP team's threads to their planned cores (a no-op
- * on a synthetic topology); returns how many threads were bound. */
+ * on a synthetic topology) and tells each thread its node, which picks the
+ * matrix copies it reads (ds_kernels_set_node; synthetic topologies too);
+ * returns how many threads were bound to cores. */
 int ds_numa_pin_team(ds_numa *n);
 /* Binds [p, p+len) to a node's memory (no-op on a synthetic topology or a
  * single node); failures are not errors: placement is an optimisation. */
 int ds_numa_bind(ds_numa *n, void *p, size_t len, int node);
+/* len bytes (page aligned, untouched) in a node's memory: bound on a real
+ * multi-node machine, plain memory otherwise (synthetic topologies still
+ * exercise the logic).  Free with ds_numa_free_mem.  NULL when out of memory. */
+void *ds_numa_alloc(ds_numa *n, size_t len, int node);
+void ds_numa_free_mem(ds_numa *n, void *p, size_t len);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "numa.h"
 
 void *ds_model_own(ds_model *m, size_t bytes, ds_error *err)
 {
@@ -242,4 +243,86 @@ ds_status ds_weights_bind(ds_model *m, ds_error *err)
     for (int l = 0; l < c->num_hidden_layers; l++)
         TRY(bind_layer(m, l, &m->layers[l], err));
     return DS_OK;
+}
+
+/* The dense matrices of the model: everything but the routed experts (owned
+ * by the expert cache) and the embedding (one row per token).  fn is called
+ * on each; stops at the first error. */
+static ds_status each_dense_mat(ds_model *m, ds_status (*fn)(ds_model *, ds_mat *, void *, ds_error *), void *arg,
+                                ds_error *err)
+{
+    TRY(fn(m, &m->lm_head, arg, err));
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        ds_layer_w *L = &m->layers[l];
+        ds_mat *mats[] = {&L->q_a, &L->q_b, &L->kv_a, &L->kv_b, &L->o, &L->idx_wq_b, &L->idx_wk, &L->idx_wproj,
+                          &L->mlp.gate, &L->mlp.up, &L->mlp.down, &L->gate,
+                          &L->shared.gate, &L->shared.up, &L->shared.down};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            if (mats[i]->data)
+                TRY(fn(m, mats[i], arg, err));
+    }
+    return DS_OK;
+}
+
+static size_t mat_bytes(const ds_mat *w) { return ds_dtype_row_bytes(w->dtype, w->cols) * (size_t)w->rows; }
+
+static ds_status add_bytes(ds_model *m, ds_mat *w, void *arg, ds_error *err)
+{
+    (void)m, (void)err;
+    *(int64_t *)arg += (int64_t)mat_bytes(w);
+    return DS_OK;
+}
+
+static ds_status copy_to_nodes(ds_model *m, ds_mat *w, void *arg, ds_error *err)
+{
+    const int nodes = *(const int *)arg;
+    const size_t bytes = mat_bytes(w);
+    ds_mat *copies = ds_model_own(m, sizeof(ds_mat) * (size_t)nodes, err);
+    struct ds_node_mem *nm = realloc(m->node_mem, sizeof *nm * (size_t)(m->n_node_mem + nodes));
+    if (!copies || !nm)
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory replicating the dense weights");
+    m->node_mem = nm;
+    for (int k = 0; k < nodes; k++) {
+        void *p = ds_numa_alloc(m->numa, bytes, k);
+        if (!p)
+            return ds_fail(err, DS_ERR_NOMEM, "out of memory replicating the dense weights (%zu bytes on node %d)",
+                           bytes, k);
+        m->node_mem[m->n_node_mem++] = (struct ds_node_mem){p, bytes};
+        memcpy(p, w->data, bytes);            /* first touch, after the bind */
+        copies[k] = *w;
+        copies[k].data = p;
+    }
+    w->copies = copies;
+    w->n_copies = nodes;
+    return DS_OK;
+}
+
+/* Copies are made only when they all fit in half of the available memory:
+ * replication trades RAM for bandwidth and must never push the experts
+ * out to disk. */
+ds_status ds_weights_replicate(ds_model *m, ds_error *err)
+{
+    int nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
+    int64_t bytes = 0;
+    m->numa_replicas = 1;
+    if (nodes < 2)
+        return DS_OK;
+    each_dense_mat(m, add_bytes, &bytes, err);
+    if ((uint64_t)bytes * (uint64_t)nodes > ds_mem_available() / 2)
+        return DS_OK;
+    ds_status st = each_dense_mat(m, copy_to_nodes, &nodes, err);
+    if (st != DS_OK)
+        return st;
+    m->numa_replicas = nodes;
+    m->replica_bytes = bytes;
+    return DS_OK;
+}
+
+void ds_weights_free_replicas(ds_model *m)
+{
+    for (int i = 0; i < m->n_node_mem; i++)
+        ds_numa_free_mem(m->numa, m->node_mem[i].p, m->node_mem[i].len);
+    free(m->node_mem);
+    m->node_mem = NULL;
+    m->n_node_mem = 0;
 }

@@ -58,3 +58,13 @@ for budget in all 1M; do
     cmp "$T/numa.f32" "$T/r.f32" || { echo "FAIL: two NUMA nodes (--mem-budget $budget) change the logits"; exit 1; }
 done
 echo "PASS two synthetic NUMA nodes: logits identical, resident and streamed"
+# --numa replicate: a copy of the dense weights per node, the same logits.
+HWLOC_SYNTHETIC="pack:2 numa:1 core:1 pu:1" "$EV" -m "$C/model" --tokens "$C/tokens.json" -o "$T/numa.f32" \
+    --kv-cache f32 --chunk 13 --threads 2 --numa replicate
+cmp "$T/numa.f32" "$T/r.f32" || { echo "FAIL: --numa replicate changes the logits"; exit 1; }
+copies=$(HWLOC_SYNTHETIC="pack:2 numa:1 core:1 pu:1" "$top_builddir/tools/dsinfer-bench" -m "$C/model" -p 4 -n 2 \
+    --membw-mb 0 -t 2 --numa replicate | python3 -c "import json, sys; n = json.load(sys.stdin)['numa']; print(n['nodes'], n['dense_copies'], n['copy_bytes'] > 0)")
+[ "$copies" = "2 2 True" ] || { echo "FAIL: --numa replicate on two nodes reports '$copies'"; exit 1; }
+"$top_builddir/tools/dsinfer-bench" -m "$C/model" --numa sideways >/dev/null 2>"$T/numa.err" && { echo "FAIL: --numa sideways accepted"; exit 1; }
+grep -q "expected on, off or replicate" "$T/numa.err" || { echo "FAIL: --numa sideways: $(cat "$T/numa.err")"; exit 1; }
+echo "PASS --numa replicate: two copies of the dense weights on two synthetic nodes, logits identical"

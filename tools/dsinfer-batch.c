@@ -64,6 +64,7 @@ static void usage(FILE *f)
         "                         streams them from disk (default auto: all resident when the\n"
         "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
+        TOOL_HELP_NUMA
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "  -q, --quiet            no progress and no summary\n"
         "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
@@ -82,6 +83,7 @@ typedef struct options {
     int parallel, ctx_size, threads, verbose, quiet;
     int64_t mem_budget;
     ds_io_mode io;
+    int numa;
     long shard_i, shard_n;
     batch_progress_mode progress;
     ds_kv_type kv;
@@ -118,7 +120,7 @@ static batch_progress_mode parse_progress(const char *s)
 
 static void parse_options(int argc, char **argv, options *o)
 {
-    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO, O_SCHEMA };
+    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO, O_SCHEMA, O_NUMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'}, {"parallel", required_argument, 0, 'j'},
@@ -131,10 +133,11 @@ static void parse_options(int argc, char **argv, options *o)
         {"kv-cache", required_argument, 0, O_KV}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"numa", required_argument, 0, O_NUMA},
         {"json-schema", required_argument, 0, O_SCHEMA},
         {0, 0, 0, 0}};
     int c;
-    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8};
+    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8, .numa = DS_NUMA_ON};
     o->progress = parse_progress("auto");
     ds_sampler_params_init(&o->defaults.sampling);
     o->defaults.sampling.seed = 24301;
@@ -160,6 +163,7 @@ static void parse_options(int argc, char **argv, options *o)
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case O_BUDGET: o->mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: o->io = tool_parse_io("--io", optarg); break;
+        case O_NUMA: o->numa = tool_parse_numa("--numa", optarg); break;
         case O_KV: o->kv = tool_parse_kv("--kv-cache", optarg); break;
         case 'q': o->quiet = 1, tool_verbosity = -1; break;
         case 'v': o->verbose = 1, tool_verbosity = 1; break;
@@ -699,6 +703,7 @@ static void load_model(batch_run *run)
     lp.threads = o->threads;
     lp.expert_budget = o->mem_budget;
     lp.io = o->io;
+    lp.numa = o->numa;
     run->model = tool_load_model(o->model_dir, &lp);
     run->tok = tool_load_tokenizer(o->model_dir, &err);
     if (!run->tok)

@@ -46,6 +46,7 @@ static void usage(FILE *f)
         "                           streams them from disk through an expert cache (default auto: all resident\n"
         "                           when the model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
+        TOOL_HELP_NUMA
         "  -q, --quiet            print errors only\n"
         "  -v, --verbose          describe the model, kernels and expert cache on stderr\n"
         "  -h, --help             show this help\n"
@@ -376,8 +377,9 @@ int main(int argc, char **argv)
     int threads = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
+    int numa = DS_NUMA_ON;
     long membw_mb = 1024;
-    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO };
+    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
@@ -385,6 +387,7 @@ int main(int argc, char **argv)
         {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"numa", required_argument, 0, O_NUMA},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
@@ -403,6 +406,7 @@ int main(int argc, char **argv)
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;
         case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
+        case O_NUMA: numa = tool_parse_numa("--numa", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
@@ -422,6 +426,7 @@ int main(int argc, char **argv)
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
+    lp.numa = numa;
     double t0 = tool_now();
     ds_model *m = tool_load_model(model_dir, &lp);
     double load_s = tool_now() - t0;
@@ -502,6 +507,12 @@ int main(int argc, char **argv)
         }
     }
     json_object_set_new(j, "expert_cache", ej);
+    json_t *nj = json_object();
+    json_object_set_new(nj, "nodes", json_integer(mi->numa_nodes));
+    json_object_set_new(nj, "dense_copies", json_integer(mi->numa_replicas));
+    json_object_set_new(nj, "copy_bytes", json_integer(mi->replica_bytes));
+    json_object_set_new(nj, "expert_bytes_bound", json_integer(es.numa_bound_bytes));
+    json_object_set_new(j, "numa", nj);
     if (compare)
         json_object_set_new(j, "compare", run_compare(compare, pp, tg));
     char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));

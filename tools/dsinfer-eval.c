@@ -37,6 +37,7 @@ static void usage(FILE *f)
         "                           streams them from disk through an expert cache (default auto: all resident\n"
         "                           when the model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE            how streamed experts are read: uring, pread or auto (default)\n"
+        TOOL_HELP_NUMA
         "  -q, --quiet              print errors only\n"
         "  -v, --verbose            describe the model, kernels and expert cache on stderr\n"
         "  -h, --help               show this help\n"
@@ -160,8 +161,9 @@ int main(int argc, char **argv)
     int threads = 0, ctx_size = 0, chunk = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
+    int numa = DS_NUMA_ON;
     ds_kv_type kv = DS_KV_FP8;
-    enum { O_TOKENS = 256, O_KV, O_BUDGET, O_IO, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS };
+    enum { O_TOKENS = 256, O_KV, O_BUDGET, O_IO, O_NUMA, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
         {"out", required_argument, 0, 'o'}, {"kv-cache", required_argument, 0, O_KV},
@@ -171,6 +173,7 @@ int main(int argc, char **argv)
         {"dump-expert-weights", required_argument, 0, O_EW}, {"dump-layers", required_argument, 0, O_LAYERS},
         {"dump-attn-rows", required_argument, 0, O_ROWS},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"numa", required_argument, 0, O_NUMA},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
@@ -191,6 +194,7 @@ int main(int argc, char **argv)
         case O_ROWS: dump_rows = optarg; break;
         case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
+        case O_NUMA: numa = tool_parse_numa("--numa", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
@@ -224,6 +228,7 @@ int main(int argc, char **argv)
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
+    lp.numa = numa;
     model = tool_load_model(model_dir, &lp);
     const ds_model_info *mi = ds_model_get_info(model);
     ds_context_params cp;

@@ -23,6 +23,7 @@ static void usage(FILE *f)
         "      --json        print one JSON object instead of text\n"
         "      --mem-budget SIZE  validate with this expert-cache budget (as the runtime would load it)\n"
         "      --io MODE     uring, pread or auto: how a streaming load reads experts\n"
+        TOOL_HELP_NUMA
         "  -q, --quiet       print errors only\n"
         "  -v, --verbose     describe the model, kernels and expert cache on stderr\n"
         "  -h, --help        show this help\n"
@@ -44,7 +45,7 @@ int main(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, 'T'},
         {"json", no_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
-        {"mem-budget", required_argument, 0, 'B'}, {"io", required_argument, 0, 'I'},
+        {"mem-budget", required_argument, 0, 'B'}, {"io", required_argument, 0, 'I'}, {"numa", required_argument, 0, 'N'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:qvhV", opts, NULL)) != -1) {
@@ -54,6 +55,7 @@ int main(int argc, char **argv)
         case 'j': json = 1; break;
         case 'B': lp.expert_budget = tool_parse_budget("--mem-budget", optarg); break;
         case 'I': lp.io = tool_parse_io("--io", optarg); break;
+        case 'N': lp.numa = tool_parse_numa("--numa", optarg); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;

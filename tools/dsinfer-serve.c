@@ -62,6 +62,7 @@ static void usage(FILE *f)
         "                             streams them from disk (default auto: all resident when the\n"
         "                             model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE              how streamed experts are read: uring, pread or auto\n"
+        TOOL_HELP_NUMA
         "  -q, --quiet                do not log requests\n"
         "  -v, --verbose              describe the model, kernels and expert cache on stderr\n"
         "  -h, --help                 show this help\n"
@@ -199,6 +200,7 @@ static void load(server *s)
     lp.threads = s->cfg.threads;
     lp.expert_budget = s->cfg.mem_budget;
     lp.io = s->cfg.io;
+    lp.numa = s->cfg.numa;
     s->tok = tool_load_tokenizer(s->cfg.model_dir, &err);
     if (!s->tok || ds_json_vocab_create(s->tok, &s->json_vocab, &err) != DS_OK)
         tool_die_err(&err);
@@ -224,7 +226,7 @@ static void load(server *s)
 
 static void parse_args(int argc, char **argv, serve_config *cfg)
 {
-    enum { O_HOST = 256, O_PORT, O_PARALLEL, O_KEY, O_KV, O_THINK, O_QUEUE, O_BODY, O_NAME, O_BUDGET, O_IO };
+    enum { O_HOST = 256, O_PORT, O_PARALLEL, O_KEY, O_KV, O_THINK, O_QUEUE, O_BODY, O_NAME, O_BUDGET, O_IO, O_NUMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"parallel", required_argument, 0, O_PARALLEL},
@@ -234,6 +236,7 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
         {"max-body", required_argument, 0, O_BODY}, {"model-name", required_argument, 0, O_NAME},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"numa", required_argument, 0, O_NUMA},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:c:t:qvhV", opts, NULL)) != -1) {
@@ -265,6 +268,7 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
             break;
         case O_BUDGET: cfg->mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: cfg->io = tool_parse_io("--io", optarg); break;
+        case O_NUMA: cfg->numa = tool_parse_numa("--numa", optarg); break;
         case 'q': cfg->quiet = 1, tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
@@ -333,6 +337,7 @@ int main(int argc, char **argv)
     cfg->max_queue = 64;
     cfg->max_body = 8u << 20;
     cfg->kv = DS_KV_FP8;
+    cfg->numa = DS_NUMA_ON;
     parse_args(argc, argv, cfg);
     if (!cfg->model_dir)
         cfg->model_dir = tool_default_model();

@@ -60,6 +60,7 @@ static void usage(FILE *f)
         "                         streams them from disk (default auto: all resident when the\n"
         "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
+        TOOL_HELP_NUMA
         "  -h, --help             show this help\n"
         "  -V, --version          show the version\n"
         "\n"
@@ -152,13 +153,14 @@ int main(int argc, char **argv)
     int max_tokens = 16, threads = 0, ctx_size = 0, ignore_eos = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
+    int numa = DS_NUMA_ON;
     int thinking = 0, thinking_set = 0, print_ids = 0;
     ds_kv_type kv = DS_KV_FP8;
     ds_sampler_params sp;
     ds_sampler_params_init(&sp);
     sp.seed = 24301;
     enum { O_TEMP = 256, O_TOPP, O_TOPK, O_KV, O_EOS, O_PROMPT, O_CHAT, O_SYSTEM, O_THINK, O_NOTHINK,
-           O_PRINTIDS, O_BUDGET, O_IO };
+           O_PRINTIDS, O_BUDGET, O_IO, O_NUMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-ids", required_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, O_TEMP},
@@ -169,6 +171,7 @@ int main(int argc, char **argv)
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
+        {"numa", required_argument, 0, O_NUMA},
         {"prompt", required_argument, 0, O_PROMPT}, {"chat", required_argument, 0, O_CHAT},
         {"system", required_argument, 0, O_SYSTEM}, {"thinking", no_argument, 0, O_THINK},
         {"no-thinking", no_argument, 0, O_NOTHINK}, {"print-ids", no_argument, 0, O_PRINTIDS},
@@ -197,6 +200,7 @@ int main(int argc, char **argv)
         case 'v': tool_verbosity = 1; break;
         case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
+        case O_NUMA: numa = tool_parse_numa("--numa", optarg); break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': tool_print_version();
         default: usage(stderr); return EXIT_USAGE;
@@ -232,6 +236,7 @@ int main(int argc, char **argv)
     lp.threads = threads;
     lp.expert_budget = mem_budget;
     lp.io = io_mode;
+    lp.numa = numa;
     double t0 = tool_now();
     ds_model *model = tool_load_model(model_dir, &lp);
     const ds_model_info *mi = ds_model_get_info(model);

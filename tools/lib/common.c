@@ -223,6 +223,17 @@ ds_io_mode tool_parse_io(const char *opt, const char *s)
     tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected uring, pread or auto)", opt, s);
 }
 
+int tool_parse_numa(const char *opt, const char *s)
+{
+    if (strcmp(s, "on") == 0 || strcmp(s, "auto") == 0)
+        return DS_NUMA_ON;
+    if (strcmp(s, "off") == 0)
+        return DS_NUMA_OFF;
+    if (strcmp(s, "replicate") == 0)
+        return DS_NUMA_REPLICATE;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected on, off or replicate)", opt, s);
+}
+
 const char *tool_default_model(void)
 {
     static char path[4096];
@@ -268,9 +279,12 @@ ds_model *tool_load_model(const char *dir, const ds_load_params *lp)
     double t0 = tool_now();
     if (ds_model_load(dir, lp, &m, &err) != DS_OK)
         tool_die_err(&err);
+    const ds_model_info *mi = ds_model_get_info(m);
+    if (lp->numa == DS_NUMA_REPLICATE && mi->numa_nodes > 1 && mi->numa_replicas < 2)
+        fprintf(stderr, "%s: warning: --numa replicate: %d copies of the dense weights do not fit in half of the "
+                "available memory; one copy is shared by all nodes\n", tool_name, mi->numa_nodes);
     if (tool_verbosity < 1)
         return m;
-    const ds_model_info *mi = ds_model_get_info(m);
     tool_info("loaded %s in %.2f s: %s, %d layers (%d dense), hidden %d, %d heads, vocab %d",
               dir, tool_now() - t0, mi->model_type, mi->num_layers, mi->first_dense_layers,
               mi->hidden_size, mi->num_heads, mi->vocab_size);
@@ -287,8 +301,9 @@ ds_model *tool_load_model(const char *dir, const ds_load_params *lp)
                   (double)st.slab_bytes / 1048576.0, st.io_backend);
     else
         tool_info("expert cache: every expert resident");
-    tool_info("kernels: %s; threads: %ld; NUMA nodes: %d", ds_kernel_isa(),
-              lp->threads > 0 ? (long)lp->threads : sysconf(_SC_NPROCESSORS_ONLN), mi->numa_nodes);
+    tool_info("kernels: %s; threads: %ld; NUMA nodes: %d; dense weight copies: %d (%.1f MiB each)",
+              ds_kernel_isa(), lp->threads > 0 ? (long)lp->threads : sysconf(_SC_NPROCESSORS_ONLN),
+              mi->numa_nodes, mi->numa_replicas, (double)mi->replica_bytes / 1048576.0);
     return m;
 }
 

@@ -50,6 +50,13 @@ int64_t tool_parse_budget(const char *opt, const char *s);
 ds_kv_type tool_parse_kv(const char *opt, const char *s);
 /* --io=uring|pread|auto */
 ds_io_mode tool_parse_io(const char *opt, const char *s);
+/* --numa: on (default; threads and experts placed by node), off, or
+ * replicate (also a copy of the dense weights per node). */
+int tool_parse_numa(const char *opt, const char *s);
+/* Its help line, the same in every tool. */
+#define TOOL_HELP_NUMA \
+    "      --numa MODE          on (default: threads and experts placed by NUMA node), off,\n" \
+    "                           or replicate (also one copy of the dense weights per node)\n"
 
 /* The model used when --model is absent: $DSINFER_MODEL, else the tiny
  * checkpoint built by `make` in the build tree, else its installed copy. */

@@ -33,6 +33,7 @@ typedef struct serve_config {
     ds_kv_type kv;
     int64_t mem_budget;           /* routed-expert RAM budget (0 = all resident) */
     ds_io_mode io;
+    int numa;                  /* DS_NUMA_* (--numa) */
 } serve_config;
 
 /* The endpoints, for routing and the request counters of /metrics. */
