@@ -162,22 +162,58 @@ static void fill_info(ds_model *m)
     i->replica_bytes = m->replica_bytes;
     i->n_tensors = ds_table_count(m->table);
     i->weight_bytes = i->expert_bytes = i->active_bytes_per_token = 0;
+    for (int k = 0; k < ds_table_count(m->table); k++)
+        i->weight_bytes += (int64_t)ds_table_at(m->table, k)->nbytes;
+    for (int l = 0; m->layer_bytes && l <= c->num_hidden_layers; l++)
+        i->active_bytes_per_token += m->layer_bytes[l];
+    i->expert_bytes = m->expert_bytes;
+}
+
+/* Bytes one decoded token reads, per block (the last entry: embedding row,
+ * final norm, head): dense tensors plus experts_per_token of the block's
+ * routed experts on average.  MTP layers are not run; the padding tensors
+ * of a repacked checkpoint are never read. */
+static ds_status count_layer_bytes(ds_model *m, ds_error *err)
+{
+    const ds_config *c = &m->cfg;
+    const int L = c->num_hidden_layers;
+    m->layer_bytes = ds_model_own(m, sizeof(int64_t) * (size_t)(L + 1), err);
+    int64_t *experts = calloc((size_t)L + 1, sizeof(int64_t));
+    if (!m->layer_bytes || !experts) {
+        free(experts);
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory");
+    }
     for (int k = 0; k < ds_table_count(m->table); k++) {
         const ds_tensor *t = ds_table_at(m->table, k);
-        int layer = -1, off = 0;
-        i->weight_bytes += (int64_t)t->nbytes;
-        if (sscanf(t->name, "model.layers.%d.%n", &layer, &off) == 1 && layer >= c->num_hidden_layers)
-            continue;                                   /* MTP layers are not run */
-        if (layer >= 0 && strncmp(t->name + off, "mlp.experts.", 12) == 0)
-            i->expert_bytes += (int64_t)t->nbytes;
-        else if (strcmp(t->name, "model.embed_tokens.weight") == 0)
-            i->active_bytes_per_token += (int64_t)(t->nbytes / (uint64_t)c->vocab_size);
+        int l = -1, off = 0;
+        if (strncmp(t->name, "__dsinfer_pad", 13) == 0)
+            continue;
+        if (sscanf(t->name, "model.layers.%d.%n", &l, &off) != 1 || off == 0)
+            l = L;
+        else if (l >= L || l < 0)
+            continue;
+        if (strcmp(t->name, "model.embed_tokens.weight") == 0)
+            m->layer_bytes[l] += (int64_t)(t->nbytes / (uint64_t)c->vocab_size);
+        else if (l < L && strncmp(t->name + off, "mlp.experts.", 12) == 0)
+            experts[l] += (int64_t)t->nbytes;
         else
-            i->active_bytes_per_token += (int64_t)t->nbytes;
+            m->layer_bytes[l] += (int64_t)t->nbytes;
     }
-    if (c->n_routed_experts > 0)
-        i->active_bytes_per_token += (int64_t)((double)i->expert_bytes * c->num_experts_per_tok /
-                                               c->n_routed_experts);
+    m->expert_bytes = 0;
+    for (int l = 0; l < L; l++) {
+        m->expert_bytes += experts[l];
+        if (c->n_routed_experts > 0)
+            m->layer_bytes[l] += (int64_t)((double)experts[l] * c->num_experts_per_tok / c->n_routed_experts);
+    }
+    free(experts);
+    return DS_OK;
+}
+
+int64_t ds_model_layer_bytes(const ds_model *m, int layer)
+{
+    if (!m || !m->layer_bytes || layer < 0 || layer > m->cfg.num_hidden_layers)
+        return -1;
+    return m->layer_bytes[layer];
 }
 
 static ds_status check_limits(const ds_model *m, ds_error *err)
@@ -240,6 +276,8 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = ds_experts_create(m, p, &m->experts, err);
     if (st == DS_OK)
         st = ds_rope_init(m, err);
+    if (st == DS_OK)
+        st = count_layer_bytes(m, err);
     if (st != DS_OK)
         goto fail;
     if (p && p->threads > 0)

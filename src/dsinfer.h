@@ -108,6 +108,11 @@ void ds_load_params_init(ds_load_params *p);
 ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out, ds_error *err);
 void ds_model_free(ds_model *m);
 const ds_model_info *ds_model_get_info(const ds_model *m);
+/* Weight bytes one decoded token reads in block `layer` (its dense tensors
+ * plus experts_per_token of its routed experts' average size); layer ==
+ * num_layers: the rest (embedding row, final norm, output head).  -1 for
+ * another layer number. */
+int64_t ds_model_layer_bytes(const ds_model *m, int layer);
 
 /* Expert cache counters (see ds_load_params.expert_budget). */
 typedef struct ds_expert_stats {

@@ -74,6 +74,8 @@ struct ds_model {
     struct ds_node_mem { void *p; size_t len; } *node_mem;  /* per-node weight copies */
     int n_node_mem, numa_replicas;
     int64_t replica_bytes;
+    int64_t *layer_bytes;  /* [layers + 1] bytes a decoded token reads per block (+ head) */
+    int64_t expert_bytes;  /* routed experts of the layers that run */
 };
 
 /* Per-layer KV arena slices. */

@@ -199,6 +199,10 @@ for io in uring pread; do
         cmp -s "$T/rp-$io.bin" "$T/fp8.bin" && ok "repacked, streamed (--io $io): logits identical to the original" ||
         bad "repacked --io $io: logits differ or eval failed: $(cat "$T/err")"
 done
+# the padding tensors are never read: a token reads the same bytes as in the original
+active() { "$B/dsinfer-bench" -m "$1" -p 0 -n 1 --membw-mb 0 | python3 -c "import json, sys; print(json.load(sys.stdin)['active_bytes_per_token'])"; }
+[ "$(active "$T/rp")" = "$(active "$CASE/model")" ] && ok "repacked: the same bytes read per token" ||
+    bad "repacked: $(active "$T/rp") bytes read per token, original $(active "$CASE/model")"
 # one read request per expert instead of three
 reqs() {
     "$B/dsinfer-bench" -m "$1" -p 8 -n 4 --membw-mb 0 --mem-budget 1M --io pread |

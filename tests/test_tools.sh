@@ -63,7 +63,7 @@ got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache
 [ "$got" = "$want" ] && ok "greedy continuation equals the reference's ($got)" || bad "greedy: got '$got', want '$want'"
 
 # the benchmark prints one JSON object with positive speeds; --compare runs a command
-"$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 -b 3 --membw-mb 16 \
+"$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 -b 3 --membw-mb 16 --layer-times \
     --compare "echo '{\"pp_tps\": 2.0, \"tg_tps\": 4.0}'" >"$T/bench.json" &&
 python3 - "$T/bench.json" <<'PY' && ok "dsinfer-bench JSON" || bad "dsinfer-bench JSON: $(cat "$T/bench.json")"
 import json, sys
@@ -79,6 +79,12 @@ assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d
 assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 * 512 * 2 + 512 * 2, d
 assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-4 * d["decode_tps"], d["compare"]
 assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-4 * d["prefill_tps"], d["compare"]
+# --layer-times: the 3 blocks and the head, whose bytes add up to the token's
+L = d["layers"]
+assert [l["layer"] for l in L] == [0, 1, 2, "head"], L
+assert sum(l["bytes"] for l in L) == d["active_bytes_per_token"], L
+assert all(l["ms"] > 0 and l["GBps"] > 0 and l["roofline_ratio"] > 0 for l in L), L
+assert L[3]["bytes"] == 1024 * 512 * 2 + 512 * 2 + 512 * 2, L   # BF16 head, norm, one embedding row
 PY
 "$B/dsinfer-bench" -m "$CASE/model" -p 4 -n 2 --membw-mb 0 --kv-cache fp8-compact |
     python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&

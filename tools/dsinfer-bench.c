@@ -36,6 +36,8 @@ static void usage(FILE *f)
         "                         token, as the server and dsinfer-batch do) and report the\n"
         "                         aggregate tokens/s and its gain over one sequence\n"
         "  -r, --repeat N         repetitions of each test; the median is reported (default 1)\n"
+        "      --layer-times      also time each block of one more decode run and report its\n"
+        "                         bytes read, GB/s and time over its bandwidth-bound time\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
         "      --membw-mb N       size of the bandwidth probe buffer in MiB (default 1024; 0 = skip)\n"
@@ -147,7 +149,7 @@ static void random_ids(int32_t *ids, int n, int vocab, uint64_t *state)
 }
 
 typedef struct bench_opts {
-    int prompt_len, gen, depth, repeat, batch;
+    int prompt_len, gen, depth, repeat, batch, layer_times;
     ds_kv_type kv;
     uint64_t seed;
 } bench_opts;
@@ -227,6 +229,70 @@ static double bench_decode(ds_model *m, const bench_opts *o, float *logits, uint
     free(ids);
     free(t);
     return v;
+}
+
+/* Per-block decode times (--layer-times): one more decode of o->gen tokens
+ * with a trace hook that stamps the end of every block; a block's time is
+ * the gap since the previous stamp (block 0: since the step began), and
+ * the head's is what remains of the step.  Run apart from the timed test
+ * so the hook never touches the headline figure. */
+typedef struct layer_clock {
+    double step_start, last;
+    double *sum;               /* [layers + 1] seconds */
+} layer_clock;
+
+static void stamp_layer(void *user, ds_trace_kind kind, int layer, int pos, const void *data, int n)
+{
+    (void)pos, (void)data, (void)n;
+    layer_clock *lc = user;
+    if (kind != DS_TRACE_LAYER_OUT)
+        return;
+    double now = tool_now();
+    lc->sum[layer] += now - (layer == 0 ? lc->step_start : lc->last);
+    lc->last = now;
+}
+
+static json_t *bench_layers(ds_model *m, const bench_opts *o, float *logits, double bw)
+{
+    const ds_model_info *mi = ds_model_get_info(m);
+    const int L = mi->num_layers, total = o->depth + o->gen;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)total);
+    layer_clock lc = {0, 0, calloc((size_t)L + 1, sizeof(double))};
+    uint64_t st = o->seed + 2;
+    if (!ids || !lc.sum)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    ds_error err;
+    ds_context *c = new_context(m, total, o->kv);
+    random_ids(ids, total, mi->vocab_size, &st);
+    for (int s = 0; s < o->depth; s += 2048)
+        if (ds_eval(c, ids + s, o->depth - s < 2048 ? o->depth - s : 2048, NULL, 0, &err) != DS_OK)
+            tool_die_err(&err);
+    ds_context_set_trace(c, stamp_layer, &lc);
+    for (int k = 0; k < o->gen; k++) {
+        lc.step_start = tool_now();
+        if (ds_eval(c, ids + o->depth + k, 1, logits, 0, &err) != DS_OK)
+            tool_die_err(&err);
+        lc.sum[L] += tool_now() - lc.last;
+    }
+    ds_context_free(c);
+    json_t *arr = json_array();
+    for (int l = 0; l <= L; l++) {
+        json_t *e = json_object();
+        const double s = lc.sum[l] / o->gen, bytes = (double)ds_model_layer_bytes(m, l);
+        if (l < L)
+            json_object_set_new(e, "layer", json_integer(l));
+        else
+            json_object_set_new(e, "layer", json_string("head"));
+        json_object_set_new(e, "ms", json_real(s * 1e3));
+        json_object_set_new(e, "bytes", json_integer((json_int_t)bytes));
+        json_object_set_new(e, "GBps", json_real(s > 0 ? bytes / s / 1e9 : 0.0));
+        if (bw > 0 && bytes > 0)   /* time over the bandwidth-bound time: 1 = at the roofline */
+            json_object_set_new(e, "roofline_ratio", json_real(s / (bytes / (bw * 1e9))));
+        json_array_append_new(arr, e);
+    }
+    free(ids);
+    free(lc.sum);
+    return arr;
 }
 
 /* Batched decode: o->batch sequences, each at o->depth, decoded together
@@ -373,13 +439,13 @@ static json_t *run_compare(const char *cmd, double pp, double tg)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *compare = NULL;
-    bench_opts o = {512, 128, 0, 1, 0, DS_KV_FP8, 1};
+    bench_opts o = {.prompt_len = 512, .gen = 128, .repeat = 1, .kv = DS_KV_FP8, .seed = 1};
     int threads = 0;
     int64_t mem_budget = 0;
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int numa = DS_NUMA_ON;
     long membw_mb = 1024;
-    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA };
+    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA, O_LAYERS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
@@ -387,7 +453,7 @@ int main(int argc, char **argv)
         {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
-        {"numa", required_argument, 0, O_NUMA},
+        {"numa", required_argument, 0, O_NUMA}, {"layer-times", no_argument, 0, O_LAYERS},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
@@ -407,6 +473,7 @@ int main(int argc, char **argv)
         case O_BUDGET: mem_budget = tool_parse_budget("--mem-budget", optarg); break;
         case O_IO: io_mode = tool_parse_io("--io", optarg); break;
         case O_NUMA: numa = tool_parse_numa("--numa", optarg); break;
+        case O_LAYERS: o.layer_times = 1; break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
         case 'h': usage(stdout); return EXIT_OK;
@@ -443,6 +510,7 @@ int main(int argc, char **argv)
     double disk = es1.streaming && o.gen ? measure_disk(model_dir, 1024, &disk_how) : 0.0;
     double btg = o.gen && o.batch > 0 ? bench_batch_decode(m, &o) : 0.0;
     double bw = membw_mb ? measure_membw((size_t)membw_mb) : 0.0;
+    json_t *layers = o.layer_times && o.gen ? bench_layers(m, &o, logits, bw) : NULL;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
 
@@ -507,6 +575,8 @@ int main(int argc, char **argv)
         }
     }
     json_object_set_new(j, "expert_cache", ej);
+    if (layers)
+        json_object_set_new(j, "layers", layers);
     json_t *nj = json_object();
     json_object_set_new(nj, "nodes", json_integer(mi->numa_nodes));
     json_object_set_new(nj, "dense_copies", json_integer(mi->numa_replicas));
