@@ -935,6 +935,85 @@ def k_disconnect(env, rng):
     return None
 
 
+SCHEMA_KEYS = ["type", "properties", "required", "items", "enum", "const", "anyOf", "oneOf", "minLength",
+               "maxLength", "minItems", "maxItems", "additionalProperties", "pattern", "format", "$ref", "not"]
+
+
+def rand_schema(rng, depth=0):
+    """Schema-like objects, often odd: the compiler must say 400 or accept."""
+    if depth > 3 or rng.random() < 0.2:
+        return value_of(rng, rng.choice(TYPES))
+    sc = {}
+    for _ in range(rng.randint(0, 4)):
+        k = rng.choice(SCHEMA_KEYS)
+        if k == "type":
+            v = rng.choice(["string", "number", "integer", "boolean", "null", "object", "array", "bogus",
+                            ["string", "null"], [], 5])
+        elif k in ("properties",):
+            v = {text(rng)[:6] or "p": rand_schema(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+        elif k in ("items", "additionalProperties", "not"):
+            v = rand_schema(rng, depth + 1)
+        elif k in ("anyOf", "oneOf"):
+            v = [rand_schema(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+        elif k in ("enum",):
+            v = [value_of(rng, rng.choice(TYPES)) for _ in range(rng.randint(0, 4))]
+        elif k == "required":
+            v = rng.choice([[], ["a"], "a", [1]])
+        else:
+            v = value_of(rng, rng.choice(["int", "int", "str", "float", "null"]))
+        sc[k] = v
+    return sc
+
+
+def mutate(rng, v, depth=0):
+    """v with one node somewhere replaced by a random value."""
+    if depth > 6 or not isinstance(v, (dict, list)) or not v or rng.random() < 0.3:
+        return value_of(rng, rng.choice(TYPES))
+    v = dict(v) if isinstance(v, dict) else list(v)
+    k = rng.choice(list(v)) if isinstance(v, dict) else rng.randrange(len(v))
+    v[k] = mutate(rng, v[k], depth + 1)
+    return v
+
+
+def k_structure(env, rng):
+    """Whole requests with random shapes: odd response_format schemas, odd
+    messages (tool calls, names, content parts), one node of a rich valid
+    request replaced.  Any 200 or 400 is fine, as long as it is well formed."""
+    path = CHAT if rng.random() < 0.8 else COMPL
+    b = base_body(rng, path)
+    m = rng.randint(0, 2)
+    if m == 0:
+        b["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": rand_schema(rng)}}
+    else:
+        if path == CHAT:
+            b["messages"] = [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": text(rng)}]},
+                {"role": "assistant", "content": None, "reasoning_content": "r",
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                {"role": "user", "content": text(rng)}]
+            b["tool_choice"] = "none"
+            b["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+            b["chat_template_kwargs"] = {"thinking": rng.random() < 0.5}
+        b["stop"] = ["\n\n"]
+        mt = b["max_tokens"]
+        b = mutate(rng, b)
+        if not isinstance(b, dict):
+            b = {"x": b}
+        elif b.get("max_tokens") is None:
+            b["max_tokens"] = mt       # not a generation to the end of the context (slow)
+    mt = b.get("max_tokens") if isinstance(b.get("max_tokens"), int) and b["max_tokens"] >= 1 else 1 << 30
+    r = post(env, b, path)
+    d = check_app(r, {200, 400} | BUSY)
+    if r.status == 200:
+        if b.get("stream") is True:
+            check_sse(r.body, path)
+        else:
+            (check_chat_result if path == CHAT else check_completion_result)(d, mt)
+    return r
+
+
 def k_bad_key(env, rng):
     """Only with --api-key: wrong or missing keys get 401, /health needs none."""
     if not env.key:
@@ -959,7 +1038,7 @@ KINDS = {   # name: (function, weight)
     "good_escape": (k_good_escape, 2), "bad_method": (k_bad_method, 3), "bad_path": (k_bad_path, 3),
     "content_type": (k_content_type, 2), "content_length": (k_content_length, 4), "chunked": (k_chunked, 4),
     "pipelined": (k_pipelined, 3), "bad_request_line": (k_bad_request_line, 3), "headers": (k_headers, 3),
-    "disconnect": (k_disconnect, 6), "bad_key": (k_bad_key, 2),
+    "disconnect": (k_disconnect, 6), "bad_key": (k_bad_key, 2), "structure": (k_structure, 6),
 }
 
 
