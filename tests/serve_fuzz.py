@@ -1080,6 +1080,28 @@ def regressions(env, pid, report):
         check_result(post(env, b), CHAT, 2)
     except Violation as e:
         report("regression", -1, f"top_p 1e-300 (rounds to 0.0f): {e}")
+    # a non-streamed request whose client left at once: its generation is
+    # cancelled (the suspended connection was not watched, so the sequence
+    # ran to max_tokens before the server noticed)
+    try:
+        m0 = metrics(env)[1]
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                           "ignore_eos": True}).encode()
+        s = connect(env)
+        s.sendall(request_bytes(env, "POST", CHAT, body))
+        s.close()
+        key = "dsinfer_engine_requests_finished_total"
+        deadline, m = time.monotonic() + 60, m0
+        while time.monotonic() < deadline and not (m.get(key, 0) > m0.get(key, 0) and m.get("dsinfer_active_sequences") == 0):
+            time.sleep(0.05)
+            m = metrics(env)[1]
+        gen = m["dsinfer_generated_tokens_total"] - m0["dsinfer_generated_tokens_total"]
+        gone = m["dsinfer_client_disconnects_total"] - m0["dsinfer_client_disconnects_total"]
+        if gen >= 200 or gone < 1:
+            report("regression", -1, f"a client gone before its non-streamed answer: {gen:g} tokens generated "
+                   f"of 200, {gone:g} disconnects counted")
+    except (OSError, KeyError, ValueError) as e:
+        report("regression", -1, f"the gone-client check failed: {e!r}")
     if pid:
         # partial requests closed at once: libmicrohttpd's epoll loop missed
         # the FIN and kept each descriptor for the 120 s connection timeout
