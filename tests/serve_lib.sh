@@ -1,5 +1,6 @@
 # serve_lib.sh — sourced by the dsinfer-serve tests: start a server on a free
-# loopback port and stop it.  Needs B (the tools directory) set by the caller.
+# loopback port, stop it, wait for its exit.  Needs B (the tools directory)
+# set by the caller.
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -41,5 +42,24 @@ stop_server() {
     done
     kill -KILL "$PID" 2>/dev/null
     wait "$PID" 2>/dev/null
+    PID=
+}
+
+# wait_exit SECONDS: RC = the server's exit status, or 124 when it is still
+# running after SECONDS (then it is killed).
+wait_exit() {
+    i=0
+    while kill -0 "$PID" 2>/dev/null && [ $i -lt $(($1 * 10)) ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$PID" 2>/dev/null; then
+        kill -KILL "$PID" 2>/dev/null
+        wait "$PID" 2>/dev/null
+        RC=124
+    else
+        wait "$PID"
+        RC=$?
+    fi
     PID=
 }

@@ -50,25 +50,6 @@ fi
 
 . "$top_srcdir/tests/serve_lib.sh"
 
-# wait_exit SECONDS: RC = the server's exit status, or 124 when it is still
-# running after SECONDS (then it is killed).
-wait_exit() {
-    i=0
-    while kill -0 "$PID" 2>/dev/null && [ $i -lt $(($1 * 10)) ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    if kill -0 "$PID" 2>/dev/null; then
-        kill -KILL "$PID" 2>/dev/null
-        wait "$PID" 2>/dev/null
-        RC=124
-    else
-        wait "$PID"
-        RC=$?
-    fi
-    PID=
-}
-
 # ---- the main server: the client ends by sending SIGTERM mid-request ----------
 if start_server "$MODEL" "$T/serve.log" --ctx-size 256 --max-body $MAX_BODY; then
     ok "server up at $URL"

@@ -142,6 +142,16 @@ static int opt_bool(json_t *o, const char *key, int *out, api_error *e)
 
 /* ---- shared parameters -------------------------------------------------- */
 
+/* top_p as the sampler takes it, in (0, 1].  The check above is on the
+ * double; a positive value under FLT_TRUE_MIN (1e-300) still rounds to 0.0f,
+ * which the sampler rejects, and the request failed with a 500 at submit.
+ * 0 and such underflows both mean "only the most likely token". */
+static float top_p_value(double d)
+{
+    float f = (float)d;
+    return f > 0 ? f : 1e-6f;
+}
+
 static int parse_sampling(json_t *root, job_params *p, api_error *e)
 {
     static uint64_t seeds;
@@ -157,7 +167,7 @@ static int parse_sampling(json_t *root, job_params *p, api_error *e)
     if ((rc = opt_number(root, "top_p", 0, 1, &d, e)) < 0)
         return -1;
     if (rc)
-        p->sp.top_p = d > 0 ? (float)d : 1e-6f;
+        p->sp.top_p = top_p_value(d);
     if ((rc = opt_int(root, "top_k", 0, 1 << 24, &ll, e)) < 0)
         return -1;
     if (rc)

@@ -7,11 +7,13 @@
  * chat.completion / text_completion object, and the hand-over of all that
  * to the HTTP thread (mutex, suspend / resume of the connection). */
 #define _GNU_SOURCE          /* memmem */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include "serve.h"
 
@@ -526,6 +528,32 @@ static void unlink_job(job *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* A non-streamed job's connection stays suspended until the answer is
+ * ready, and libmicrohttpd does not watch suspended sockets: a client that
+ * sent its request and went away held its sequence until max_tokens or the
+ * end of the context, and only then was seen to be gone.  So the engine
+ * thread peeks at the socket: end of file or an error means the client is
+ * gone (bytes waiting, e.g. a pipelined request, do not).  conn is valid
+ * while suspended is set, under j->mu. */
+static int client_gone(job *j)
+{
+    int gone = 0;
+    pthread_mutex_lock(&j->mu);
+    if (!j->p.stream && j->suspended && j->conn) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(j->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        char c;
+        ssize_t n = ci ? recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : 1;
+        gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (gone) {
+        pthread_mutex_lock(&j->srv->mu);
+        j->srv->disconnects++;
+        pthread_mutex_unlock(&j->srv->mu);
+    }
+    return gone;
+}
+
 /* The engine's ds_token_fn (engine thread).  Non-zero asks the engine to
  * stop the sequence: a stop string was reached or the client is gone. */
 static int on_token(void *user, uint64_t id, int32_t token, const float *logits, ds_finish_reason why)
@@ -544,7 +572,7 @@ static int on_token(void *user, uint64_t id, int32_t token, const float *logits,
         on_new_token(j, &out, token, logits);
         publish(j, &out, 0);
         sbuf_free(&out);
-        return j->stop_hit || forced_end || is_detached(j);
+        return j->stop_hit || forced_end || is_detached(j) || client_gone(j);
     }
     on_finish(j, &out, why);
     publish(j, &out, 1);
