@@ -111,7 +111,7 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
 /* Expanded (MHA) attention for a chunk of T queries: k_nope and v are
  * computed once for every key that some query selected. */
 static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T, int start,
-                                 const int32_t *sel, const int *nsel, int stride, float *o,
+                                 const int32_t *sel, const int *nsel, int stride, int bf16, float *o,
                                  ds_error *err)
 {
     const ds_model *m = c->model;
@@ -151,7 +151,7 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
     }
     for (int u = 0; u < nu; u++)
         ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
-    ds_gemm(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw);
+    ds_matmul(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw, bf16);
 
     int fail = 0;
 #pragma omp parallel
@@ -206,17 +206,17 @@ out:
  * token's latent and rope key into its own sequence's cache and returns
  * the rotated queries [T][nh][qk] and the q LoRA output qr. */
 static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_seqs, const float *x, int T,
-                    float *q, float *qr, float *kva)
+                    int bf16, float *q, float *qr, float *kva)
 {
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     const float eps = m->cfg.rms_norm_eps;
     const int kw = d.kvl + d.rope;
-    ds_gemm(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql);
+    ds_matmul(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql, bf16);
     for (int t = 0; t < T; t++)
         ds_rmsnorm(qr + (size_t)t * d.ql, L->q_a_norm, eps, d.ql, qr + (size_t)t * d.ql);
-    ds_gemm(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk);
-    ds_gemm(&L->kv_a, 0, kw, x, d.H, T, kva, kw);
+    ds_matmul(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk, bf16);
+    ds_matmul(&L->kv_a, 0, kw, x, d.H, T, kva, kw, bf16);
     for (int i = 0; i < n_seqs; i++) {
         ds_context *c = seqs[i].ctx;
         for (int k = 0; k < seqs[i].n; k++) {
@@ -235,7 +235,7 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
 
 /* Indexer selection and attention of one sequence's rows. */
 static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, const float *q, const float *qr,
-                            float *o, ds_error *err)
+                            int bf16, float *o, ds_error *err)
 {
     ds_context *c = sq->ctx;
     const ds_config *cfg = &c->model->cfg;
@@ -254,14 +254,14 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, con
     float *os = o + (size_t)sq->off * d.nh * d.vd;
     if (st == DS_OK)
         st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, err)
-                    : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, os, err);
+                    : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, bf16, os, err);
     free(sel);
     free(nsel);
     return st;
 }
 
-ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, float *out,
-                         ds_error *err)
+ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, int bf16,
+                         float *out, ds_error *err)
 {
     const ds_model *m = seqs[0].ctx->model;
     const ds_layer_w *L = &m->layers[layer];
@@ -275,11 +275,11 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         st = DS_ERR_NOMEM;
         goto out;
     }
-    project(m, layer, seqs, n_seqs, x, T, q, qr, kva);
+    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva);
     for (int i = 0; i < n_seqs && st == DS_OK; i++)
-        st = attend_seq(&seqs[i], layer, x, q, qr, o, err);
+        st = attend_seq(&seqs[i], layer, x, q, qr, bf16, o, err);
     if (st == DS_OK)
-        ds_gemm(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H);
+        ds_matmul(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H, bf16);
 out:
     free(q);
     free(qr);

@@ -212,6 +212,25 @@ ds_kv_type tool_parse_kv(const char *opt, const char *s)
     tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected fp8, fp8-compact or f32)", opt, s);
 }
 
+ds_precision tool_parse_precision(const char *opt, const char *s)
+{
+    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0)
+        return DS_PRECISION_F32;
+    if (strcmp(s, "bf16") == 0)
+        return DS_PRECISION_BF16;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected f32 or bf16)", opt, s);
+}
+
+void tool_info_precision(ds_precision p)
+{
+    if (p == DS_PRECISION_BF16 && !ds_precision_rounds())
+        tool_info("precision bf16: this CPU or kernel level has no AVX512_BF16, products stay exact f32");
+    else if (p == DS_PRECISION_BF16)
+        tool_info("precision bf16 (activations rounded in products of >= %d tokens)", DS_BF16_MIN_TOKENS);
+    else
+        tool_info("precision f32 (exact)");
+}
+
 ds_io_mode tool_parse_io(const char *opt, const char *s)
 {
     if (strcmp(s, "uring") == 0 || strcmp(s, "io_uring") == 0)

@@ -48,6 +48,15 @@ int64_t tool_parse_size(const char *opt, const char *s);
 int64_t tool_parse_budget(const char *opt, const char *s);
 /* --kv-cache=fp8|f32 */
 ds_kv_type tool_parse_kv(const char *opt, const char *s);
+/* --precision=f32|bf16 (ds_precision in dsinfer.h). */
+ds_precision tool_parse_precision(const char *opt, const char *s);
+/* The --precision line of every tool's help; DEF is the tool's default. */
+#define TOOL_PRECISION_HELP(DEF)                                                                   \
+    "      --precision P      weight products: bf16 (activations rounded to bf16 in prefill-sized\n" \
+    "                         products, about twice as fast; needs AVX512_BF16, else exact) or\n"    \
+    "                         f32 (exact); default " DEF "\n"
+/* With -v: the precision asked for and whether this CPU rounds for it. */
+void tool_info_precision(ds_precision p);
 /* --io=uring|pread|auto */
 ds_io_mode tool_parse_io(const char *opt, const char *s);
 
