@@ -65,7 +65,7 @@ static void usage(FILE *f)
         "                         model fits in memory, else stream in what fits; all: resident)\n"
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("bf16")
+        TOOL_PRECISION_HELP("      ", "bf16")
         "  -q, --quiet            no progress and no summary\n"
         "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
         "  -h, --help             show this help\n"

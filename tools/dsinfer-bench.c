@@ -38,7 +38,7 @@ static void usage(FILE *f)
         "  -r, --repeat N         repetitions of each test; the median is reported (default 1)\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("bf16")
+        TOOL_PRECISION_HELP("      ", "bf16")
         "      --membw-mb N       size of the bandwidth probe buffer in MiB (default 1024; 0 = skip)\n"
         "      --compare CMD      run CMD through the shell after the tests; if it prints JSON\n"
         "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"

@@ -24,7 +24,7 @@ static void usage(FILE *f)
         "      --tokens FILE        JSON {\"prompt\": [ids], \"decode_inputs\": [ids]}\n"
         "  -o, --out FILE           output logits (raw little-endian float32)\n"
         "      --kv-cache TYPE      latent cache: fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("f32: the reference dumps stay exact")
+        TOOL_PRECISION_HELP("        ", "f32: the reference dumps stay exact")
         "  -t, --threads N          worker threads (default: all cores)\n"
         "  -c, --ctx-size N         KV cache positions (default: prompt + decode)\n"
         "      --chunk N            prefill in chunks of N tokens (default: all at once)\n"

@@ -50,7 +50,7 @@ static void usage(FILE *f)
         "                             endpoints but /health)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --kv-cache TYPE        fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("bf16")
+        TOOL_PRECISION_HELP("          ", "bf16")
         "      --thinking-default on|off\n"
         "                             thinking mode for chat requests that do not\n"
         "                             choose (default off)\n"

@@ -53,7 +53,7 @@ static void usage(FILE *f)
         "      --ignore-eos       do not stop at the end-of-sequence token\n"
         "  -c, --ctx-size N       KV cache positions (default: prompt + max-tokens)\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("bf16")
+        TOOL_PRECISION_HELP("      ", "bf16")
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            do not print the speed line\n"
         "  -v, --verbose          also describe the model, kernels and expert cache\n"
