@@ -7,7 +7,8 @@ Runs EVAL with --kv-cache f32 and every dump, then checks against CASE/ref_fp32 
 tolerances of CASE/manifest.json (fp32 class): logits position by position, indexer top-k
 sets and router expert sets identical, router weights, indexer scores relative to each
 row's range, layer_out per layer; then --kv-cache fp8 and fp8-compact statistically (fp8_latent_class),
-and a chunked prefill against the one-shot prefill.  Prints one line per check.
+a chunked prefill against the one-shot prefill, and --precision bf16 statistically (bf16_class).
+Prints one line per check.
 """
 import array, json, math, os, subprocess, sys, tempfile
 
@@ -165,6 +166,19 @@ def main():
                 "(vs the fp8 run: median %.3g, max %.3g)" %
                 (name, medc, b["median_abs_max"], agreec / rows, b["top1_agree_min"],
                  d8[len(d8) // 2], d8[-1]))
+        # --precision bf16 (activations rounded to bf16 in the prefill's weight
+        # products) with the exact f32 latent: the manifest's bf16 class,
+        # judged statistically like ref_bf16 itself against ref_fp32.
+        bb = man["tolerance"].get("bf16_class")
+        if bb:
+            gotb = run_eval(ev, case, tmp, "f32", ["--precision", "bf16"])
+            diffs = sorted(abs(x - y) for x, y in zip(gotb, want))
+            medb = diffs[len(diffs) // 2]
+            agreeb = sum(max(range(V), key=gotb[r * V:(r + 1) * V].__getitem__) ==
+                         max(range(V), key=want[r * V:(r + 1) * V].__getitem__) for r in range(rows))
+            c.check(medb <= bb["median_abs_max"] and agreeb / rows >= bb["top1_agree_min"],
+                    "%s --precision bf16: median |diff| %.3g <= %g, top-1 agreement %.3f >= %g" %
+                    (name, medb, bb["median_abs_max"], agreeb / rows, bb["top1_agree_min"]))
     print("%d passed, %d failed" % (c.passed, c.failed))
     return 1 if c.failed else 0
 
