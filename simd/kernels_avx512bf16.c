@@ -95,33 +95,50 @@ INL __m512i row_chunk(const ds_mat *m, ds_dtype dt, const uint8_t *row, int c0, 
     }
 }
 
-/* In-place transpose of a 16x16 matrix of 32-bit words (v[i] = row i). */
-INL void transpose16(__m512i v[16])
+/* Transposes a 16x16 matrix of 32-bit words (v[i] = row i) and stores
+ * column j at dst + j * stride (in words). */
+INL void transpose16_store(__m512i v[16], uint32_t *dst, size_t stride)
 {
     __m512i t[16];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
     }
     /* v[4g + j], lane L: rows 4g..4g+3 of column 4L + j */
+#pragma GCC unroll 4
     for (int g = 0; g < 4; g++) {
         v[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
         v[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
         v[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
         v[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
     }
+#pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
         const __m512i a0 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0x88);      /* g0 L0, g0 L2, g1 L0, g1 L2 */
         const __m512i a1 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0xdd);      /* g0 L1, g0 L3, g1 L1, g1 L3 */
         const __m512i b0 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0x88);
         const __m512i b1 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0xdd);
-        t[j] = _mm512_shuffle_i32x4(a0, b0, 0x88);        /* column j      (lane 0) */
-        t[8 + j] = _mm512_shuffle_i32x4(a0, b0, 0xdd);    /* column 8 + j  (lane 2) */
-        t[4 + j] = _mm512_shuffle_i32x4(a1, b1, 0x88);    /* column 4 + j  (lane 1) */
-        t[12 + j] = _mm512_shuffle_i32x4(a1, b1, 0xdd);   /* column 12 + j (lane 3) */
+        _mm512_store_si512((__m512i *)(dst + (size_t)j * stride), _mm512_shuffle_i32x4(a0, b0, 0x88));
+        _mm512_store_si512((__m512i *)(dst + (size_t)(8 + j) * stride), _mm512_shuffle_i32x4(a0, b0, 0xdd));
+        _mm512_store_si512((__m512i *)(dst + (size_t)(4 + j) * stride), _mm512_shuffle_i32x4(a1, b1, 0x88));
+        _mm512_store_si512((__m512i *)(dst + (size_t)(12 + j) * stride), _mm512_shuffle_i32x4(a1, b1, 0xdd));
     }
-    for (int i = 0; i < 16; i++)
-        v[i] = t[i];
+}
+
+/* The codes of rows[0..15] into the pair-interleaved panel (half h), for
+ * one dtype (a constant after inlining). */
+INL void pack_rows(const ds_mat *m, ds_dtype dt, const uint8_t *const rows[16], int h, int kpp, uint32_t *wp)
+{
+    const __m512 k16 = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i q4tbl = to_bf16x32(k16, k16);
+    for (int c0 = 0; c0 < 2 * kpp; c0 += CK) {   /* 2 * kpp is cols rounded up to CK: c0 < cols */
+        __m512i v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            v[i] = row_chunk(m, dt, rows[i], c0, q4tbl);
+        transpose16_store(v, wp + (size_t)(c0 / 2) * PR + 16 * h, PR);
+    }
 }
 
 /* Columns per scale block of a dtype (0: unscaled). */
@@ -136,35 +153,22 @@ static int block_cols(ds_dtype dt)
 }
 
 /* Converts the nr (<= PR) rows starting at r into wp (pair-interleaved,
- * kpp pairs x PR rows, rows past nr zero) and their block multipliers into
+ * kpp pairs x PR rows) and their block multipliers into
  * ps (and Q4_K's min terms into pm): [block][PR] floats. */
 NOINL void pack_panel(const ds_mat *m, int r, int nr, int kpp, uint32_t *wp, float *ps, float *pm)
 {
     const ds_dtype dt = m->dtype;
-    const __m512 k16 = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512i q4tbl = to_bf16x32(k16, k16);
     for (int h = 0; h < PR / 16; h++) {
+        /* rows past nr repeat row r: packed, never stored (their scales
+         * are 0 and the stores are masked) */
         const uint8_t *rows[16];
         for (int i = 0; i < 16; i++)
-            rows[i] = h * 16 + i < nr ? row_ptr(m, r + h * 16 + i) : NULL;
-        for (int c0 = 0; c0 < 2 * kpp; c0 += CK) {
-            __m512i v[16];
-            for (int i = 0; i < 16; i++) {
-                if (!rows[i] || c0 >= m->cols)
-                    v[i] = _mm512_setzero_si512();
-                else if (dt == DS_DT_BF16)
-                    v[i] = row_chunk(m, DS_DT_BF16, rows[i], c0, q4tbl);
-                else if (dt == DS_DT_F8_E4M3)
-                    v[i] = row_chunk(m, DS_DT_F8_E4M3, rows[i], c0, q4tbl);
-                else if (dt == DS_DT_Q8_0)
-                    v[i] = row_chunk(m, DS_DT_Q8_0, rows[i], c0, q4tbl);
-                else
-                    v[i] = row_chunk(m, DS_DT_Q4_K, rows[i], c0, q4tbl);
-            }
-            transpose16(v);
-            uint32_t *dst = wp + (size_t)(c0 / 2) * PR + 16 * h;
-            for (int j = 0; j < 16; j++)
-                _mm512_store_si512((__m512i *)(dst + (size_t)j * PR), v[j]);
+            rows[i] = row_ptr(m, h * 16 + i < nr ? r + h * 16 + i : r);
+        switch (dt) {
+        case DS_DT_BF16: pack_rows(m, DS_DT_BF16, rows, h, kpp, wp); break;
+        case DS_DT_F8_E4M3: pack_rows(m, DS_DT_F8_E4M3, rows, h, kpp, wp); break;
+        case DS_DT_Q8_0: pack_rows(m, DS_DT_Q8_0, rows, h, kpp, wp); break;
+        default: pack_rows(m, DS_DT_Q4_K, rows, h, kpp, wp); break;
         }
     }
     const int bc = block_cols(dt);
