@@ -108,6 +108,64 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     return DS_OK;
 }
 
+/* The expanded attention as two GEMMs per head when most (query, key)
+ * pairs are selected (prefill over dense or nearly dense keys): scores of
+ * every query against every key in keys[0..nu) (k_nope from kvb, rope key
+ * from the cache, gathered into one contiguous [nu][qk] matrix), softmax
+ * over each query's own selection (others weigh 0), then the weighted sum
+ * of the values as P [T][nu] times V [nu][vd] (V transposed so it is the
+ * matrix).  Heads are split across the threads.  The f32 sums run in a
+ * different order than attend_expanded's per-key loop; nothing is rounded
+ * otherwise. */
+static ds_status attend_gemm(ds_context *c, int layer, const float *q, int T, int start, const int32_t *sel,
+                             const int *nsel, int stride, const int32_t *keys, const int32_t *slot, int nu,
+                             const float *kvb, int kw, float *o)
+{
+    const ds_model *m = c->model;
+    const mla_dims d = dims_of(&m->cfg);
+    int fail = 0;
+#pragma omp parallel
+    {
+        float *K = malloc(sizeof(float) * (size_t)nu * d.qk);
+        float *VT = malloc(sizeof(float) * (size_t)d.vd * nu);
+        float *S = malloc(sizeof(float) * (size_t)T * nu);
+        float *p = malloc(sizeof(float) * (size_t)nu);
+        if (!K || !VT || !S || !p) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int h = 0; h < d.nh; h++) {
+            if (!K || !VT || !S || !p)
+                continue;
+            for (int u = 0; u < nu; u++) {
+                const float *kv = kvb + (size_t)u * kw + (size_t)h * d.kvb_rows;
+                float kt[DS_MAX_ROPE];
+                memcpy(K + (size_t)u * d.qk, kv, sizeof(float) * (size_t)d.nope);
+                memcpy(K + (size_t)u * d.qk + d.nope, ds_kv_rope(c, layer, keys[u], kt), sizeof(float) * (size_t)d.rope);
+                for (int e = 0; e < d.vd; e++)
+                    VT[(size_t)e * nu + u] = kv[d.nope + e];
+            }
+            const ds_mat km = {DS_DT_F32, nu, d.qk, K, NULL}, vm = {DS_DT_F32, d.vd, nu, VT, NULL};
+            ds_gemm(&km, 0, nu, q + (size_t)h * d.qk, d.nh * d.qk, T, S, nu);
+            for (int t = 0; t < T; t++) {
+                const int32_t *ts = sel ? sel + (size_t)t * stride : NULL;
+                const int n = sel ? nsel[t] : start + t + 1;
+                float *row = S + (size_t)t * nu;
+                for (int i = 0; i < n; i++)
+                    p[i] = row[slot[key_at(ts, i)]] * m->attn_scale;
+                ds_softmax(p, n);
+                memset(row, 0, sizeof(float) * (size_t)nu);
+                for (int i = 0; i < n; i++)
+                    row[slot[key_at(ts, i)]] = p[i];
+            }
+            ds_gemm(&vm, 0, d.vd, S, nu, T, o + (size_t)h * d.vd, d.nh * d.vd);
+        }
+        free(K), free(VT), free(S), free(p);
+    }
+    return fail ? DS_ERR_NOMEM : DS_OK;
+}
+
 /* Expanded (MHA) attention for a chunk of T queries: k_nope and v are
  * computed once for every key that some query selected. */
 static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T, int start,
@@ -152,6 +210,19 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
     for (int u = 0; u < nu; u++)
         ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
     ds_matmul(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw, bf16);
+
+    /* Mostly dense selections (prefill): as GEMMs over all pairs. */
+    long pairs = 0;
+    for (int t = 0; t < T; t++)
+        pairs += sel ? nsel[t] : start + t + 1;
+    if (T > 1 && pairs * 3 >= (long)T * nu) {
+        if (attend_gemm(c, layer, q, T, start, sel, nsel, stride, keys, slot, nu, kvb, kw, o) != DS_OK)
+            st = ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+        else if (c->trace)
+            for (int t = 0; t < T; t++)
+                report_rows(c, layer, start + t, sel ? nsel[t] : start + t + 1);
+        goto out;
+    }
 
     int fail = 0;
 #pragma omp parallel
