@@ -114,9 +114,12 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
  * from the cache, gathered into one contiguous [nu][qk] matrix), softmax
  * over each query's own selection (others weigh 0), then the weighted sum
  * of the values as P [T][nu] times V [nu][vd] (V transposed so it is the
- * matrix).  Heads are split across the threads.  The f32 sums run in a
+ * matrix), in blocks of QBLK queries.  Heads are split across the threads.  The f32 sums run in a
  * different order than attend_expanded's per-key loop; nothing is rounded
  * otherwise. */
+/* Queries per block of attend_gemm. */
+#define QBLK 64
+
 static ds_status attend_gemm(ds_context *c, int layer, const float *q, int T, int start, const int32_t *sel,
                              const int *nsel, int stride, const int32_t *keys, const int32_t *slot, int nu,
                              const float *kvb, int kw, float *o)
@@ -128,7 +131,7 @@ static ds_status attend_gemm(ds_context *c, int layer, const float *q, int T, in
     {
         float *K = malloc(sizeof(float) * (size_t)nu * d.qk);
         float *VT = malloc(sizeof(float) * (size_t)d.vd * nu);
-        float *S = malloc(sizeof(float) * (size_t)T * nu);
+        float *S = malloc(sizeof(float) * (size_t)(T < QBLK ? T : QBLK) * nu);
         float *p = malloc(sizeof(float) * (size_t)nu);
         if (!K || !VT || !S || !p) {
 #pragma omp atomic write
@@ -143,23 +146,32 @@ static ds_status attend_gemm(ds_context *c, int layer, const float *q, int T, in
                 float kt[DS_MAX_ROPE];
                 memcpy(K + (size_t)u * d.qk, kv, sizeof(float) * (size_t)d.nope);
                 memcpy(K + (size_t)u * d.qk + d.nope, ds_kv_rope(c, layer, keys[u], kt), sizeof(float) * (size_t)d.rope);
-                for (int e = 0; e < d.vd; e++)
-                    VT[(size_t)e * nu + u] = kv[d.nope + e];
             }
-            const ds_mat km = {DS_DT_F32, nu, d.qk, K, NULL}, vm = {DS_DT_F32, d.vd, nu, VT, NULL};
-            ds_gemm(&km, 0, nu, q + (size_t)h * d.qk, d.nh * d.qk, T, S, nu);
-            for (int t = 0; t < T; t++) {
-                const int32_t *ts = sel ? sel + (size_t)t * stride : NULL;
-                const int n = sel ? nsel[t] : start + t + 1;
-                float *row = S + (size_t)t * nu;
-                for (int i = 0; i < n; i++)
-                    p[i] = row[slot[key_at(ts, i)]] * m->attn_scale;
-                ds_softmax(p, n);
-                memset(row, 0, sizeof(float) * (size_t)nu);
-                for (int i = 0; i < n; i++)
-                    row[slot[key_at(ts, i)]] = p[i];
+            /* Queries in blocks: a block only needs the keys up to its last
+             * position, a prefix of keys[] (ascending), so the causal upper
+             * triangle is mostly skipped. */
+            for (int t0 = 0, nb = 0; t0 < T; t0 += QBLK) {
+                const int tb = T - t0 < QBLK ? T - t0 : QBLK;
+                while (nb < nu && keys[nb] <= start + t0 + tb - 1)
+                    nb++;
+                const ds_mat km = {DS_DT_F32, nb, d.qk, K, NULL}, vm = {DS_DT_F32, d.vd, nb, VT, NULL};
+                ds_gemm(&km, 0, nb, q + ((size_t)t0 * d.nh + h) * d.qk, d.nh * d.qk, tb, S, nb);
+                for (int t = t0; t < t0 + tb; t++) {
+                    const int32_t *ts = sel ? sel + (size_t)t * stride : NULL;
+                    const int n = sel ? nsel[t] : start + t + 1;
+                    float *row = S + (size_t)(t - t0) * nb;
+                    for (int i = 0; i < n; i++)
+                        p[i] = row[slot[key_at(ts, i)]] * m->attn_scale;
+                    ds_softmax(p, n);
+                    memset(row, 0, sizeof(float) * (size_t)nb);
+                    for (int i = 0; i < n; i++)
+                        row[slot[key_at(ts, i)]] = p[i];
+                }
+                for (int e = 0; e < d.vd; e++)       /* V transposed, the block's keys */
+                    for (int u = 0; u < nb; u++)
+                        VT[(size_t)e * nb + u] = kvb[(size_t)u * kw + (size_t)h * d.kvb_rows + d.nope + e];
+                ds_gemm(&vm, 0, d.vd, S, nb, tb, o + ((size_t)t0 * d.nh + h) * d.vd, d.nh * d.vd);
             }
-            ds_gemm(&vm, 0, d.vd, S, nu, T, o + (size_t)h * d.vd, d.nh * d.vd);
         }
         free(K), free(VT), free(S), free(p);
     }

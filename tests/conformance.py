@@ -141,6 +141,27 @@ def main():
         c.check(len(pre) == len(got) and d <= 2e-4,
                 "%s: decode steps equal one prefill of prompt + decode inputs (max |diff| %.3g)" % (name, d))
 
+        # a prompt longer than the attention's query blocks (64): one prefill
+        # equals the same tokens fed one at a time (absorbed decode attention).
+        # Dense attention only: with index_topk below the length, the
+        # repeated prompt gives indexer near-ties that the two paths' f32
+        # roundings break differently.
+        L = 3 * 64 + 5
+        cfg = json.load(open(os.path.join(case, "model", "config.json")))
+        if cfg.get("index_topk", L) >= L:
+            longp = os.path.join(tmp, "long.json")
+            json.dump({"prompt": (toks["prompt"] * (L // len(toks["prompt"]) + 1))[:L]}, open(longp, "w"))
+            outs = []
+            for extra in ([], ["--chunk", "1"]):
+                r = subprocess.run([ev, "--model", os.path.join(case, "model"), "--tokens", longp, "--out",
+                                    f("long.f32"), "--kv-cache", "f32"] + extra, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit("eval failed: " + r.stderr)
+                outs.append(load(f("long.f32"), "f"))
+            d = max_abs(outs[0], outs[1])
+            c.check(len(outs[0]) == len(outs[1]) == L * V and d <= 2e-4,
+                    "%s: a %d-token prefill equals feeding it token by token (max |diff| %.3g)" % (name, L, d))
+
         b = man["tolerance"]["fp8_latent_class"]
         got8 = run_eval(ev, case, tmp, "fp8")
         diffs = sorted(abs(x - y) for x, y in zip(got8, want))
