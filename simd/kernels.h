@@ -46,6 +46,21 @@ void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y);
 void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
              float *Y, int ldy);
 
+/* The prefill product with bf16 activations: as ds_gemm, but every X
+ * element is rounded to bf16 (nearest even) and products are summed in f32
+ * (AVX512_BF16 vdpbf16ps).  Weights stay exact: FP8 e4m3, Q8_0 and Q4_K
+ * codes and BF16 values are exact in bf16, and their block multipliers
+ * (FP8 128x128 scales, Q8_0 d, Q4_K d*sc and dmin*m) are applied in f32 to
+ * each block's dot.  When ds_gemm_bf16_rounds(dtype) is 0 — F32 / F16
+ * weights, a CPU without AVX512_BF16, or an ISA level below avx512 chosen
+ * with DSINFER_ISA — it is ds_gemm itself, exact.  Inputs below the
+ * smallest normal float count as zero in the rounded path. */
+void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+int ds_gemm_bf16_rounds(ds_dtype dt);
+/* The scalar reference of ds_gemm_bf16's rounded semantics, on any CPU
+ * (F32 / F16 weights: the exact scalar product).  For tests. */
+void ds_gemm_bf16_ref(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+
 /* Element-wise and reduction ops (f32). */
 float ds_dot(const float *a, const float *b, int n);
 void ds_axpy(float a, const float *x, float *y, int n);          /* y += a x */

@@ -112,6 +112,27 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
     }
 }
 
+int ds_gemm_bf16_rounds(ds_dtype dt)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return (dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) &&
+           ds_cpu_isa() == DS_ISA_AVX512 && ds_cpu_get_features()->avx512_bf16;
+#else
+    (void)dt;
+    return 0;
+#endif
+}
+
+void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    /* compute-bound: the calling thread's copy serves the whole team */
+    if (ds_gemm_bf16_rounds(m->dtype) && ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
+        return;
+#endif
+    ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+}
+
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }
 
 void ds_axpy(float a, const float *x, float *y, int n) { ds_kernels_active()->axpy(a, x, y, n); }

@@ -28,6 +28,13 @@ extern const ds_kernels ds_kernels_avx512;
 extern const ds_kernels ds_kernels_neon;
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+/* kernels_avx512bf16.c: ds_gemm_bf16's rounded product on a CPU with
+ * AVX512_BF16; returns 0 (nothing written) for a dtype it does not take or
+ * when its scratch cannot be allocated. */
+int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+#endif
+
 /* The table of level isa, or NULL when this build or this CPU lacks it. */
 const ds_kernels *ds_kernels_for(ds_isa isa);
 /* The table the public entry points use (level ds_cpu_isa()). */

@@ -139,6 +139,99 @@ static void scalar_gemm(const ds_mat *m, int r0, int nrows, const float *X, int 
     }
 }
 
+/* x rounded to bf16 and back. */
+static float bf16_round(float x) { return ds_bf16_to_f32(ds_f32_to_bf16(x)); }
+
+/* Row r of m as exact codes (FP8 values, BF16 values, Q8_0 / Q4_K quants)
+ * with per-block multipliers mul[b] (and Q4_K's min terms mn[b]) over
+ * blocks of *bc columns (cols for BF16, one multiplier 1). */
+static void bf16_row_codes(const ds_mat *m, int r, float *code, float *mul, float *mn, int *bc)
+{
+    const int cols = m->cols;
+    const uint8_t *w = row_ptr(m, r);
+    switch (m->dtype) {
+    case DS_DT_BF16:
+        for (int c = 0; c < cols; c++)
+            code[c] = ds_bf16_to_f32(((const uint16_t *)w)[c]);
+        *bc = cols;
+        mul[0] = 1.0f;
+        mn[0] = 0.0f;
+        break;
+    case DS_DT_F8_E4M3: {
+        const int sc = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
+        for (int c = 0; c < cols; c++)
+            code[c] = ds_e4m3_table[w[c]];
+        for (int b = 0; b < sc; b++) {
+            mul[b] = m->scale[(size_t)(r / DS_QBLOCK) * sc + b];
+            mn[b] = 0.0f;
+        }
+        *bc = DS_QBLOCK;
+        break;
+    }
+    case DS_DT_Q8_0:
+        for (int b = 0; b < cols / DS_Q8_0_BLOCK; b++, w += DS_Q8_0_BYTES) {
+            mul[b] = ds_load_f16(w);
+            mn[b] = 0.0f;
+            for (int i = 0; i < DS_Q8_0_BLOCK; i++)
+                code[b * DS_Q8_0_BLOCK + i] = (float)(int8_t)w[2 + i];
+        }
+        *bc = DS_Q8_0_BLOCK;
+        break;
+    case DS_DT_Q4_K:
+        for (int b = 0; b < cols / DS_Q4_K_BLOCK; b++, w += DS_Q4_K_BYTES)
+            for (int j = 0; j < 8; j++) {
+                int s, mm;
+                ds_q4_k_scale_min(w + DS_Q4_K_OFF_SCALES, j, &s, &mm);
+                mul[b * 8 + j] = ds_load_f16(w) * (float)s;
+                mn[b * 8 + j] = ds_load_f16(w + 2) * (float)mm;
+                const uint8_t *qs = w + DS_Q4_K_OFF_QS + 32 * (j / 2);
+                for (int l = 0; l < DS_Q4_K_SUB; l++)
+                    code[b * DS_Q4_K_BLOCK + j * DS_Q4_K_SUB + l] = (float)((j & 1) ? qs[l] >> 4 : qs[l] & 15);
+            }
+        *bc = DS_Q4_K_SUB;
+        break;
+    default:
+        break;
+    }
+}
+
+void ds_gemm_bf16_ref(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const ds_dtype dt = m->dtype;
+    if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q8_0 && dt != DS_DT_Q4_K) {
+        scalar_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+        return;
+    }
+    const int cols = m->cols;
+    float *xr = malloc(sizeof(float) * (size_t)n * cols + 1);
+    float *code = malloc(sizeof(float) * (size_t)cols);
+    float *mul = malloc(sizeof(float) * (size_t)cols), *mn = malloc(sizeof(float) * (size_t)cols);
+    if (xr && code && mul && mn) {
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < cols; c++)
+                xr[(size_t)t * cols + c] = bf16_round(X[(size_t)t * ldx + c]);
+        for (int i = 0; i < nrows; i++) {
+            int bc = cols;
+            bf16_row_codes(m, r0 + i, code, mul, mn, &bc);
+            for (int t = 0; t < n; t++) {
+                const float *x = xr + (size_t)t * cols;
+                float y = 0.0f;
+                for (int c0 = 0, b = 0; c0 < cols; c0 += bc, b++) {
+                    const int c1 = c0 + bc < cols ? c0 + bc : cols;
+                    float d = 0.0f, sx = 0.0f;
+                    for (int c = c0; c < c1; c++) {
+                        d += code[c] * x[c];
+                        sx += x[c];
+                    }
+                    y += d * mul[b] - mn[b] * sx;
+                }
+                Y[(size_t)t * ldy + i] = y;
+            }
+        }
+    }
+    free(xr), free(code), free(mul), free(mn);
+}
+
 static float scalar_dot(const float *a, const float *b, int n)
 {
     float s = 0.0f;

@@ -127,7 +127,15 @@ void ds_context_params_init(ds_context_params *p)
     p->kv_type = DS_KV_FP8;
     p->threads = 0;
     p->indexer_device = 0;
+    p->precision = DS_PRECISION_F32;
 }
+
+const char *ds_precision_name(ds_precision p)
+{
+    return p == DS_PRECISION_F32 ? "f32" : p == DS_PRECISION_BF16 ? "bf16" : "?";
+}
+
+int ds_precision_rounds(void) { return ds_gemm_bf16_rounds(DS_DT_F8_E4M3); }
 
 static void fill_info(ds_model *m)
 {
@@ -356,6 +364,8 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown KV cache type %d", (int)p->kv_type);
     if (p->indexer_device != 0 && p->indexer_device != 1)
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown indexer device %d (0 = CPU, 1 = GPU)", p->indexer_device);
+    if (p->precision != DS_PRECISION_F32 && p->precision != DS_PRECISION_BF16)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "unknown precision %d (0 = f32, 1 = bf16)", (int)p->precision);
     int size = p->ctx_size;
     if (size < 0)
         return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d is negative", size);
@@ -367,6 +377,7 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
     c->model = m;
     c->ctx_size = size;
     c->kv_type = p->kv_type;
+    c->precision = p->precision;
     ds_status st = ds_kv_alloc(c, err);
     if (st != DS_OK) {
         free(c);

@@ -155,6 +155,29 @@ typedef enum ds_kv_type {
                                 layout (916 bytes per position and layer for DS_KV_FP8) */
 } ds_kv_type;
 
+/* Arithmetic of the weight products.  DS_PRECISION_F32 (the default) is
+ * exact f32: weights dequantised exactly, activations unrounded.
+ * DS_PRECISION_BF16 rounds the activations to bf16 in the products of
+ * prefill-sized steps (at least DS_BF16_MIN_TOKENS rows against one weight
+ * matrix: attention projections, the dense MLP and shared expert, each
+ * routed expert's tokens, lm_head) and sums in f32 with AVX512_BF16
+ * instructions, about twice as fast; weights stay exact (FP8, BF16, Q8_0 and
+ * Q4_K codes are exact in bf16, block scales applied in f32).  Decode and
+ * small batches, the MoE router, the DSA indexer and attention itself stay
+ * exact, as does everything on a CPU without AVX512_BF16 (see
+ * ds_precision_rounds).  Results then depend on how tokens are grouped into
+ * steps, which f32 results do not. */
+typedef enum ds_precision {
+    DS_PRECISION_F32 = 0,
+    DS_PRECISION_BF16 = 1
+} ds_precision;
+#define DS_BF16_MIN_TOKENS 16
+/* "f32" / "bf16" ("?" when out of range). */
+const char *ds_precision_name(ds_precision p);
+/* 1 when DS_PRECISION_BF16 actually rounds on this CPU and kernel level
+ * (AVX512_BF16 at the avx512 level; DSINFER_ISA below it turns it off). */
+int ds_precision_rounds(void);
+
 typedef struct ds_context_params {
     int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max */
     ds_kv_type kv_type;
@@ -163,6 +186,9 @@ typedef struct ds_context_params {
      * and a device is usable (else CPU, see ds_context_indexer_note).  The
      * environment variable DSINFER_INDEXER=cpu|gpu overrides it. */
     int indexer_device;
+    /* Weight-product arithmetic (default DS_PRECISION_F32, exact).  A step
+     * of ds_eval_batch rounds only when every context in it asks for bf16. */
+    ds_precision precision;
 } ds_context_params;
 
 void ds_context_params_init(ds_context_params *p);
@@ -298,6 +324,7 @@ typedef struct ds_engine_params {
     int max_step_tokens;     /* token budget of one step, default 512 */
     int prefill_chunk;       /* prompt tokens of one sequence per step, default 256 */
     int prefix_reuse;        /* reuse cached prefixes (default 1) */
+    ds_precision precision;  /* of every slot's context (default DS_PRECISION_F32) */
 } ds_engine_params;
 void ds_engine_params_init(ds_engine_params *p);
 

@@ -66,6 +66,7 @@ void ds_engine_params_init(ds_engine_params *p)
     p->max_step_tokens = 512;
     p->prefill_chunk = 256;
     p->prefix_reuse = 1;
+    p->precision = DS_PRECISION_F32;
 }
 
 static void free_req(req *r)
@@ -114,6 +115,7 @@ ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **o
     ds_context_params_init(&cp);
     cp.ctx_size = p->ctx_size;
     cp.kv_type = p->kv_type;
+    cp.precision = p->precision;
     for (int i = 0; i < p->max_seqs; i++) {
         st = ds_context_create(m, &cp, &e->slots[i].ctx, err);
         if (st != DS_OK)

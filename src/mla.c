@@ -108,10 +108,80 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     return DS_OK;
 }
 
+/* The expanded attention as two GEMMs per head when most (query, key)
+ * pairs are selected (prefill over dense or nearly dense keys): scores of
+ * every query against every key in keys[0..nu) (k_nope from kvb, rope key
+ * from the cache, gathered into one contiguous [nu][qk] matrix), softmax
+ * over each query's own selection (others weigh 0), then the weighted sum
+ * of the values as P [T][nu] times V [nu][vd] (V transposed so it is the
+ * matrix), in blocks of QBLK queries.  Heads are split across the threads.  The f32 sums run in a
+ * different order than attend_expanded's per-key loop; nothing is rounded
+ * otherwise. */
+/* Queries per block of attend_gemm. */
+#define QBLK 64
+
+static ds_status attend_gemm(ds_context *c, int layer, const float *q, int T, int start, const int32_t *sel,
+                             const int *nsel, int stride, const int32_t *keys, const int32_t *slot, int nu,
+                             const float *kvb, int kw, float *o)
+{
+    const ds_model *m = c->model;
+    const mla_dims d = dims_of(&m->cfg);
+    int fail = 0;
+#pragma omp parallel
+    {
+        float *K = malloc(sizeof(float) * (size_t)nu * d.qk);
+        float *VT = malloc(sizeof(float) * (size_t)d.vd * nu);
+        float *S = malloc(sizeof(float) * (size_t)(T < QBLK ? T : QBLK) * nu);
+        float *p = malloc(sizeof(float) * (size_t)nu);
+        if (!K || !VT || !S || !p) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int h = 0; h < d.nh; h++) {
+            if (!K || !VT || !S || !p)
+                continue;
+            for (int u = 0; u < nu; u++) {
+                const float *kv = kvb + (size_t)u * kw + (size_t)h * d.kvb_rows;
+                float kt[DS_MAX_ROPE];
+                memcpy(K + (size_t)u * d.qk, kv, sizeof(float) * (size_t)d.nope);
+                memcpy(K + (size_t)u * d.qk + d.nope, ds_kv_rope(c, layer, keys[u], kt), sizeof(float) * (size_t)d.rope);
+            }
+            /* Queries in blocks: a block only needs the keys up to its last
+             * position, a prefix of keys[] (ascending), so the causal upper
+             * triangle is mostly skipped. */
+            for (int t0 = 0, nb = 0; t0 < T; t0 += QBLK) {
+                const int tb = T - t0 < QBLK ? T - t0 : QBLK;
+                while (nb < nu && keys[nb] <= start + t0 + tb - 1)
+                    nb++;
+                const ds_mat km = {DS_DT_F32, nb, d.qk, K, NULL, NULL, 0}, vm = {DS_DT_F32, d.vd, nb, VT, NULL, NULL, 0};
+                ds_gemm(&km, 0, nb, q + ((size_t)t0 * d.nh + h) * d.qk, d.nh * d.qk, tb, S, nb);
+                for (int t = t0; t < t0 + tb; t++) {
+                    const int32_t *ts = sel ? sel + (size_t)t * stride : NULL;
+                    const int n = sel ? nsel[t] : start + t + 1;
+                    float *row = S + (size_t)(t - t0) * nb;
+                    for (int i = 0; i < n; i++)
+                        p[i] = row[slot[key_at(ts, i)]] * m->attn_scale;
+                    ds_softmax(p, n);
+                    memset(row, 0, sizeof(float) * (size_t)nb);
+                    for (int i = 0; i < n; i++)
+                        row[slot[key_at(ts, i)]] = p[i];
+                }
+                for (int e = 0; e < d.vd; e++)       /* V transposed, the block's keys */
+                    for (int u = 0; u < nb; u++)
+                        VT[(size_t)e * nb + u] = kvb[(size_t)u * kw + (size_t)h * d.kvb_rows + d.nope + e];
+                ds_gemm(&vm, 0, d.vd, S, nb, tb, o + ((size_t)t0 * d.nh + h) * d.vd, d.nh * d.vd);
+            }
+        }
+        free(K), free(VT), free(S), free(p);
+    }
+    return fail ? DS_ERR_NOMEM : DS_OK;
+}
+
 /* Expanded (MHA) attention for a chunk of T queries: k_nope and v are
  * computed once for every key that some query selected. */
 static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T, int start,
-                                 const int32_t *sel, const int *nsel, int stride, float *o,
+                                 const int32_t *sel, const int *nsel, int stride, int bf16, float *o,
                                  ds_error *err)
 {
     const ds_model *m = c->model;
@@ -151,7 +221,20 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
     }
     for (int u = 0; u < nu; u++)
         ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
-    ds_gemm(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw);
+    ds_matmul(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw, bf16);
+
+    /* Mostly dense selections (prefill): as GEMMs over all pairs. */
+    long pairs = 0;
+    for (int t = 0; t < T; t++)
+        pairs += sel ? nsel[t] : start + t + 1;
+    if (T > 1 && pairs * 3 >= (long)T * nu) {
+        if (attend_gemm(c, layer, q, T, start, sel, nsel, stride, keys, slot, nu, kvb, kw, o) != DS_OK)
+            st = ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+        else if (c->trace)
+            for (int t = 0; t < T; t++)
+                report_rows(c, layer, start + t, sel ? nsel[t] : start + t + 1);
+        goto out;
+    }
 
     int fail = 0;
 #pragma omp parallel
@@ -206,17 +289,17 @@ out:
  * token's latent and rope key into its own sequence's cache and returns
  * the rotated queries [T][nh][qk] and the q LoRA output qr. */
 static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_seqs, const float *x, int T,
-                    float *q, float *qr, float *kva)
+                    int bf16, float *q, float *qr, float *kva)
 {
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     const float eps = m->cfg.rms_norm_eps;
     const int kw = d.kvl + d.rope;
-    ds_gemm(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql);
+    ds_matmul(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql, bf16);
     for (int t = 0; t < T; t++)
         ds_rmsnorm(qr + (size_t)t * d.ql, L->q_a_norm, eps, d.ql, qr + (size_t)t * d.ql);
-    ds_gemm(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk);
-    ds_gemm(&L->kv_a, 0, kw, x, d.H, T, kva, kw);
+    ds_matmul(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk, bf16);
+    ds_matmul(&L->kv_a, 0, kw, x, d.H, T, kva, kw, bf16);
     for (int i = 0; i < n_seqs; i++) {
         ds_context *c = seqs[i].ctx;
         for (int k = 0; k < seqs[i].n; k++) {
@@ -235,7 +318,7 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
 
 /* Indexer selection and attention of one sequence's rows. */
 static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, const float *q, const float *qr,
-                            float *o, ds_error *err)
+                            int bf16, float *o, ds_error *err)
 {
     ds_context *c = sq->ctx;
     const ds_config *cfg = &c->model->cfg;
@@ -254,14 +337,14 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, con
     float *os = o + (size_t)sq->off * d.nh * d.vd;
     if (st == DS_OK)
         st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, err)
-                    : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, os, err);
+                    : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, bf16, os, err);
     free(sel);
     free(nsel);
     return st;
 }
 
-ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, float *out,
-                         ds_error *err)
+ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, int bf16,
+                         float *out, ds_error *err)
 {
     const ds_model *m = seqs[0].ctx->model;
     const ds_layer_w *L = &m->layers[layer];
@@ -275,11 +358,11 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         st = DS_ERR_NOMEM;
         goto out;
     }
-    project(m, layer, seqs, n_seqs, x, T, q, qr, kva);
+    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva);
     for (int i = 0; i < n_seqs && st == DS_OK; i++)
-        st = attend_seq(&seqs[i], layer, x, q, qr, o, err);
+        st = attend_seq(&seqs[i], layer, x, q, qr, bf16, o, err);
     if (st == DS_OK)
-        ds_gemm(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H);
+        ds_matmul(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H, bf16);
 out:
     free(q);
     free(qr);

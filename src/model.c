@@ -17,6 +17,7 @@ typedef struct step {
     int *start;            /* cache position of item i's first token */
     ds_tok_ref *tr;        /* sequence and position of every row */
     ds_mla_seq *seqs;      /* the same per sequence, for attention */
+    int bf16;              /* every context asked for DS_PRECISION_BF16 */
 } step;
 
 static ds_status check_items(const ds_batch_item *items, int n, ds_error *err)
@@ -42,8 +43,11 @@ static ds_status plan_step(const ds_batch_item *items, int n, step *s, ds_error 
     s->items = items;
     s->n_items = n;
     s->T = 0;
-    for (int i = 0; i < n; i++)
+    s->bf16 = 1;
+    for (int i = 0; i < n; i++) {
         s->T += items[i].n;
+        s->bf16 &= items[i].ctx->precision == DS_PRECISION_BF16;
+    }
     s->off = ds_calloc((size_t)n, sizeof(int), err);
     s->start = ds_calloc((size_t)n, sizeof(int), err);
     s->tr = ds_calloc((size_t)s->T, sizeof(ds_tok_ref), err);
@@ -69,14 +73,14 @@ static ds_status block(const ds_model *m, const step *s, int l, float *h, float 
     const float eps = m->cfg.rms_norm_eps;
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->attn_norm, eps, H, x + (size_t)t * H);
-    ds_status st = ds_mla_forward(s->seqs, s->n_items, l, x, T, y, err);
+    ds_status st = ds_mla_forward(s->seqs, s->n_items, l, x, T, s->bf16, y, err);
     if (st != DS_OK)
         return st;
     for (size_t i = 0; i < (size_t)T * H; i++)
         h[i] += y[i];
     for (int t = 0; t < T; t++)
         ds_rmsnorm(h + (size_t)t * H, L->ffn_norm, eps, H, x + (size_t)t * H);
-    st = ds_ffn_forward(m, l, x, T, s->tr, y, err);
+    st = ds_ffn_forward(m, l, x, T, s->tr, s->bf16, y, err);
     if (st != DS_OK)
         return st;
     for (size_t i = 0; i < (size_t)T * H; i++)
@@ -116,13 +120,13 @@ static ds_status head(const ds_model *m, const step *s, const float *h, float *x
     if (single == 1) {                       /* one item: straight into its buffer */
         for (int i = 0; i < s->n_items; i++)
             if (s->items[i].logits)
-                ds_gemm(&m->lm_head, 0, V, x, H, rows, s->items[i].logits, V);
+                ds_matmul(&m->lm_head, 0, V, x, H, rows, s->items[i].logits, V, s->bf16);
         return DS_OK;
     }
     float *all = ds_calloc((size_t)rows * V, sizeof(float), err);
     if (!all)
         return DS_ERR_NOMEM;
-    ds_gemm(&m->lm_head, 0, V, x, H, rows, all, V);
+    ds_matmul(&m->lm_head, 0, V, x, H, rows, all, V, s->bf16);
     for (int i = 0, r = 0; i < s->n_items; i++) {
         const ds_batch_item *it = &s->items[i];
         if (!it->logits)

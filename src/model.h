@@ -93,6 +93,7 @@ struct ds_context {
     ds_model *model;
     int ctx_size, pos;
     ds_kv_type kv_type;
+    ds_precision precision;    /* of the weight products (ds_matmul) */
     void *arena;
     size_t arena_bytes;
     int kv_locked;             /* the arena is mlock'ed */
@@ -104,6 +105,18 @@ struct ds_context {
     int gpu_idx_failed;        /* GPU requested but unavailable or failed: CPU from now on */
     char gpu_idx_note[640];    /* the one warning for tools to print ("" = none) */
 };
+
+/* A weight product of a step: ds_gemm_bf16 when the step runs in bf16
+ * (bf16 != 0) and has at least DS_BF16_MIN_TOKENS rows, else the exact
+ * ds_gemm.  Decode and small batches therefore stay exact. */
+static inline void ds_matmul(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy,
+                             int bf16)
+{
+    if (bf16 && n >= DS_BF16_MIN_TOKENS)
+        ds_gemm_bf16(m, r0, nrows, X, ldx, n, Y, ldy);
+    else
+        ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+}
 
 /* weights.c */
 ds_status ds_weights_bind(ds_model *m, ds_error *err);
@@ -157,7 +170,7 @@ typedef struct ds_mla_seq {
     int start, n, off;
 } ds_mla_seq;
 ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T,
-                         float *out, ds_error *err);
+                         int bf16, float *out, ds_error *err);
 
 /* router.c: noaux_tc group-limited sigmoid routing of one token.  Writes
  * k experts ascending and their weights.  Exposed for unit tests. */
@@ -179,7 +192,7 @@ typedef struct ds_tok_ref {
  * tokens of every sequence of a batch at once, so each expert's weights are
  * read once per step. */
 ds_status ds_ffn_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
-                         float *out, ds_error *err);
+                         int bf16, float *out, ds_error *err);
 
 /* model.c: one step over the tokens of several sequences (ds_batch_item in
  * dsinfer.h); every context must belong to the same model. */

@@ -16,7 +16,7 @@
 #include "numa.h"
 
 /* out[t] = down(silu(gate x_t) * up x_t) for n tokens. */
-static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float *out, int ldo,
+static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float *out, int ldo, int bf16,
                         ds_error *err)
 {
     const int I = w->gate.rows, H = w->down.rows;
@@ -27,11 +27,11 @@ static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float
         free(u);
         return DS_ERR_NOMEM;
     }
-    ds_gemm(&w->gate, 0, I, x, ldx, n, g, I);
-    ds_gemm(&w->up, 0, I, x, ldx, n, u, I);
+    ds_matmul(&w->gate, 0, I, x, ldx, n, g, I, bf16);
+    ds_matmul(&w->up, 0, I, x, ldx, n, u, I, bf16);
     for (size_t i = 0; i < (size_t)n * I; i++)
         g[i] = ds_silu(g[i]) * u[i];
-    ds_gemm(&w->down, 0, H, g, I, n, out, ldo);
+    ds_matmul(&w->down, 0, H, g, I, n, out, ldo, bf16);
     free(g);
     free(u);
     return DS_OK;
@@ -80,7 +80,7 @@ static int gather_tokens(int e, const float *x, int T, int K, int H, const int32
 
 /* Runs expert e on the tokens routed to it and adds weight * output. */
 static ds_status run_expert(const ds_model *m, int layer, int e, const float *x, int T, const int32_t *experts,
-                            const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
+                            const float *weights, float *out, float *xs, float *ys, int *tok, float *tw, int bf16,
                             ds_error *err)
 {
     const int H = m->cfg.hidden_size, K = m->cfg.num_experts_per_tok;
@@ -90,7 +90,7 @@ static ds_status run_expert(const ds_model *m, int layer, int e, const float *x,
     const ds_ffn_w *w = ds_experts_get(m->experts, layer, e, err);
     if (!w)
         return err ? err->code : DS_ERR_INVALID_ARG;
-    ds_status st = swiglu(w, xs, n, H, ys, H, err);
+    ds_status st = swiglu(w, xs, n, H, ys, H, bf16, err);
     ds_experts_release(m->experts, layer, e);
     if (st != DS_OK)
         return st;
@@ -132,7 +132,7 @@ static int claim_expert(const ds_numa *nm, const int32_t *used, int n_used, int 
  * the order of the one-at-a-time path. */
 static ds_status run_experts_parallel(const ds_model *m, int layer, const float *x, int T,
                                       const int32_t *experts, const float *weights, const int32_t *used,
-                                      int n_used, float *out, ds_error *err)
+                                      int n_used, float *out, int bf16, ds_error *err)
 {
     const int H = m->cfg.hidden_size, K = m->cfg.num_experts_per_tok, E = m->cfg.n_routed_experts;
     float *ybuf = ds_calloc((size_t)T * K * H, sizeof(float), err);
@@ -169,7 +169,7 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
                 mine = my.code;
                 continue;
             }
-            mine = swiglu(w, xs, n, H, ys, H, &my);
+            mine = swiglu(w, xs, n, H, ys, H, bf16, &my);
             ds_experts_release(m->experts, layer, e);
             for (int j = 0; j < n && mine == DS_OK; j++) {
                 int slot = 0;
@@ -214,7 +214,7 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
  * window of the chosen experts so the cache's reads overlap the compute. */
 static ds_status run_experts(const ds_model *m, int layer, const float *x, int T, const int32_t *experts,
                              const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
-                             ds_error *err)
+                             int bf16, ds_error *err)
 {
     const int E = m->cfg.n_routed_experts, K = m->cfg.num_experts_per_tok;
     int32_t *used = ds_calloc((size_t)E, sizeof(int32_t), err);
@@ -230,7 +230,7 @@ static ds_status run_experts(const ds_model *m, int layer, const float *x, int T
         ds_experts_observe(m->experts, layer, used, n);
     if (st == DS_OK && !ds_experts_streaming(m->experts) && n > 1 && omp_get_max_threads() > 1 &&
         T * K <= EXPERT_PAR_MAX_TOKENS * n) {
-        st = run_experts_parallel(m, layer, x, T, experts, weights, used, n, out, err);
+        st = run_experts_parallel(m, layer, x, T, experts, weights, used, n, out, bf16, err);
         free(used);
         free(chosen);
         free(pinned);
@@ -239,7 +239,7 @@ static ds_status run_experts(const ds_model *m, int layer, const float *x, int T
     if (st == DS_OK)
         ds_experts_prefetch(m->experts, layer, used, n, pinned);
     for (int k = 0; k < n && st == DS_OK; k++) {
-        st = run_expert(m, layer, used[k], x, T, experts, weights, out, xs, ys, tok, tw, err);
+        st = run_expert(m, layer, used[k], x, T, experts, weights, out, xs, ys, tok, tw, bf16, err);
         if (pinned[k])
             ds_experts_release(m->experts, layer, used[k]);
         ds_experts_prefetch(m->experts, layer, used + k + 1, n - k - 1, pinned + k + 1);
@@ -291,7 +291,7 @@ static ds_status predict_next_layer(const ds_model *m, int layer, const float *x
 }
 
 static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
-                             float *out, ds_error *err)
+                             int bf16, float *out, ds_error *err)
 {
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
@@ -310,9 +310,9 @@ static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T
         st = predict_next_layer(m, layer, x, T, err);
     memset(out, 0, sizeof(float) * (size_t)T * H);
     if (st == DS_OK)
-        st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, err);
+        st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, bf16, err);
     if (st == DS_OK && L->has_shared) {
-        st = swiglu(&L->shared, x, T, H, ys, H, err);
+        st = swiglu(&L->shared, x, T, H, ys, H, bf16, err);
         for (size_t i = 0; st == DS_OK && i < (size_t)T * H; i++)
             out[i] += ys[i];
     }
@@ -327,10 +327,10 @@ out:
 }
 
 ds_status ds_ffn_forward(const ds_model *m, int layer, const float *x, int T, const ds_tok_ref *tr,
-                         float *out, ds_error *err)
+                         int bf16, float *out, ds_error *err)
 {
     const ds_layer_w *L = &m->layers[layer];
     if (L->is_moe)
-        return moe_forward(m, layer, x, T, tr, out, err);
-    return swiglu(&L->mlp, x, T, m->cfg.hidden_size, out, m->cfg.hidden_size, err);
+        return moe_forward(m, layer, x, T, tr, bf16, out, err);
+    return swiglu(&L->mlp, x, T, m->cfg.hidden_size, out, m->cfg.hidden_size, bf16, err);
 }

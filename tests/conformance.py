@@ -7,7 +7,8 @@ Runs EVAL with --kv-cache f32 and every dump, then checks against CASE/ref_fp32 
 tolerances of CASE/manifest.json (fp32 class): logits position by position, indexer top-k
 sets and router expert sets identical, router weights, indexer scores relative to each
 row's range, layer_out per layer; then --kv-cache fp8 and fp8-compact statistically (fp8_latent_class),
-and a chunked prefill against the one-shot prefill.  Prints one line per check.
+a chunked prefill against the one-shot prefill, and --precision bf16 statistically (bf16_class).
+Prints one line per check.
 """
 import array, json, math, os, subprocess, sys, tempfile
 
@@ -140,6 +141,27 @@ def main():
         c.check(len(pre) == len(got) and d <= 2e-4,
                 "%s: decode steps equal one prefill of prompt + decode inputs (max |diff| %.3g)" % (name, d))
 
+        # a prompt longer than the attention's query blocks (64): one prefill
+        # equals the same tokens fed one at a time (absorbed decode attention).
+        # Dense attention only: with index_topk below the length, the
+        # repeated prompt gives indexer near-ties that the two paths' f32
+        # roundings break differently.
+        L = 3 * 64 + 5
+        cfg = json.load(open(os.path.join(case, "model", "config.json")))
+        if cfg.get("index_topk", L) >= L:
+            longp = os.path.join(tmp, "long.json")
+            json.dump({"prompt": (toks["prompt"] * (L // len(toks["prompt"]) + 1))[:L]}, open(longp, "w"))
+            outs = []
+            for extra in ([], ["--chunk", "1"]):
+                r = subprocess.run([ev, "--model", os.path.join(case, "model"), "--tokens", longp, "--out",
+                                    f("long.f32"), "--kv-cache", "f32"] + extra, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit("eval failed: " + r.stderr)
+                outs.append(load(f("long.f32"), "f"))
+            d = max_abs(outs[0], outs[1])
+            c.check(len(outs[0]) == len(outs[1]) == L * V and d <= 2e-4,
+                    "%s: a %d-token prefill equals feeding it token by token (max |diff| %.3g)" % (name, L, d))
+
         b = man["tolerance"]["fp8_latent_class"]
         got8 = run_eval(ev, case, tmp, "fp8")
         diffs = sorted(abs(x - y) for x, y in zip(got8, want))
@@ -165,6 +187,19 @@ def main():
                 "(vs the fp8 run: median %.3g, max %.3g)" %
                 (name, medc, b["median_abs_max"], agreec / rows, b["top1_agree_min"],
                  d8[len(d8) // 2], d8[-1]))
+        # --precision bf16 (activations rounded to bf16 in the prefill's weight
+        # products) with the exact f32 latent: the manifest's bf16 class,
+        # judged statistically like ref_bf16 itself against ref_fp32.
+        bb = man["tolerance"].get("bf16_class")
+        if bb:
+            gotb = run_eval(ev, case, tmp, "f32", ["--precision", "bf16"])
+            diffs = sorted(abs(x - y) for x, y in zip(gotb, want))
+            medb = diffs[len(diffs) // 2]
+            agreeb = sum(max(range(V), key=gotb[r * V:(r + 1) * V].__getitem__) ==
+                         max(range(V), key=want[r * V:(r + 1) * V].__getitem__) for r in range(rows))
+            c.check(medb <= bb["median_abs_max"] and agreeb / rows >= bb["top1_agree_min"],
+                    "%s --precision bf16: median |diff| %.3g <= %g, top-1 agreement %.3f >= %g" %
+                    (name, medb, bb["median_abs_max"], agreeb / rows, bb["top1_agree_min"]))
     print("%d passed, %d failed" % (c.passed, c.failed))
     return 1 if c.failed else 0
 

@@ -281,6 +281,141 @@ static void check_dot_axpy(const ds_kernels *k)
     }
 }
 
+/* ds_gemm_bf16 against ds_gemm_bf16_ref (x rounded to bf16, exact weight
+ * codes, f32 sums, block multipliers in f32).  Both form the same exact
+ * products (bf16 x bf16 fits f32) and differ only in the order of the f32
+ * additions and in fusing the block multiply-add, so per output
+ * |got - want| <= 2 * (cols + 8) * 2^-24 * mag, mag = sum |terms| over the
+ * dot (the two worst-case summation error bounds added; Q4_K's min terms
+ * dmin*m*sum(x) counted too).  That bound is rigorous; the differences seen
+ * are far smaller.  When the rounded kernel is not in use (F32 / F16, or
+ * no AVX512_BF16) ds_gemm_bf16 must be ds_gemm, bit for bit. */
+static double bf16_mag(const test_mat *t, int r, const float *x)
+{
+    double s = 0.0;
+    const int cols = t->m.cols;
+    for (int c = 0; c < cols; c++) {
+        const double xr = ds_bf16_to_f32(ds_f32_to_bf16(x[c]));
+        double w = fabs((double)t->deq[(size_t)r * cols + c]);
+        if (t->m.dtype == DS_DT_Q4_K) {
+            const uint8_t *blk = (const uint8_t *)t->data + ds_dtype_row_bytes(DS_DT_Q4_K, cols) * (size_t)r +
+                                 (size_t)(c / 256) * DS_Q4_K_BYTES;
+            int sc, mn;
+            ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, (c % 256) / 32, &sc, &mn);
+            w += 2.0 * fabs((double)ds_load_f16(blk + 2) * mn);   /* a*q and dmin*m, each at most |w| + dmin*m */
+        }
+        s += w * fabs(xr);
+    }
+    return s;
+}
+
+static void check_gemm_bf16_one(const test_mat *t, int r0, int nrows, int n, const char *what)
+{
+    const int cols = t->m.cols, ldx = cols + 5, ldy = nrows + 3;
+    const int rounds = ds_gemm_bf16_rounds(t->m.dtype);
+    float *X = rand_vec((size_t)n * ldx);
+    float *Y = malloc(sizeof(float) * (size_t)n * ldy), *W = malloc(sizeof(float) * (size_t)n * ldy);
+    for (size_t i = 0; i < (size_t)n * ldy; i++)
+        Y[i] = W[i] = -777.0f;
+    ds_gemm_bf16(&t->m, r0, nrows, X, ldx, n, Y, ldy);
+    if (rounds)
+        ds_gemm_bf16_ref(&t->m, r0, nrows, X, ldx, n, W, ldy);
+    else
+        ds_gemm(&t->m, r0, nrows, X, ldx, n, W, ldy);
+    for (int tk = 0; tk < n; tk++)
+        for (int i = 0; i < ldy; i++) {
+            const size_t at = (size_t)tk * ldy + i;
+            checks++;
+            if (i >= nrows) {
+                if (Y[at] != -777.0f) {
+                    FAIL("gemm_bf16 %s: wrote into the stride gap", what);
+                    goto out;
+                }
+                continue;
+            }
+            const double tol = rounds ? 2.0 * (cols + 8) * 0x1p-24 * bf16_mag(t, r0 + i, X + (size_t)tk * ldx) : 0.0;
+            if (!(fabs((double)Y[at] - W[at]) <= tol)) {
+                FAIL("gemm_bf16 %s: r0=%d n=%d token %d row %d: %.9g vs %.9g (tol %.3g)", what, r0, n, tk, i, Y[at],
+                     W[at], tol);
+                goto out;
+            }
+        }
+out:
+    free(X), free(Y), free(W);
+}
+
+static void check_gemm_bf16(void)
+{
+    static const int rows_list[] = {1, 17, 32, 33, 130};
+    static const int cols_list[] = {1, 7, 33, 128, 129, 300};
+    static const int q8_cols[] = {32, 96, 544};
+    static const int q4_cols[] = {256, 768};
+    static const int n_list[] = {1, 2, 6, 7, 12, 13, 29};
+    char what[96];
+    for (int kind = 0; kind < W_COUNT; kind++) {
+        const int *cl = kind == W_Q8_0 ? q8_cols : kind == W_Q4_K ? q4_cols : cols_list;
+        const size_t ncl = kind == W_Q8_0   ? sizeof q8_cols / sizeof *q8_cols
+                           : kind == W_Q4_K ? sizeof q4_cols / sizeof *q4_cols
+                                            : sizeof cols_list / sizeof *cols_list;
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+            for (size_t ci = 0; ci < ncl; ci++) {
+                const int rows = rows_list[ri], cols = cl[ci];
+                test_mat t;
+                make_mat(&t, (enum wkind)kind, rows, cols);
+                snprintf(what, sizeof what, "%s %dx%d", wkind_names[kind], rows, cols);
+                for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++) {
+                    check_gemm_bf16_one(&t, 0, rows, n_list[ni], what);
+                    if (rows > 2)
+                        check_gemm_bf16_one(&t, 2, rows - 2, n_list[ni], what);
+                }
+                free_mat(&t);
+            }
+    }
+}
+
+/* The rounding itself: x = 1 + 2^-10 is 1 in bf16 and 3 + 3 * 2^-8 rounds
+ * up to 3 + 2^-6 (bf16 spacing at 3 is 2^-6), so an all-ones row gives
+ * exactly cols * 1 and cols * (3 + 2^-6) where the exact product would
+ * not. */
+static void check_bf16_rounding(void)
+{
+    enum { COLS = 96, ROWS = 40 };
+    static const ds_dtype dts[] = {DS_DT_BF16, DS_DT_F8_E4M3, DS_DT_Q8_0};
+    for (size_t d = 0; d < sizeof dts / sizeof *dts; d++) {
+        const ds_dtype dt = dts[d];
+        if (!ds_gemm_bf16_rounds(dt))
+            continue;
+        uint8_t data[ROWS * COLS * 2];
+        float scale[1] = {1.0f};
+        for (int r = 0; r < ROWS; r++)
+            for (int c = 0; c < COLS; c++) {
+                if (dt == DS_DT_BF16)
+                    ((uint16_t *)data)[r * COLS + c] = ds_f32_to_bf16(1.0f);
+                else if (dt == DS_DT_F8_E4M3)
+                    data[r * COLS + c] = ds_f32_to_e4m3(1.0f);
+                else if (c % 32 == 0) {
+                    uint8_t *b = data + (size_t)(r * COLS + c) / 32 * 34;
+                    const uint16_t one = ds_f32_to_f16(1.0f);
+                    memcpy(b, &one, 2);
+                    memset(b + 2, 1, 32);
+                }
+            }
+        ds_mat m = {.dtype = dt, .rows = ROWS, .cols = COLS, .data = data, .scale = scale};
+        float X[2 * COLS], Y[2 * ROWS];
+        for (int c = 0; c < COLS; c++) {
+            X[c] = 1.0f + 0x1p-10f;
+            X[COLS + c] = 3.0f + 3 * 0x1p-8f;
+        }
+        ds_gemm_bf16(&m, 0, ROWS, X, COLS, 2, Y, ROWS);
+        for (int r = 0; r < ROWS; r++) {
+            checks += 2;
+            if (Y[r] != (float)COLS || Y[ROWS + r] != (float)COLS * (3.0f + 0x1p-6f))
+                FAIL("gemm_bf16 %s: rounding of x: row %d gives %.9g, %.9g; want %d, %.9g", ds_dtype_name(dt), r, Y[r],
+                     Y[ROWS + r], COLS, (float)COLS * (3.0f + 0x1p-6f));
+        }
+    }
+}
+
 /* All 256 codes through both decode paths (row dequantisation and the row
  * dot product with one-hot vectors), against ds_e4m3_table. */
 static void check_e4m3_codes(const ds_kernels *k)
@@ -351,6 +486,11 @@ int main(int argc, char **argv)
         printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
         fflush(stdout);
     }
-    printf("\n%ld checks, %d failures\n", checks, failures);
+    const int before = failures;
+    check_gemm_bf16();
+    check_bf16_rounding();
+    printf("\ngemm_bf16 (%s): %s\n", ds_gemm_bf16_rounds(DS_DT_F8_E4M3) ? "avx512_bf16 kernel" : "exact ds_gemm fallback",
+           failures == before ? "ok" : "FAIL");
+    printf("%ld checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

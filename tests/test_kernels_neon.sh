@@ -27,7 +27,7 @@ S="$top_srcdir/simd"
 # needs none.
 if "$CC" -std=gnu11 -O2 -fopenmp -Wall -Wextra -Wshadow -Werror -static \
     -I"$S" -o "$T/test_kernels" "$top_srcdir/tests/test_kernels.c" "$S/cpu.c" "$S/dtype.c" "$S/quant.c" \
-    "$S/kernels_scalar.c" "$S/kernels_avx2.c" "$S/kernels_avx512.c" "$S/kernels_neon.c" \
+    "$S/kernels_scalar.c" "$S/kernels_avx2.c" "$S/kernels_avx512.c" "$S/kernels_avx512bf16.c" "$S/kernels_neon.c" \
     "$S/kernels_dispatch.c" -lm >"$T/cc.log" 2>&1; then
     ok "cross-compile for aarch64"
 else

@@ -56,11 +56,16 @@ g2=$("$B/dsinfer" -q -m "$CASE/model" -p "0 831 89" -n 8 --ignore-eos --temperat
 g3=$("$B/dsinfer" -q -m "$CASE/model" -p "0 831 89" -n 8 --ignore-eos --temperature 0.9 --seed 12)
 [ -n "$g1" ] && [ "$g1" = "$g2" ] && ok "same seed, same tokens" || bad "seeded sampling not reproducible: '$g1' vs '$g2'"
 [ "$g1" != "$g3" ] && ok "different seed, different tokens" || bad "seed has no effect: '$g1'"
-# greedy decoding reproduces the reference's own greedy continuation (fp32 KV)
+# greedy decoding reproduces the reference's own greedy continuation (fp32 KV,
+# exact f32 products: the CLI's default bf16 prefill rounds activations)
 want=$(python3 -c "import json;t=json.load(open('$CASE/tokens.json'));print(' '.join(map(str,t['greedy_fp32'][:8])))")
 prompt=$(python3 -c "import json;print(','.join(map(str,json.load(open('$CASE/tokens.json'))['prompt'])))")
-got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache f32)
+got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache f32 --precision f32)
 [ "$got" = "$want" ] && ok "greedy continuation equals the reference's ($got)" || bad "greedy: got '$got', want '$want'"
+got=$("$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 8 --ignore-eos --kv-cache f32 --precision bf16)
+[ "$(echo "$got" | wc -w)" = 8 ] && ok "--precision bf16 generates ($got)" || bad "--precision bf16: '$got'"
+"$B/dsinfer" -q -m "$CASE/model" -p "$prompt" -n 1 --precision f16 >/dev/null 2>"$T/err"
+[ $? = 1 ] && grep -q "expected f32 or bf16" "$T/err" && ok "--precision f16 is a usage error" || bad "--precision f16: $(cat "$T/err")"
 
 # the benchmark prints one JSON object with positive speeds; --compare runs a command
 "$B/dsinfer-bench" -m "$CASE/model" -p 8 -n 4 -d 8 -b 3 --membw-mb 16 --layer-times \
@@ -73,6 +78,7 @@ assert d["batch"] == 3 and d["batch_decode_tps"] > 0, d
 # KV bytes per position and layer at kv_lora 512, rope 64, index 128: 512 e4m3 + 4 f32 scales
 # + 64 f32 rope + 128 e4m3 index key + 1 f32 scale
 assert d["kv_cache"] == "fp8" and d["kv_bytes_per_token_layer"] == 512 + 16 + 256 + 128 + 4, d
+assert d["precision"] == "bf16" and isinstance(d["bf16_rounds"], bool), d
 assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d["batch_gain"], d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row

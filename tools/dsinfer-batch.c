@@ -66,6 +66,7 @@ static void usage(FILE *f)
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         TOOL_HELP_NUMA
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
+        TOOL_PRECISION_HELP("      ", "bf16")
         "  -q, --quiet            no progress and no summary\n"
         "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
         "  -h, --help             show this help\n"
@@ -87,6 +88,7 @@ typedef struct options {
     long shard_i, shard_n;
     batch_progress_mode progress;
     ds_kv_type kv;
+    ds_precision precision;
     batch_defaults defaults;
 } options;
 
@@ -120,7 +122,7 @@ static batch_progress_mode parse_progress(const char *s)
 
 static void parse_options(int argc, char **argv, options *o)
 {
-    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO, O_SCHEMA, O_NUMA };
+    enum { O_TEMP = 256, O_TOPP, O_TOPK, O_TEMPLATE, O_THINK, O_NOTHINK, O_SHARD, O_PROGRESS, O_KV, O_BUDGET, O_IO, O_SCHEMA, O_NUMA, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'}, {"parallel", required_argument, 0, 'j'},
@@ -130,14 +132,14 @@ static void parse_options(int argc, char **argv, options *o)
         {"template", required_argument, 0, O_TEMPLATE}, {"thinking", no_argument, 0, O_THINK},
         {"no-thinking", no_argument, 0, O_NOTHINK}, {"shard", required_argument, 0, O_SHARD},
         {"progress", required_argument, 0, O_PROGRESS}, {"threads", required_argument, 0, 't'},
-        {"kv-cache", required_argument, 0, O_KV}, {"quiet", no_argument, 0, 'q'},
+        {"kv-cache", required_argument, 0, O_KV}, {"precision", required_argument, 0, O_PREC}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"numa", required_argument, 0, O_NUMA},
         {"json-schema", required_argument, 0, O_SCHEMA},
         {0, 0, 0, 0}};
     int c;
-    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8, .numa = DS_NUMA_ON};
+    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8, .numa = DS_NUMA_ON, .precision = DS_PRECISION_BF16};
     o->progress = parse_progress("auto");
     ds_sampler_params_init(&o->defaults.sampling);
     o->defaults.sampling.seed = 24301;
@@ -165,6 +167,7 @@ static void parse_options(int argc, char **argv, options *o)
         case O_IO: o->io = tool_parse_io("--io", optarg); break;
         case O_NUMA: o->numa = tool_parse_numa("--numa", optarg); break;
         case O_KV: o->kv = tool_parse_kv("--kv-cache", optarg); break;
+        case O_PREC: o->precision = tool_parse_precision("--precision", optarg); break;
         case 'q': o->quiet = 1, tool_verbosity = -1; break;
         case 'v': o->verbose = 1, tool_verbosity = 1; break;
         case 'h': usage(stdout); exit(EXIT_OK);
@@ -713,6 +716,8 @@ static void load_model(batch_run *run)
     ep.max_seqs = o->parallel;
     ep.ctx_size = o->ctx_size;
     ep.kv_type = o->kv;
+    ep.precision = o->precision;
+    tool_info_precision(ep.precision);
     if (ds_engine_create(run->model, &ep, &run->engine, &err) != DS_OK)
         tool_die(err.code == DS_ERR_NOMEM ? EXIT_RUNTIME : EXIT_USAGE, "cannot create the engine: %s", err.msg);
     ds_engine_get_stats(run->engine, &st);

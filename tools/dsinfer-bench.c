@@ -40,6 +40,7 @@ static void usage(FILE *f)
         "                         bytes read, GB/s and time over its bandwidth-bound time\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
+        TOOL_PRECISION_HELP("      ", "bf16")
         "      --membw-mb N       size of the bandwidth probe buffer in MiB (default 1024; 0 = skip)\n"
         "      --compare CMD      run CMD through the shell after the tests; if it prints JSON\n"
         "                         objects with pp_tps / tg_tps (llama-bench style), report the ratios\n"
@@ -154,6 +155,8 @@ typedef struct bench_opts {
     uint64_t seed;
 } bench_opts;
 
+static ds_precision bench_precision = DS_PRECISION_BF16;
+
 static ds_context *new_context(ds_model *m, int size, ds_kv_type kv)
 {
     ds_error err;
@@ -161,6 +164,7 @@ static ds_context *new_context(ds_model *m, int size, ds_kv_type kv)
     ds_context_params_init(&cp);
     cp.ctx_size = size;
     cp.kv_type = kv;
+    cp.precision = bench_precision;
     ds_context *c;
     if (ds_context_create(m, &cp, &c, &err) != DS_OK)
         tool_die_err(&err);
@@ -445,12 +449,12 @@ int main(int argc, char **argv)
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int numa = DS_NUMA_ON;
     long membw_mb = 1024;
-    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA, O_LAYERS };
+    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA, O_LAYERS, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
         {"repeat", required_argument, 0, 'r'}, {"batch", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
-        {"kv-cache", required_argument, 0, O_KV}, {"membw-mb", required_argument, 0, O_MEMBW},
+        {"kv-cache", required_argument, 0, O_KV}, {"precision", required_argument, 0, O_PREC}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
         {"mem-budget", required_argument, 0, O_BUDGET}, {"io", required_argument, 0, O_IO},
         {"numa", required_argument, 0, O_NUMA}, {"layer-times", no_argument, 0, O_LAYERS},
@@ -467,6 +471,7 @@ int main(int argc, char **argv)
         case 'r': o.repeat = (int)tool_parse_long("--repeat", optarg, 1, 1000); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case O_KV: o.kv = tool_parse_kv("--kv-cache", optarg); break;
+        case O_PREC: bench_precision = tool_parse_precision("--precision", optarg); break;
         case O_MEMBW: membw_mb = tool_parse_long("--membw-mb", optarg, 0, 1 << 20); break;
         case O_COMPARE: compare = optarg; break;
         case 's': o.seed = tool_parse_u64("--seed", optarg); break;
@@ -496,6 +501,7 @@ int main(int argc, char **argv)
     lp.numa = numa;
     double t0 = tool_now();
     ds_model *m = tool_load_model(model_dir, &lp);
+    tool_info_precision(bench_precision);
     double load_s = tool_now() - t0;
     const ds_model_info *mi = ds_model_get_info(m);
     float *logits = malloc(sizeof(float) * (size_t)mi->vocab_size);
@@ -522,6 +528,8 @@ int main(int argc, char **argv)
     json_object_set_new(j, "cpu_isa", json_string(ds_kernel_isa()));
     json_object_set_new(j, "threads", json_integer(omp_get_max_threads()));
     json_object_set_new(j, "kv_cache", json_string(o.kv == DS_KV_F32 ? "f32" : o.kv == DS_KV_FP8 ? "fp8" : "fp8-compact"));
+    json_object_set_new(j, "precision", json_string(ds_precision_name(bench_precision)));
+    json_object_set_new(j, "bf16_rounds", json_boolean(bench_precision == DS_PRECISION_BF16 && ds_precision_rounds()));
     json_object_set_new(j, "kv_bytes_per_token_layer", json_integer((json_int_t)ds_kv_bytes_per_position_layer(m, o.kv)));
     json_object_set_new(j, "weight_bytes", json_integer(mi->weight_bytes));
     json_object_set_new(j, "load_s", json_real(load_s));

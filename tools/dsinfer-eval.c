@@ -24,6 +24,7 @@ static void usage(FILE *f)
         "      --tokens FILE        JSON {\"prompt\": [ids], \"decode_inputs\": [ids]}\n"
         "  -o, --out FILE           output logits (raw little-endian float32)\n"
         "      --kv-cache TYPE      latent cache: fp8 (default), fp8-compact (bf16 rope key) or f32\n"
+        TOOL_PRECISION_HELP("        ", "f32: the reference dumps stay exact")
         "  -t, --threads N          worker threads (default: all cores)\n"
         "  -c, --ctx-size N         KV cache positions (default: prompt + decode)\n"
         "      --chunk N            prefill in chunks of N tokens (default: all at once)\n"
@@ -163,10 +164,13 @@ int main(int argc, char **argv)
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int numa = DS_NUMA_ON;
     ds_kv_type kv = DS_KV_FP8;
-    enum { O_TOKENS = 256, O_KV, O_BUDGET, O_IO, O_NUMA, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS };
+    ds_precision precision = DS_PRECISION_F32;
+    enum { O_TOKENS = 256, O_KV, O_BUDGET, O_IO, O_NUMA, O_CHUNK, O_TOPK, O_SCORES, O_EXPERTS, O_EW, O_LAYERS, O_ROWS,
+           O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
         {"out", required_argument, 0, 'o'}, {"kv-cache", required_argument, 0, O_KV},
+        {"precision", required_argument, 0, O_PREC},
         {"threads", required_argument, 0, 't'}, {"ctx-size", required_argument, 0, 'c'},
         {"chunk", required_argument, 0, O_CHUNK}, {"dump-topk", required_argument, 0, O_TOPK},
         {"dump-scores", required_argument, 0, O_SCORES}, {"dump-experts", required_argument, 0, O_EXPERTS},
@@ -183,6 +187,7 @@ int main(int argc, char **argv)
         case O_TOKENS: tokens_path = optarg; break;
         case 'o': out_path = optarg; break;
         case O_KV: kv = tool_parse_kv("--kv-cache", optarg); break;
+        case O_PREC: precision = tool_parse_precision("--precision", optarg); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'c': ctx_size = (int)tool_parse_long("--ctx-size", optarg, 1, 1 << 24); break;
         case O_CHUNK: chunk = (int)tool_parse_long("--chunk", optarg, 1, 1 << 24); break;
@@ -234,6 +239,8 @@ int main(int argc, char **argv)
     ds_context_params cp;
     ds_context_params_init(&cp);
     cp.kv_type = kv;
+    cp.precision = precision;
+    tool_info_precision(precision);
     cp.threads = threads;
     cp.ctx_size = ctx_size ? ctx_size : P + D;
     ds_context *ctx;

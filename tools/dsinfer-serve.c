@@ -50,6 +50,7 @@ static void usage(FILE *f)
         "                             endpoints but /health)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --kv-cache TYPE        fp8 (default), fp8-compact (bf16 rope key) or f32\n"
+        TOOL_PRECISION_HELP("          ", "bf16")
         "      --thinking-default on|off\n"
         "                             thinking mode for chat requests that do not\n"
         "                             choose (default off)\n"
@@ -215,6 +216,8 @@ static void load(server *s)
     ep.max_seqs = s->cfg.parallel;
     ep.ctx_size = s->cfg.ctx_size;
     ep.kv_type = s->cfg.kv;
+    ep.precision = s->cfg.precision;
+    tool_info_precision(ep.precision);
     if (ds_engine_create(s->model, &ep, &s->engine, &err) != DS_OK)
         tool_die_err(&err);
     ds_engine_stats st;
@@ -226,12 +229,13 @@ static void load(server *s)
 
 static void parse_args(int argc, char **argv, serve_config *cfg)
 {
-    enum { O_HOST = 256, O_PORT, O_PARALLEL, O_KEY, O_KV, O_THINK, O_QUEUE, O_BODY, O_NAME, O_BUDGET, O_IO, O_NUMA };
+    enum { O_HOST = 256, O_PORT, O_PARALLEL, O_KEY, O_KV, O_THINK, O_QUEUE, O_BODY, O_NAME, O_BUDGET, O_IO, O_NUMA, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"parallel", required_argument, 0, O_PARALLEL},
         {"ctx-size", required_argument, 0, 'c'}, {"api-key", required_argument, 0, O_KEY},
         {"threads", required_argument, 0, 't'}, {"kv-cache", required_argument, 0, O_KV},
+        {"precision", required_argument, 0, O_PREC},
         {"thinking-default", required_argument, 0, O_THINK}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-body", required_argument, 0, O_BODY}, {"model-name", required_argument, 0, O_NAME},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
@@ -253,6 +257,7 @@ static void parse_args(int argc, char **argv, serve_config *cfg)
             break;
         case 't': cfg->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case O_KV: cfg->kv = tool_parse_kv("--kv-cache", optarg); break;
+        case O_PREC: cfg->precision = tool_parse_precision("--precision", optarg); break;
         case O_THINK:
             if (strcmp(optarg, "on") == 0 || strcmp(optarg, "off") == 0)
                 cfg->thinking_default = strcmp(optarg, "on") == 0;
@@ -338,6 +343,7 @@ int main(int argc, char **argv)
     cfg->max_body = 8u << 20;
     cfg->kv = DS_KV_FP8;
     cfg->numa = DS_NUMA_ON;
+    cfg->precision = DS_PRECISION_BF16;
     parse_args(argc, argv, cfg);
     if (!cfg->model_dir)
         cfg->model_dir = tool_default_model();

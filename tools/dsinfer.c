@@ -53,6 +53,7 @@ static void usage(FILE *f)
         "      --ignore-eos       do not stop at the end-of-sequence token\n"
         "  -c, --ctx-size N       KV cache positions (default: prompt + max-tokens)\n"
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
+        TOOL_PRECISION_HELP("      ", "bf16")
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            do not print the speed line\n"
         "  -v, --verbose          also describe the model, kernels and expert cache\n"
@@ -156,17 +157,19 @@ int main(int argc, char **argv)
     int numa = DS_NUMA_ON;
     int thinking = 0, thinking_set = 0, print_ids = 0;
     ds_kv_type kv = DS_KV_FP8;
+    ds_precision precision = DS_PRECISION_BF16;
     ds_sampler_params sp;
     ds_sampler_params_init(&sp);
     sp.seed = 24301;
     enum { O_TEMP = 256, O_TOPP, O_TOPK, O_KV, O_EOS, O_PROMPT, O_CHAT, O_SYSTEM, O_THINK, O_NOTHINK,
-           O_PRINTIDS, O_BUDGET, O_IO, O_NUMA };
+           O_PRINTIDS, O_BUDGET, O_IO, O_NUMA, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-ids", required_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, O_TEMP},
         {"top-p", required_argument, 0, O_TOPP}, {"top-k", required_argument, 0, O_TOPK},
         {"seed", required_argument, 0, 's'}, {"ignore-eos", no_argument, 0, O_EOS},
         {"ctx-size", required_argument, 0, 'c'}, {"kv-cache", required_argument, 0, O_KV},
+        {"precision", required_argument, 0, O_PREC},
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
@@ -195,6 +198,7 @@ int main(int argc, char **argv)
         case O_EOS: ignore_eos = 1; break;
         case 'c': ctx_size = (int)tool_parse_long("--ctx-size", optarg, 1, 1 << 24); break;
         case O_KV: kv = tool_parse_kv("--kv-cache", optarg); break;
+        case O_PREC: precision = tool_parse_precision("--precision", optarg); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
@@ -243,6 +247,8 @@ int main(int argc, char **argv)
     ds_context_params cp;
     ds_context_params_init(&cp);
     cp.kv_type = kv;
+    cp.precision = precision;
+    tool_info_precision(precision);
     cp.threads = threads;
     cp.ctx_size = ctx_size ? ctx_size : P + max_tokens;
     ds_context *ctx;

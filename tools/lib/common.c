@@ -1,6 +1,7 @@
 /* common.c — shared tool helpers (see common.h). */
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,25 @@ ds_kv_type tool_parse_kv(const char *opt, const char *s)
     tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected fp8, fp8-compact or f32)", opt, s);
 }
 
+ds_precision tool_parse_precision(const char *opt, const char *s)
+{
+    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0)
+        return DS_PRECISION_F32;
+    if (strcmp(s, "bf16") == 0)
+        return DS_PRECISION_BF16;
+    tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected f32 or bf16)", opt, s);
+}
+
+void tool_info_precision(ds_precision p)
+{
+    if (p == DS_PRECISION_BF16 && !ds_precision_rounds())
+        tool_info("precision bf16: this CPU or kernel level has no AVX512_BF16, products stay exact f32");
+    else if (p == DS_PRECISION_BF16)
+        tool_info("precision bf16 (activations rounded in products of >= %d tokens)", DS_BF16_MIN_TOKENS);
+    else
+        tool_info("precision f32 (exact)");
+}
+
 ds_io_mode tool_parse_io(const char *opt, const char *s)
 {
     if (strcmp(s, "uring") == 0 || strcmp(s, "io_uring") == 0)
@@ -276,6 +296,17 @@ ds_model *tool_load_model(const char *dir, const ds_load_params *lp)
 {
     ds_error err;
     ds_model *m;
+    /* The forward pass allocates its activations per layer (megabytes each
+     * at prefill) and frees them again.  With glibc's defaults those come
+     * from fresh mmaps or from heap top that free() has just trimmed, so
+     * every layer page-faults its buffers in again: a quarter of a 512-token
+     * prefill on one thread went to zeroing new pages.  Keeping buffers up
+     * to 64 MiB on the heap and the freed memory in the process (the tools
+     * run one model for their whole life) makes them reused. */
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
     double t0 = tool_now();
     if (ds_model_load(dir, lp, &m, &err) != DS_OK)
         tool_die_err(&err);

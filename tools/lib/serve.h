@@ -31,6 +31,7 @@ typedef struct serve_config {
     int port, parallel, ctx_size, threads, thinking_default, max_queue, quiet;
     size_t max_body;
     ds_kv_type kv;
+    ds_precision precision;
     int64_t mem_budget;           /* routed-expert RAM budget (0 = all resident) */
     ds_io_mode io;
     int numa;                  /* DS_NUMA_* (--numa) */
