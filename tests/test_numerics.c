@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "internal.h"
 #include "model.h"
 
 static int failures;
@@ -330,6 +331,76 @@ static void test_index_dot(void)
     CHECK(bad == 0, "%d vectorised indexer dots differ from the exact reference", bad);
 }
 
+/* ds_context_fill_synthetic (dsinfer-bench --depth-fill synthetic) leaves
+ * the caches as prefill would: finite latents, e4m3 index keys without NaN
+ * codes quantised with a positive scale, the position at the depth, seeded
+ * contents; decode then runs from there and gives finite logits. */
+static void test_fill_synthetic(void)
+{
+    const char *top = getenv("top_srcdir");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/data/tiny-dsa/model", top ? top : ".");
+    ds_model *m;
+    ds_error err;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        CHECK(0, "cannot load %s: %s", dir, err.msg);
+        return;
+    }
+    const ds_config *cfg = &m->cfg;
+    const int depth = 77, L = cfg->num_hidden_layers, id = cfg->index_head_dim, kvl = cfg->kv_lora_rank;
+    ds_context *c[3] = {0};
+    for (int i = 0; i < 3; i++) {
+        ds_context_params cp;
+        ds_context_params_init(&cp);
+        cp.ctx_size = depth + 2;
+        if (ds_context_create(m, &cp, &c[i], &err) != DS_OK ||
+            ds_context_fill_synthetic(c[i], depth, i == 2 ? 8 : 7, &err) != DS_OK) {
+            CHECK(0, "synthetic fill: %s", err.msg);
+            goto out;
+        }
+        CHECK(ds_context_pos(c[i]) == depth, "position %d after filling %d", ds_context_pos(c[i]), depth);
+    }
+    CHECK(ds_context_fill_synthetic(c[0], depth + 3, 1, &err) == DS_ERR_INVALID_ARG, "fill past the context size");
+    int nan_codes = 0, bad_scales = 0, same = 1, differs = 0;
+    float *lat = malloc(sizeof(float) * (size_t)kvl);
+    for (int l = 0; l < L; l++) {
+        const ds_kv_layer *a = &c[0]->kv[l], *b = &c[1]->kv[l], *o = &c[2]->kv[l];
+        for (int p = 0; p < depth; p++) {
+            for (int i = 0; i < id; i++)
+                nan_codes += (a->idx_k[(size_t)p * id + i] & 0x7f) == 0x7f;
+            bad_scales += !(a->idx_s[p] > 0.0f && isfinite(a->idx_s[p]));
+            ds_kv_load_latent(c[0], l, p, lat);
+            for (int i = 0; i < kvl; i++)
+                bad_scales += !isfinite(lat[i]);
+        }
+        same &= memcmp(a->idx_k, b->idx_k, (size_t)depth * id) == 0 &&
+                memcmp(a->idx_s, b->idx_s, sizeof(float) * depth) == 0 &&
+                memcmp(a->latent_q, b->latent_q, (size_t)depth * kvl) == 0;
+        differs |= memcmp(a->idx_k, o->idx_k, (size_t)depth * id) != 0;
+    }
+    free(lat);
+    CHECK(nan_codes == 0, "%d NaN codes among the synthetic index keys", nan_codes);
+    CHECK(bad_scales == 0, "%d non-positive or non-finite scales / latents", bad_scales);
+    CHECK(same, "the same seed gives different caches");
+    CHECK(differs, "another seed gives the same index keys");
+    {
+        int32_t tok = 5;
+        float *logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
+        ds_status st = ds_eval(c[0], &tok, 1, logits, 0, &err);
+        CHECK(st == DS_OK, "decode after the synthetic fill: %s", err.msg);
+        int finite = 1;
+        for (int i = 0; st == DS_OK && i < cfg->vocab_size; i++)
+            finite &= isfinite(logits[i]) != 0;
+        CHECK(finite, "non-finite logits after the synthetic fill");
+        CHECK(ds_context_pos(c[0]) == depth + 1, "position after one decode step");
+        free(logits);
+    }
+out:
+    for (int i = 0; i < 3; i++)
+        ds_context_free(c[i]);
+    ds_model_free(m);
+}
+
 int main(void)
 {
     srand(1234);
@@ -342,6 +413,7 @@ int main(void)
     test_router();
     test_topk();
     test_latent_cache();
+    test_fill_synthetic();
     if (failures)
         printf("%d checks failed\n", failures);
     else
