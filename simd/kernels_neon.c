@@ -530,6 +530,8 @@ const ds_kernels ds_kernels_neon = {
     .gemm = neon_gemm,
     .dot = neon_dot,
     .axpy = neon_axpy,
+    .e4m3_to_f64 = ds_e4m3_to_f64_scalar,   /* no NEON forms yet: the scalar ones */
+    .index_scores = ds_index_scores_scalar,
 };
 
 #endif /* aarch64 */

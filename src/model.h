@@ -98,6 +98,8 @@ struct ds_context {
     void *gpu_idx;             /* ds_gpu_indexer *, NULL = CPU indexer */
     int gpu_idx_failed;        /* GPU requested but unavailable or failed: CPU from now on */
     char gpu_idx_note[640];    /* the one warning for tools to print ("" = none) */
+    void *idx_scratch;         /* the CPU indexer's decode-step buffers (scores, query, key blocks) */
+    size_t idx_scratch_bytes;
 };
 
 /* weights.c */
@@ -132,6 +134,13 @@ float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q);
  * sel[t * topk ...] with counts nsel[t]. */
 ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
                          int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err);
+/* The scoring and selection half of ds_indexer_run (keys of positions
+ * < start + T already cached): q8 [T][heads][head_dim] e4m3 queries, w
+ * [T][heads] their head weights with the query scales folded in.  Query t
+ * sees keys [0, start + t]; scores go to the trace hook.  Exposed for unit
+ * tests. */
+ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const float *w, int T, int start,
+                            int32_t *sel, int *nsel, int sel_stride, ds_error *err);
 /* Positions of the k largest scores among n, ascending; ties prefer the
  * lower position.  Exposed for unit tests. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out);

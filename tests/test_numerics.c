@@ -401,6 +401,115 @@ out:
     ds_model_free(m);
 }
 
+/* The CPU indexer's scoring path (query and key blocks, key ranges split
+ * across threads in decode, query blocks with causal limits in prefill)
+ * gives, for every query and key, the reference score bit for bit: per head
+ * the exact FP8 dot (ds_index_dot_ref), then the ReLU-weighted head sum in
+ * head order, times the key scale; and selects the top-k of those scores. */
+typedef struct score_trace {
+    int start, T, n_keys;
+    float *scores;     /* [T][n_keys] */
+    int32_t *topk;     /* [T][topk] */
+    int *ntopk, topk_cap, seen;
+} score_trace;
+
+static void on_trace(void *user, ds_trace_kind kind, int layer, int pos, const void *data, int n)
+{
+    score_trace *st = user;
+    (void)layer;
+    const int t = pos - st->start;
+    if (t < 0 || t >= st->T)
+        return;
+    if (kind == DS_TRACE_INDEXER_SCORES && n <= st->n_keys) {
+        memcpy(st->scores + (size_t)t * st->n_keys, data, sizeof(float) * (size_t)n);
+        st->seen++;
+    } else if (kind == DS_TRACE_INDEXER_TOPK && n <= st->topk_cap) {
+        memcpy(st->topk + (size_t)t * st->topk_cap, data, sizeof(int32_t) * (size_t)n);
+        st->ntopk[t] = n;
+    }
+}
+
+static void test_index_select(void)
+{
+    const char *top = getenv("top_srcdir");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/data/tiny-dsa/model", top ? top : ".");
+    ds_model *m;
+    ds_error err;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        CHECK(0, "cannot load %s: %s", dir, err.msg);
+        return;
+    }
+    const ds_config *cfg = &m->cfg;
+    const int ih = cfg->index_n_heads, id = cfg->index_head_dim, topk = cfg->index_topk, layer = 1;
+    enum { DEPTH = 1040 };
+    ds_context_params cp;
+    ds_context_params_init(&cp);
+    cp.ctx_size = DEPTH;
+    ds_context *c;
+    if (ds_context_create(m, &cp, &c, &err) != DS_OK || ds_context_fill_synthetic(c, DEPTH, 3, &err) != DS_OK) {
+        CHECK(0, "context: %s", err.msg);
+        ds_model_free(m);
+        return;
+    }
+    const ds_kv_layer *kv = &c->kv[layer];
+    /* decode steps at 1, 7, 9, 127, 1000 keys; prefill blocks (odd T, with
+     * and without earlier context) */
+    static const int cases[][2] = {{0, 1}, {6, 1}, {8, 1}, {126, 1}, {511, 1}, {999, 1}, {0, 9}, {500, 37}, {1000, 40}};
+    int bad = 0, bad_sel = 0, calls = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int start = cases[ci][0], T = cases[ci][1], nk = start + T;
+        uint8_t *q8 = malloc((size_t)T * ih * id);
+        float *w = malloc(sizeof(float) * (size_t)T * ih);
+        for (int i = 0; i < T * ih * id; i++)   /* any code but NaN; some queries all-positive */
+            do
+                q8[i] = (uint8_t)(ci % 3 == 2 ? rand() & 0x7f : rand());
+            while ((q8[i] & 0x7f) == 0x7f);
+        for (int i = 0; i < T * ih; i++)
+            w[i] = ((float)rand() / RAND_MAX - 0.3f) * 0.01f;
+        score_trace tr = {start, T, nk, calloc((size_t)T * nk, sizeof(float)),
+                          malloc(sizeof(int32_t) * (size_t)T * topk), calloc((size_t)T, sizeof(int)), topk, 0};
+        int32_t *sel = malloc(sizeof(int32_t) * (size_t)T * topk), *want_sel = malloc(sizeof(int32_t) * topk);
+        int *nsel = calloc((size_t)T, sizeof(int));
+        float *ref = malloc(sizeof(float) * (size_t)nk);
+        ds_context_set_trace(c, on_trace, &tr);
+        ds_status st = ds_indexer_select(c, layer, q8, w, T, start, sel, nsel, topk, &err);
+        ds_context_set_trace(c, NULL, NULL);
+        CHECK(st == DS_OK, "ds_indexer_select: %s", err.msg);
+        CHECK(tr.seen == T, "%d score traces for %d queries", tr.seen, T);
+        for (int t = 0; t < T; t++) {
+            const int n = start + t + 1;
+            for (int j = 0; j < n; j++) {
+                float sc = 0.0f;
+                for (int h = 0; h < ih; h++) {
+                    float d = ds_index_dot_ref(q8 + ((size_t)t * ih + h) * id, kv->idx_k + (size_t)j * id, id);
+                    if (d > 0.0f) {
+                        volatile float p = w[t * ih + h] * d;
+                        sc += p;
+                    }
+                }
+                ref[j] = sc * kv->idx_s[j];
+                const float got = tr.scores[(size_t)t * nk + j];
+                calls++;
+                if (memcmp(&got, &ref[j], sizeof got) != 0 && bad++ < 5)
+                    printf("index score start %d T %d query %d key %d: %.9g, want %.9g\n", start, T, t, j, got,
+                           ref[j]);
+            }
+            const int k = ds_topk_positions(ref, n, topk, want_sel);
+            if ((nsel[t] != k || memcmp(sel + (size_t)t * topk, want_sel, sizeof(int32_t) * k) != 0 ||
+                 tr.ntopk[t] != k) && bad_sel++ < 5)
+                printf("index selection start %d T %d query %d differs\n", start, T, t);
+        }
+        free(q8), free(w), free(tr.scores), free(tr.topk), free(tr.ntopk), free(sel), free(want_sel), free(nsel);
+        free(ref);
+    }
+    CHECK(bad == 0, "%d of %d indexer scores differ from the exact reference", bad, calls);
+    printf("indexer: %d scores checked in %d cases\n", calls, (int)(sizeof cases / sizeof cases[0]));
+    CHECK(bad_sel == 0, "%d indexer selections differ from the top-k of the reference scores", bad_sel);
+    ds_context_free(c);
+    ds_model_free(m);
+}
+
 int main(void)
 {
     srand(1234);
@@ -414,6 +523,7 @@ int main(void)
     test_topk();
     test_latent_cache();
     test_fill_synthetic();
+    test_index_select();
     if (failures)
         printf("%d checks failed\n", failures);
     else
