@@ -753,20 +753,26 @@ INL __m128 score4_heads8(const double *qt, int hs, int h0, int hn, int dim, cons
                          __m128 s)
 {
     __m256d acc[2][4];
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++)
         acc[0][i] = acc[1][i] = _mm256_setzero_pd();
     const double *q = qt + h0;
     for (int d = 0; d < dim; d++, q += hs) {
         const __m256d q0 = _mm256_loadu_pd(q), q1 = _mm256_loadu_pd(q + 4);
+    #pragma GCC unroll 16
         for (int i = 0; i < 4; i++) {
             const __m256d kb = _mm256_broadcast_sd(k[i] + d);
             acc[0][i] = _mm256_fmadd_pd(q0, kb, acc[0][i]);
             acc[1][i] = _mm256_fmadd_pd(q1, kb, acc[1][i]);
         }
     }
-    for (int half = 0; half < 2 && 4 * half < hn; half++) {
+#pragma GCC unroll 16
+    for (int half = 0; half < 2; half++) {
         transpose4x4_pd(acc[half]);   /* acc[half][i]: head h0 + 4 half + i over the 4 keys */
-        for (int i = 0; i < 4 && 4 * half + i < hn; i++) {
+    #pragma GCC unroll 16
+        for (int i = 0; i < 4; i++) {
+            if (4 * half + i >= hn)
+                break;
             const __m128 dh = _mm256_cvtpd_ps(acc[half][i]);
             const __m128 p = _mm_mul_ps(dh, _mm_set1_ps(w[h0 + 4 * half + i]));
             /* (d > 0 ? p : +0) through a bitwise and: nothing for the
@@ -784,6 +790,7 @@ NOINL void avx2_index_scores(const double *qt, int nh, int dim, const float *w, 
     for (int j = 0; j < n; j += 4) {
         const int kn = n - j < 4 ? n - j : 4;
         const double *k[4];
+    #pragma GCC unroll 16
         for (int i = 0; i < 4; i++)   /* past the end: repeat the last key, results dropped */
             k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
         __m128 s = _mm_setzero_ps();

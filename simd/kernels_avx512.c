@@ -622,6 +622,7 @@ INL void e4m3x32_to_f64(const uint8_t *q, __mmask32 m, double *out)
                           _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lo), 1))), k),
                           _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(hi)), k),
                           _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(hi), 1))), k)};
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++)
         _mm512_mask_storeu_pd(out + 8 * i, (__mmask8)(m >> (8 * i)), v[i]);
 }
@@ -639,17 +640,20 @@ NOINL void avx512_e4m3_to_f64(const uint8_t *q, size_t n, double *out)
 INL void transpose8x8_pd(__m512d r[8])
 {
     __m512d a[8], b[8];
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i += 2) {
         a[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);       /* r_i0 r_j0 r_i2 r_j2 ... */
         a[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);   /* r_i1 r_j1 r_i3 r_j3 ... */
     }
     const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+#pragma GCC unroll 16
     for (int g = 0; g < 8; g += 4) {                      /* rows g..g+3 */
         b[g + 0] = _mm512_permutex2var_pd(a[g], even, a[g + 2]);      /* columns 0, 4 */
         b[g + 1] = _mm512_permutex2var_pd(a[g + 1], even, a[g + 3]);  /* columns 1, 5 */
         b[g + 2] = _mm512_permutex2var_pd(a[g], odd, a[g + 2]);       /* columns 2, 6 */
         b[g + 3] = _mm512_permutex2var_pd(a[g + 1], odd, a[g + 3]);   /* columns 3, 7 */
     }
+#pragma GCC unroll 16
     for (int c = 0; c < 4; c++) {
         r[c] = _mm512_shuffle_f64x2(b[c], b[c + 4], 0x44);
         r[c + 4] = _mm512_shuffle_f64x2(b[c], b[c + 4], 0xee);
@@ -663,20 +667,26 @@ INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, con
                           __m256 s)
 {
     __m512d acc[2][8];
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i++)
         acc[0][i] = acc[1][i] = _mm512_setzero_pd();
     const double *q = qt + h0;
     for (int d = 0; d < dim; d++, q += hs) {
         const __m512d q0 = _mm512_loadu_pd(q), q1 = _mm512_loadu_pd(q + 8);
+    #pragma GCC unroll 16
         for (int i = 0; i < 8; i++) {
             const __m512d kb = _mm512_set1_pd(k[i][d]);
             acc[0][i] = _mm512_fmadd_pd(q0, kb, acc[0][i]);
             acc[1][i] = _mm512_fmadd_pd(q1, kb, acc[1][i]);
         }
     }
-    for (int half = 0; half < 2 && 8 * half < hn; half++) {
+#pragma GCC unroll 16
+    for (int half = 0; half < 2; half++) {
         transpose8x8_pd(acc[half]);   /* acc[half][i]: head h0 + 8 half + i over the 8 keys */
-        for (int i = 0; i < 8 && 8 * half + i < hn; i++) {
+    #pragma GCC unroll 16
+        for (int i = 0; i < 8; i++) {
+            if (8 * half + i >= hn)
+                break;
             const __m256 dh = _mm512_cvtpd_ps(acc[half][i]);
             const __m256 p = _mm256_mul_ps(dh, _mm256_set1_ps(w[h0 + 8 * half + i]));
             /* a masked add: no FMA contraction possible, lanes with d <= 0 unchanged */
@@ -693,6 +703,7 @@ NOINL void avx512_index_scores(const double *qt, int nh, int dim, const float *w
     for (int j = 0; j < n; j += 8) {
         const int kn = n - j < 8 ? n - j : 8;
         const double *k[8];
+    #pragma GCC unroll 16
         for (int i = 0; i < 8; i++)   /* past the end: repeat the last key, results dropped */
             k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
         const __mmask8 m = (__mmask8)((1u << kn) - 1);

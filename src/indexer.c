@@ -87,36 +87,20 @@ float ds_index_dot_fast(const uint8_t *a, const uint8_t *b, int n)
     return s;
 }
 
-/* Worse-than ordering for the selection heap: lower score, or equal score
- * and higher position (ties keep the lower position). */
-static int worse(const float *score, int32_t a, int32_t b)
+/* Scores as unsigned keys in the same order (-0 counts as +0, as the
+ * comparisons of the selection's definition do). */
+static inline uint32_t score_key(float f)
 {
-    return score[a] < score[b] || (score[a] == score[b] && a > b);
+    f += 0.0f;
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
-static void sift_down(int32_t *heap, int k, int i, const float *score)
-{
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        if (l < k && worse(score, heap[l], heap[m]))
-            m = l;
-        if (r < k && worse(score, heap[r], heap[m]))
-            m = r;
-        if (m == i)
-            return;
-        int32_t t = heap[i];
-        heap[i] = heap[m];
-        heap[m] = t;
-        i = m;
-    }
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
+/* Radix selection: three histogram passes (12, 12 and 8 bits of the keys)
+ * find the k-th largest key and how many of the keys equal to it belong to
+ * the top k; one more ascending pass then emits the positions, the lowest
+ * ones among ties — in ascending order, with no sort and no allocation. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out)
 {
     if (k >= n) {
@@ -126,18 +110,31 @@ int ds_topk_positions(const float *score, int n, int k, int32_t *out)
     }
     if (k <= 0)
         return 0;
-    for (int i = 0; i < k; i++)
-        out[i] = i;
-    for (int i = k / 2 - 1; i >= 0; i--)
-        sift_down(out, k, i, score);
-    for (int j = k; j < n; j++) {
-        if (worse(score, out[0], j)) {
-            out[0] = j;
-            sift_down(out, k, 0, score);
+    static const int shift[3] = {20, 8, 0}, bits[3] = {12, 12, 8};
+    uint32_t hist[1 << 12];
+    uint32_t prefix = 0, mask = 0, rank = (uint32_t)k;   /* the rank-th largest among keys matching prefix */
+    for (int l = 0; l < 3; l++) {
+        const uint32_t nb = 1u << bits[l];
+        memset(hist, 0, sizeof(uint32_t) * nb);
+        for (int i = 0; i < n; i++) {
+            const uint32_t key = score_key(score[i]);
+            if ((key & mask) == prefix)
+                hist[(key >> shift[l]) & (nb - 1)]++;
         }
+        uint32_t b = nb - 1;
+        while (hist[b] < rank)
+            rank -= hist[b--];
+        prefix |= b << shift[l];
+        mask |= (nb - 1) << shift[l];
     }
-    qsort(out, (size_t)k, sizeof(int32_t), cmp_i32);
-    return k;
+    /* prefix is the k-th largest key; rank of the keys equal to it are in */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        const uint32_t key = score_key(score[i]);
+        if (key > prefix || (key == prefix && rank && rank--))
+            out[m++] = i;
+    }
+    return m;
 }
 
 /* LayerNorm/RoPE/Hadamard/quantise one index key and store it at pos. */

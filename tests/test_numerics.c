@@ -236,20 +236,28 @@ static int cmp_desc_then_pos(const void *a, const void *b, void *arg)
 
 static void test_topk(void)
 {
-    float s[300];
-    int32_t got[300];
-    int order[300];
-    for (int trial = 0; trial < 100; trial++) {
-        int n = 1 + rand() % 300, k = 1 + rand() % 40;
+    enum { N = 40000 };
+    float *s = malloc(sizeof(float) * N);
+    int32_t *got = malloc(sizeof(int32_t) * N);
+    int *order = malloc(sizeof(int) * N);
+    for (int trial = 0; trial < 160; trial++) {
+        const int big = trial >= 100;   /* decode-sized: tens of thousands of keys, k = 2048 */
+        int n = big ? 2000 + rand() % (N - 2000) : 1 + rand() % 300, k = big ? 2048 : 1 + rand() % 40;
         for (int i = 0; i < n; i++)
-            s[i] = (float)(rand() % 50);              /* many ties */
+            switch (trial % 5) {
+            case 0: s[i] = (float)(rand() % 50); break;                           /* many ties */
+            case 1: s[i] = ((float)rand() / RAND_MAX - 0.5f) * 1e-3f; break;     /* signs, magnitudes */
+            case 2: s[i] = rand() % 3 ? (rand() & 1 ? 0.0f : -0.0f) : (float)rand() / RAND_MAX - 0.7f; break;
+            case 3: s[i] = 7.0f; break;                                           /* all equal */
+            default: s[i] = ldexpf((float)(rand() % 1000), rand() % 60 - 30) * (rand() & 1 ? 1 : -1); break;
+            }
         for (int i = 0; i < n; i++)
             order[i] = i;
         qsort_r(order, (size_t)n, sizeof(int), cmp_desc_then_pos, s);
         int m = ds_topk_positions(s, n, k, got);
         int want_m = k < n ? k : n;
         CHECK(m == want_m, "top-%d of %d returned %d", k, n, m);
-        char *in = calloc(300, 1);
+        char *in = calloc(N, 1);
         for (int i = 0; i < want_m; i++)
             in[order[i]] = 1;
         for (int i = 0; i < m; i++) {
@@ -259,6 +267,9 @@ static void test_topk(void)
         }
         free(in);
     }
+    free(s);
+    free(got);
+    free(order);
 }
 
 /* The FP8 latent cache stores e4m3(v / s) with one scale per 128 values
