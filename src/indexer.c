@@ -2,7 +2,14 @@
  * queries (LayerNorm / RoPE half-split, rope dims first / 128-point
  * Hadamard / FP8 e4m3 per-vector quantisation), the ReLU-weighted head sum
  * of FP8 dot products, and the top-k selection of key positions that
- * sparse MLA attends to. */
+ * sparse MLA attends to.
+ *
+ * Scoring is the per-token cost that grows with the context: every cached
+ * key, every layer, every head.  Keys are decoded in blocks to f64 and
+ * scored by ds_index_scores (simd/, one register tile of 8 keys x 16 heads
+ * at a time, exact and bit-identical to the int64 reference); a decode
+ * step splits the key blocks across the threads, prefill decodes each key
+ * block once for a block of queries. */
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
