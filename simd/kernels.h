@@ -61,5 +61,11 @@ void ds_e4m3_to_f64(const uint8_t *q, size_t n, double *out);
 #define DS_INDEX_HSTRIDE(nh) (((nh) + 15) & ~15)
 void ds_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd, const float *ks,
                      int n, float *score);
+/* The same straight from the e4m3 key codes k8[j * dim + d], dim <=
+ * DS_INDEX_MAXDIM (the decode step's form: AVX-512 decodes the next keys
+ * while it scores the current ones). */
+#define DS_INDEX_MAXDIM 256
+void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                         int n, float *score);
 
 #endif

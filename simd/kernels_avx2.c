@@ -759,7 +759,7 @@ INL __m128 score4_heads8(const double *qt, int hs, int h0, int hn, int dim, cons
     const double *q = qt + h0;
     for (int d = 0; d < dim; d++, q += hs) {
         const __m256d q0 = _mm256_loadu_pd(q), q1 = _mm256_loadu_pd(q + 4);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 4; i++) {
             const __m256d kb = _mm256_broadcast_sd(k[i] + d);
             acc[0][i] = _mm256_fmadd_pd(q0, kb, acc[0][i]);
@@ -769,7 +769,7 @@ INL __m128 score4_heads8(const double *qt, int hs, int h0, int hn, int dim, cons
 #pragma GCC unroll 16
     for (int half = 0; half < 2; half++) {
         transpose4x4_pd(acc[half]);   /* acc[half][i]: head h0 + 4 half + i over the 4 keys */
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 4; i++) {
             if (4 * half + i >= hn)
                 break;
@@ -790,7 +790,7 @@ NOINL void avx2_index_scores(const double *qt, int nh, int dim, const float *w, 
     for (int j = 0; j < n; j += 4) {
         const int kn = n - j < 4 ? n - j : 4;
         const double *k[4];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 4; i++)   /* past the end: repeat the last key, results dropped */
             k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
         __m128 s = _mm_setzero_ps();
@@ -803,6 +803,12 @@ NOINL void avx2_index_scores(const double *qt, int nh, int dim, const float *w, 
     }
 }
 
+static void avx2_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                  const float *ks, int n, float *score)
+{
+    ds_index_scores_fp8_with(&ds_kernels_avx2, qt, nh, dim, w, k8, ks, n, score);
+}
+
 const ds_kernels ds_kernels_avx2 = {
     .name = "avx2",
     .mat_row = avx2_mat_row,
@@ -813,6 +819,7 @@ const ds_kernels ds_kernels_avx2 = {
     .axpy = avx2_axpy,
     .e4m3_to_f64 = avx2_e4m3_to_f64,
     .index_scores = avx2_index_scores,
+    .index_scores_fp8 = avx2_index_scores_fp8,
 };
 
 #endif /* x86 */

@@ -660,11 +660,22 @@ INL void transpose8x8_pd(__m512d r[8])
     }
 }
 
+/* 8 e4m3 codes to 8 exact doubles, NaN codes to 0 (as e4m3x32_to_f64). */
+INL void e4m3x8_to_f64(const uint8_t *q, double *out)
+{
+    const __m128i b = _mm_loadl_epi64((const __m128i *)q);
+    const __mmask16 nan = _mm_cmpeq_epi8_mask(_mm_and_si128(b, _mm_set1_epi8(0x7f)), _mm_set1_epi8(0x7f));
+    __m128i h = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(b), 7), _mm_set1_epi16((short)0xbfff));
+    h = _mm_maskz_mov_epi16((__mmask8)~nan, h);
+    const __m512 f = _mm512_cvtph_ps(_mm256_zextsi128_si256(h));
+    _mm512_storeu_pd(out, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), _mm512_set1_pd(256.0)));
+}
+
 /* Eight keys (rows k[0..7]) against 16 heads h0.. of qt: the 16 x 8 exact
  * dots, then the ReLU-weighted sum of heads h0.. in order added to s (one
  * lane per key). */
-INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, const float *w, const double *const k[8],
-                          __m256 s)
+INL __m256 score8_heads16_dec(const double *qt, int hs, int h0, int hn, int dim, const float *w,
+                              const double *const k[8], __m256 s, const int dec, const uint8_t *nk, double *nbuf)
 {
     __m512d acc[2][8];
 #pragma GCC unroll 16
@@ -673,7 +684,9 @@ INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, con
     const double *q = qt + h0;
     for (int d = 0; d < dim; d++, q += hs) {
         const __m512d q0 = _mm512_loadu_pd(q), q1 = _mm512_loadu_pd(q + 8);
-    #pragma GCC unroll 16
+        if (dec)   /* 8 codes of the next tile, decoded while the FMAs run */
+            e4m3x8_to_f64(nk + 8 * d, nbuf + 8 * d);
+#pragma GCC unroll 16
         for (int i = 0; i < 8; i++) {
             const __m512d kb = _mm512_set1_pd(k[i][d]);
             acc[0][i] = _mm512_fmadd_pd(q0, kb, acc[0][i]);
@@ -683,7 +696,7 @@ INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, con
 #pragma GCC unroll 16
     for (int half = 0; half < 2; half++) {
         transpose8x8_pd(acc[half]);   /* acc[half][i]: head h0 + 8 half + i over the 8 keys */
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 8; i++) {
             if (8 * half + i >= hn)
                 break;
@@ -696,6 +709,47 @@ INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, con
     return s;
 }
 
+INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, const float *w, const double *const k[8],
+                          __m256 s)
+{
+    return score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 0, NULL, NULL);
+}
+
+/* The same from the FP8 keys (dim <= DS_INDEX_MAXDIM): each tile of 8 keys
+ * is decoded into one half of a double buffer during the previous tile's
+ * FMA loop, where the decode runs beside the FMAs instead of before them. */
+NOINL void avx512_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                   const float *ks, int n, float *score)
+{
+    double buf[2][8 * DS_INDEX_MAXDIM];
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    int cur = 0;
+    if (n > 0)
+        avx512_e4m3_to_f64(k8, (size_t)(n < 8 ? n : 8) * dim, buf[0]);
+    for (int j = 0; j < n; j += 8) {
+        const int kn = n - j < 8 ? n - j : 8;
+        const int next_full = j + 16 <= n;
+        const double *k[8];
+#pragma GCC unroll 16
+        for (int i = 0; i < 8; i++)   /* past the end: repeat the last key, results dropped */
+            k[i] = buf[cur] + (size_t)(i < kn ? i : kn - 1) * dim;
+        __m256 s = _mm256_setzero_ps();
+        for (int h0 = 0; h0 < nh; h0 += 16) {
+            const int hn = nh - h0 < 16 ? nh - h0 : 16;
+            if (h0 == 0 && next_full)
+                s = score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 1, k8 + (size_t)(j + 8) * dim, buf[cur ^ 1]);
+            else
+                s = score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 0, NULL, NULL);
+        }
+        if (!next_full && j + 8 < n)   /* a last, partial tile */
+            avx512_e4m3_to_f64(k8 + (size_t)(j + 8) * dim, (size_t)(n - j - 8) * dim, buf[cur ^ 1]);
+        const __mmask8 m = (__mmask8)((1u << kn) - 1);
+        s = _mm256_mul_ps(s, _mm256_maskz_loadu_ps(m, ks + j));
+        _mm256_mask_storeu_ps(score + j, m, s);
+        cur ^= 1;
+    }
+}
+
 NOINL void avx512_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd,
                                const float *ks, int n, float *score)
 {
@@ -703,7 +757,7 @@ NOINL void avx512_index_scores(const double *qt, int nh, int dim, const float *w
     for (int j = 0; j < n; j += 8) {
         const int kn = n - j < 8 ? n - j : 8;
         const double *k[8];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 8; i++)   /* past the end: repeat the last key, results dropped */
             k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
         const __mmask8 m = (__mmask8)((1u << kn) - 1);
@@ -725,6 +779,7 @@ const ds_kernels ds_kernels_avx512 = {
     .axpy = avx512_axpy,
     .e4m3_to_f64 = avx512_e4m3_to_f64,
     .index_scores = avx512_index_scores,
+    .index_scores_fp8 = avx512_index_scores_fp8,
 };
 
 #endif /* x86 */

@@ -69,3 +69,9 @@ void ds_index_scores(const double *qt, int nh, int dim, const float *w, const do
 {
     ds_kernels_active()->index_scores(qt, nh, dim, w, kd, ks, n, score);
 }
+
+void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                         int n, float *score)
+{
+    ds_kernels_active()->index_scores_fp8(qt, nh, dim, w, k8, ks, n, score);
+}

@@ -189,6 +189,23 @@ void ds_index_scores_scalar(const double *qt, int nh, int dim, const float *w, c
     }
 }
 
+void ds_index_scores_fp8_with(const ds_kernels *k, const double *qt, int nh, int dim, const float *w,
+                              const uint8_t *k8, const float *ks, int n, float *score)
+{
+    double kd[32 * DS_INDEX_MAXDIM];
+    for (int j = 0; j < n; j += 32) {
+        const int kn = n - j < 32 ? n - j : 32;
+        k->e4m3_to_f64(k8 + (size_t)j * dim, (size_t)kn * dim, kd);
+        k->index_scores(qt, nh, dim, w, kd, ks + j, kn, score + j);
+    }
+}
+
+static void scalar_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                    const float *ks, int n, float *score)
+{
+    ds_index_scores_fp8_with(&ds_kernels_scalar, qt, nh, dim, w, k8, ks, n, score);
+}
+
 const ds_kernels ds_kernels_scalar = {
     .name = "scalar",
     .mat_row = scalar_mat_row,
@@ -199,6 +216,7 @@ const ds_kernels ds_kernels_scalar = {
     .axpy = scalar_axpy,
     .e4m3_to_f64 = ds_e4m3_to_f64_scalar,
     .index_scores = ds_index_scores_scalar,
+    .index_scores_fp8 = scalar_index_scores_fp8,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)

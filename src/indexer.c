@@ -229,8 +229,11 @@ static float *score_one(ds_context *c, int layer, const uint8_t *q8, const float
     {
         const int n = omp_get_num_threads(), t = omp_get_thread_num();
         const int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
-        const int j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
-        score_range(kv, ih, id, qt, w, b0 * KEY_BLOCK, j1, (double *)(kd + (size_t)t * b_kd), score);
+        const int j0 = b0 * KEY_BLOCK, j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
+        if (id <= DS_INDEX_MAXDIM && j1 > j0)   /* straight from the codes, decoding beside the FMAs */
+            ds_index_scores_fp8(qt, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0, score + j0);
+        else
+            score_range(kv, ih, id, qt, w, j0, j1, (double *)(kd + (size_t)t * b_kd), score);
     }
     return score;
 }

@@ -340,7 +340,8 @@ static void check_index(const ds_kernels *k)
     }
     static const int shapes[][3] = {   /* heads, dim, keys */
         {16, 128, 1}, {16, 128, 7}, {16, 128, 9}, {16, 128, 127}, {16, 128, 1000}, {4, 128, 33},
-        {8, 128, 17}, {13, 64, 21}, {17, 129, 15}, {64, 128, 40}, {1, 1, 3}, {3, 7, 5}, {24, 33, 11}};
+        {8, 128, 17}, {13, 64, 21}, {17, 129, 15}, {64, 128, 40}, {1, 1, 3}, {3, 7, 5}, {24, 33, 11},
+        {16, 128, 8}, {16, 128, 15}, {16, 128, 16}, {16, 128, 23}, {16, 256, 19}, {2, 300, 9}, {40, 100, 31}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int nh = shapes[si][0], dim = shapes[si][1], n = shapes[si][2], hs = DS_INDEX_HSTRIDE(nh);
         for (int mode = 0; mode < 4; mode++) {
@@ -362,7 +363,12 @@ static void check_index(const ds_kernels *k)
             k->e4m3_to_f64(k8, (size_t)n * dim, kd);
             for (int j = 0; j < n; j++)
                 got[j] = -1.0f;
+            float *got8 = malloc(sizeof(float) * n);
             k->index_scores(qt, nh, dim, w, kd, ks, n, got);
+            if (dim <= DS_INDEX_MAXDIM)
+                k->index_scores_fp8(qt, nh, dim, w, k8, ks, n, got8);
+            else
+                memcpy(got8, got, sizeof(float) * n);
             int bad = 0;
             for (int j = 0; j < n; j++) {
                 float s = 0.0f;
@@ -381,8 +387,12 @@ static void check_index(const ds_kernels *k)
                 if (memcmp(&want, &got[j], sizeof want) != 0 && bad++ < 3)
                     FAIL("%s: index score heads %d dim %d keys %d mode %d key %d: %.9g, want %.9g", k->name, nh,
                          dim, n, mode, j, got[j], want);
+                checks++;
+                if (memcmp(&want, &got8[j], sizeof want) != 0 && bad++ < 3)
+                    FAIL("%s: index score from FP8 heads %d dim %d keys %d mode %d key %d: %.9g, want %.9g", k->name,
+                         nh, dim, n, mode, j, got8[j], want);
             }
-            free(q8), free(k8), free(qt), free(kd), free(w), free(ks), free(got);
+            free(q8), free(k8), free(qt), free(kd), free(w), free(ks), free(got), free(got8);
         }
     }
 }
