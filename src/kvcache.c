@@ -133,6 +133,30 @@ void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
     ds_mat_row(&row, 0, out);
 }
 
+void ds_kv_prefetch(const ds_context *c, int layer, int pos)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    const size_t rope = (size_t)cfg->qk_rope_head_dim;
+    const ds_kv_layer *k = &c->kv[layer];
+    const char *lat, *rp;
+    size_t lat_bytes, rope_bytes;
+    if (c->kv_type == DS_KV_F32) {
+        lat = (const char *)(k->latent_f32 + (size_t)pos * kvl), lat_bytes = kvl * 4;
+    } else {
+        lat = (const char *)(k->latent_q + (size_t)pos * kvl), lat_bytes = kvl;
+        __builtin_prefetch(k->latent_s + (size_t)pos * nb, 0, 3);
+    }
+    if (c->kv_type == DS_KV_FP8_COMPACT)
+        rp = (const char *)(k->kpe_bf16 + (size_t)pos * rope), rope_bytes = rope * 2;
+    else
+        rp = (const char *)(k->kpe + (size_t)pos * rope), rope_bytes = rope * 4;
+    for (size_t b = 0; b < lat_bytes; b += 64)
+        __builtin_prefetch(lat + b, 0, 3);
+    for (size_t b = 0; b < rope_bytes; b += 64)
+        __builtin_prefetch(rp + b, 0, 3);
+}
+
 /* bf16 with round-to-nearest-even (finite inputs). */
 static uint16_t f32_to_bf16(float f)
 {

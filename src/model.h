@@ -120,6 +120,10 @@ void ds_kv_free(ds_context *c);
 void ds_kv_store_latent(ds_context *c, int layer, int pos, const float *latent);
 void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out);
 void ds_kv_store_rope(ds_context *c, int layer, int pos, const float *kpe);
+/* Starts reading the latent, its scales and the rope key of pos into the
+ * cache (sparse attention gathers scattered positions; without it each
+ * row arrives at memory latency). */
+void ds_kv_prefetch(const ds_context *c, int layer, int pos);
 /* The rope key at pos: a pointer into the arena, or (bf16 layout) tmp[rope]
  * filled with its f32 values. */
 const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp);
