@@ -72,4 +72,25 @@ void ds_softmax(float *x, int n);
 void ds_hadamard(float *x, int n);
 float ds_silu(float x);
 
+/* FP8 e4m3 codes to their exact values as doubles; the NaN codes 0x7f/0xff
+ * give 0 (as the indexer's integer reference reads them). */
+void ds_e4m3_to_f64(const uint8_t *q, size_t n, double *out);
+
+/* ReLU-weighted head sums of exact dot products, the score of the DSA
+ * lightning indexer.  For keys j < n (rows kd + j * dim, f64 values of FP8
+ * codes from ds_e4m3_to_f64) and query heads h < nh given transposed as
+ * qt[d * DS_INDEX_HSTRIDE(nh) + h] (padding heads 0):
+ *   d_hj = (float)(sum_d qt[d][h] * kd[j][d])   (exact in f64, rounded once)
+ *   score[j] = (sum over h in order, f32: d_hj > 0 ? w[h] * d_hj : 0) * ks[j]
+ * with f32 products and sums unfused.  Every table gives the same bits. */
+#define DS_INDEX_HSTRIDE(nh) (((nh) + 15) & ~15)
+void ds_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd, const float *ks,
+                     int n, float *score);
+/* The same straight from the e4m3 key codes k8[j * dim + d], dim <=
+ * DS_INDEX_MAXDIM (the decode step's form: AVX-512 decodes the next keys
+ * while it scores the current ones). */
+#define DS_INDEX_MAXDIM 256
+void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                         int n, float *score);
+
 #endif

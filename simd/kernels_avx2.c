@@ -703,6 +703,112 @@ static void avx2_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ld
     }
 }
 
+/* ---- lightning indexer: FP8 decode to f64 and the blocked scorer ---- */
+
+/* 16 e4m3 codes to 16 exact doubles (the f16 route of the file comment,
+ * times 2^8), NaN codes to 0. */
+INL void e4m3x16_to_f64(const uint8_t *q, double *out)
+{
+    const __m128i b = _mm_loadu_si128((const __m128i *)q);
+    const __m128i nan = _mm_cmpeq_epi8(_mm_and_si128(b, _mm_set1_epi8(0x7f)), _mm_set1_epi8(0x7f));
+    __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7), _mm256_set1_epi16((short)0xbfff));
+    h = _mm256_andnot_si256(_mm256_cvtepi8_epi16(nan), h);
+    const __m256 lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h)), hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+    const __m256d k = _mm256_set1_pd(256.0);
+    _mm256_storeu_pd(out, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(lo)), k));
+    _mm256_storeu_pd(out + 4, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)), k));
+    _mm256_storeu_pd(out + 8, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), k));
+    _mm256_storeu_pd(out + 12, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), k));
+}
+
+NOINL void avx2_e4m3_to_f64(const uint8_t *q, size_t n, double *out)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        e4m3x16_to_f64(q + i, out + i);
+    if (i < n) {   /* the tail through a zero-padded copy */
+        uint8_t t[16] = {0};
+        double o[16];
+        memcpy(t, q + i, n - i);
+        e4m3x16_to_f64(t, o);
+        memcpy(out + i, o, sizeof(double) * (n - i));
+    }
+}
+
+/* r[i] (row i of a 4x4 f64 matrix) becomes column i. */
+INL void transpose4x4_pd(__m256d r[4])
+{
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* Four keys (rows k[0..3]) against 8 heads h0.. of qt: the 8 x 4 exact dots,
+ * then the ReLU-weighted sum of heads h0.. in order added to s (one lane
+ * per key). */
+INL __m128 score4_heads8(const double *qt, int hs, int h0, int hn, int dim, const float *w, const double *const k[4],
+                         __m128 s)
+{
+    __m256d acc[2][4];
+#pragma GCC unroll 16
+    for (int i = 0; i < 4; i++)
+        acc[0][i] = acc[1][i] = _mm256_setzero_pd();
+    const double *q = qt + h0;
+    for (int d = 0; d < dim; d++, q += hs) {
+        const __m256d q0 = _mm256_loadu_pd(q), q1 = _mm256_loadu_pd(q + 4);
+#pragma GCC unroll 16
+        for (int i = 0; i < 4; i++) {
+            const __m256d kb = _mm256_broadcast_sd(k[i] + d);
+            acc[0][i] = _mm256_fmadd_pd(q0, kb, acc[0][i]);
+            acc[1][i] = _mm256_fmadd_pd(q1, kb, acc[1][i]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int half = 0; half < 2; half++) {
+        transpose4x4_pd(acc[half]);   /* acc[half][i]: head h0 + 4 half + i over the 4 keys */
+#pragma GCC unroll 16
+        for (int i = 0; i < 4; i++) {
+            if (4 * half + i >= hn)
+                break;
+            const __m128 dh = _mm256_cvtpd_ps(acc[half][i]);
+            const __m128 p = _mm_mul_ps(dh, _mm_set1_ps(w[h0 + 4 * half + i]));
+            /* (d > 0 ? p : +0) through a bitwise and: nothing for the
+             * compiler to contract, and s + 0 = s (s is never -0) */
+            s = _mm_add_ps(s, _mm_and_ps(p, _mm_cmpgt_ps(dh, _mm_setzero_ps())));
+        }
+    }
+    return s;
+}
+
+NOINL void avx2_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd, const float *ks,
+                             int n, float *score)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    for (int j = 0; j < n; j += 4) {
+        const int kn = n - j < 4 ? n - j : 4;
+        const double *k[4];
+#pragma GCC unroll 16
+        for (int i = 0; i < 4; i++)   /* past the end: repeat the last key, results dropped */
+            k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
+        __m128 s = _mm_setzero_ps();
+        for (int h0 = 0; h0 < nh; h0 += 8)
+            s = score4_heads8(qt, hs, h0, nh - h0 < 8 ? nh - h0 : 8, dim, w, k, s);
+        float o[4], kk[4] = {0};
+        memcpy(kk, ks + j, sizeof(float) * (size_t)kn);
+        _mm_storeu_ps(o, _mm_mul_ps(s, _mm_loadu_ps(kk)));
+        memcpy(score + j, o, sizeof(float) * (size_t)kn);
+    }
+}
+
+static void avx2_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                  const float *ks, int n, float *score)
+{
+    ds_index_scores_fp8_with(&ds_kernels_avx2, qt, nh, dim, w, k8, ks, n, score);
+}
+
 const ds_kernels ds_kernels_avx2 = {
     .name = "avx2",
     .mat_row = avx2_mat_row,
@@ -711,6 +817,9 @@ const ds_kernels ds_kernels_avx2 = {
     .gemm = avx2_gemm,
     .dot = avx2_dot,
     .axpy = avx2_axpy,
+    .e4m3_to_f64 = avx2_e4m3_to_f64,
+    .index_scores = avx2_index_scores,
+    .index_scores_fp8 = avx2_index_scores_fp8,
 };
 
 #endif /* x86 */

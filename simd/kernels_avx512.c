@@ -604,6 +604,171 @@ static void avx512_gemm(const ds_mat *m, int r0, int nrows, const float *X, int 
     }
 }
 
+/* ---- lightning indexer: FP8 decode to f64 and the blocked scorer ---- */
+
+/* 32 e4m3 codes to 32 exact doubles (the f16 route of the file comment,
+ * times 2^8), NaN codes to 0; lanes past the mask stay unwritten. */
+INL void e4m3x32_to_f64(const uint8_t *q, __mmask32 m, double *out)
+{
+    const __m256i b = _mm256_maskz_loadu_epi8(m, q);
+    const __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_and_si256(b, _mm256_set1_epi8(0x7f)), _mm256_set1_epi8(0x7f));
+    __m512i h = _mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7);
+    h = _mm512_and_si512(h, _mm512_set1_epi16((short)0xbfff));
+    h = _mm512_maskz_mov_epi16(~nan, h);
+    const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    const __m512 hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+    const __m512d k = _mm512_set1_pd(256.0);
+    const __m512d v[4] = {_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(lo)), k),
+                          _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lo), 1))), k),
+                          _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(hi)), k),
+                          _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(hi), 1))), k)};
+#pragma GCC unroll 16
+    for (int i = 0; i < 4; i++)
+        _mm512_mask_storeu_pd(out + 8 * i, (__mmask8)(m >> (8 * i)), v[i]);
+}
+
+NOINL void avx512_e4m3_to_f64(const uint8_t *q, size_t n, double *out)
+{
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        e4m3x32_to_f64(q + i, 0xffffffffu, out + i);
+    if (i < n)
+        e4m3x32_to_f64(q + i, (__mmask32)((1ull << (n - i)) - 1), out + i);
+}
+
+/* r[i] (row i of an 8x8 f64 matrix) becomes column i. */
+INL void transpose8x8_pd(__m512d r[8])
+{
+    __m512d a[8], b[8];
+#pragma GCC unroll 16
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);       /* r_i0 r_j0 r_i2 r_j2 ... */
+        a[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);   /* r_i1 r_j1 r_i3 r_j3 ... */
+    }
+    const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+#pragma GCC unroll 16
+    for (int g = 0; g < 8; g += 4) {                      /* rows g..g+3 */
+        b[g + 0] = _mm512_permutex2var_pd(a[g], even, a[g + 2]);      /* columns 0, 4 */
+        b[g + 1] = _mm512_permutex2var_pd(a[g + 1], even, a[g + 3]);  /* columns 1, 5 */
+        b[g + 2] = _mm512_permutex2var_pd(a[g], odd, a[g + 2]);       /* columns 2, 6 */
+        b[g + 3] = _mm512_permutex2var_pd(a[g + 1], odd, a[g + 3]);   /* columns 3, 7 */
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_f64x2(b[c], b[c + 4], 0x44);
+        r[c + 4] = _mm512_shuffle_f64x2(b[c], b[c + 4], 0xee);
+    }
+}
+
+/* 8 e4m3 codes to 8 exact doubles, NaN codes to 0 (as e4m3x32_to_f64). */
+INL void e4m3x8_to_f64(const uint8_t *q, double *out)
+{
+    const __m128i b = _mm_loadl_epi64((const __m128i *)q);
+    const __mmask16 nan = _mm_cmpeq_epi8_mask(_mm_and_si128(b, _mm_set1_epi8(0x7f)), _mm_set1_epi8(0x7f));
+    __m128i h = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(b), 7), _mm_set1_epi16((short)0xbfff));
+    h = _mm_maskz_mov_epi16((__mmask8)~nan, h);
+    const __m512 f = _mm512_cvtph_ps(_mm256_zextsi128_si256(h));
+    _mm512_storeu_pd(out, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), _mm512_set1_pd(256.0)));
+}
+
+/* Eight keys (rows k[0..7]) against 16 heads h0.. of qt: the 16 x 8 exact
+ * dots, then the ReLU-weighted sum of heads h0.. in order added to s (one
+ * lane per key). */
+INL __m256 score8_heads16_dec(const double *qt, int hs, int h0, int hn, int dim, const float *w,
+                              const double *const k[8], __m256 s, const int dec, const uint8_t *nk, double *nbuf)
+{
+    __m512d acc[2][8];
+#pragma GCC unroll 16
+    for (int i = 0; i < 8; i++)
+        acc[0][i] = acc[1][i] = _mm512_setzero_pd();
+    const double *q = qt + h0;
+    for (int d = 0; d < dim; d++, q += hs) {
+        const __m512d q0 = _mm512_loadu_pd(q), q1 = _mm512_loadu_pd(q + 8);
+        if (dec)   /* 8 codes of the next tile, decoded while the FMAs run */
+            e4m3x8_to_f64(nk + 8 * d, nbuf + 8 * d);
+#pragma GCC unroll 16
+        for (int i = 0; i < 8; i++) {
+            const __m512d kb = _mm512_set1_pd(k[i][d]);
+            acc[0][i] = _mm512_fmadd_pd(q0, kb, acc[0][i]);
+            acc[1][i] = _mm512_fmadd_pd(q1, kb, acc[1][i]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int half = 0; half < 2; half++) {
+        transpose8x8_pd(acc[half]);   /* acc[half][i]: head h0 + 8 half + i over the 8 keys */
+#pragma GCC unroll 16
+        for (int i = 0; i < 8; i++) {
+            if (8 * half + i >= hn)
+                break;
+            const __m256 dh = _mm512_cvtpd_ps(acc[half][i]);
+            const __m256 p = _mm256_mul_ps(dh, _mm256_set1_ps(w[h0 + 8 * half + i]));
+            /* a masked add: no FMA contraction possible, lanes with d <= 0 unchanged */
+            s = _mm256_mask_add_ps(s, _mm256_cmp_ps_mask(dh, _mm256_setzero_ps(), _CMP_GT_OQ), s, p);
+        }
+    }
+    return s;
+}
+
+INL __m256 score8_heads16(const double *qt, int hs, int h0, int hn, int dim, const float *w, const double *const k[8],
+                          __m256 s)
+{
+    return score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 0, NULL, NULL);
+}
+
+/* The same from the FP8 keys (dim <= DS_INDEX_MAXDIM): each tile of 8 keys
+ * is decoded into one half of a double buffer during the previous tile's
+ * FMA loop, where the decode runs beside the FMAs instead of before them. */
+NOINL void avx512_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                   const float *ks, int n, float *score)
+{
+    double buf[2][8 * DS_INDEX_MAXDIM];
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    int cur = 0;
+    if (n > 0)
+        avx512_e4m3_to_f64(k8, (size_t)(n < 8 ? n : 8) * dim, buf[0]);
+    for (int j = 0; j < n; j += 8) {
+        const int kn = n - j < 8 ? n - j : 8;
+        const int next_full = j + 16 <= n;
+        const double *k[8];
+#pragma GCC unroll 16
+        for (int i = 0; i < 8; i++)   /* past the end: repeat the last key, results dropped */
+            k[i] = buf[cur] + (size_t)(i < kn ? i : kn - 1) * dim;
+        __m256 s = _mm256_setzero_ps();
+        for (int h0 = 0; h0 < nh; h0 += 16) {
+            const int hn = nh - h0 < 16 ? nh - h0 : 16;
+            if (h0 == 0 && next_full)
+                s = score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 1, k8 + (size_t)(j + 8) * dim, buf[cur ^ 1]);
+            else
+                s = score8_heads16_dec(qt, hs, h0, hn, dim, w, k, s, 0, NULL, NULL);
+        }
+        if (!next_full && j + 8 < n)   /* a last, partial tile */
+            avx512_e4m3_to_f64(k8 + (size_t)(j + 8) * dim, (size_t)(n - j - 8) * dim, buf[cur ^ 1]);
+        const __mmask8 m = (__mmask8)((1u << kn) - 1);
+        s = _mm256_mul_ps(s, _mm256_maskz_loadu_ps(m, ks + j));
+        _mm256_mask_storeu_ps(score + j, m, s);
+        cur ^= 1;
+    }
+}
+
+NOINL void avx512_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd,
+                               const float *ks, int n, float *score)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    for (int j = 0; j < n; j += 8) {
+        const int kn = n - j < 8 ? n - j : 8;
+        const double *k[8];
+#pragma GCC unroll 16
+        for (int i = 0; i < 8; i++)   /* past the end: repeat the last key, results dropped */
+            k[i] = kd + (size_t)(j + (i < kn ? i : kn - 1)) * dim;
+        const __mmask8 m = (__mmask8)((1u << kn) - 1);
+        __m256 s = _mm256_setzero_ps();
+        for (int h0 = 0; h0 < nh; h0 += 16)
+            s = score8_heads16(qt, hs, h0, nh - h0 < 16 ? nh - h0 : 16, dim, w, k, s);
+        s = _mm256_mul_ps(s, _mm256_maskz_loadu_ps(m, ks + j));
+        _mm256_mask_storeu_ps(score + j, m, s);
+    }
+}
+
 const ds_kernels ds_kernels_avx512 = {
     .name = "avx512",
     .mat_row = avx512_mat_row,
@@ -612,6 +777,9 @@ const ds_kernels ds_kernels_avx512 = {
     .gemm = avx512_gemm,
     .dot = avx512_dot,
     .axpy = avx512_axpy,
+    .e4m3_to_f64 = avx512_e4m3_to_f64,
+    .index_scores = avx512_index_scores,
+    .index_scores_fp8 = avx512_index_scores_fp8,
 };
 
 #endif /* x86 */

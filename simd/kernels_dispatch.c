@@ -136,3 +136,17 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }
 
 void ds_axpy(float a, const float *x, float *y, int n) { ds_kernels_active()->axpy(a, x, y, n); }
+
+void ds_e4m3_to_f64(const uint8_t *q, size_t n, double *out) { ds_kernels_active()->e4m3_to_f64(q, n, out); }
+
+void ds_index_scores(const double *qt, int nh, int dim, const float *w, const double *kd, const float *ks,
+                     int n, float *score)
+{
+    ds_kernels_active()->index_scores(qt, nh, dim, w, kd, ks, n, score);
+}
+
+void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                         int n, float *score)
+{
+    ds_kernels_active()->index_scores_fp8(qt, nh, dim, w, k8, ks, n, score);
+}

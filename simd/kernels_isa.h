@@ -17,7 +17,35 @@ typedef struct ds_kernels {
                  float *Y, int ldy);
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float a, const float *x, float *y, int n);
+    void (*e4m3_to_f64)(const uint8_t *q, size_t n, double *out);
+    void (*index_scores)(const double *qt, int nh, int dim, const float *w, const double *kd, const float *ks,
+                         int n, float *score);
+    void (*index_scores_fp8)(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                             const float *ks, int n, float *score);
 } ds_kernels;
+
+/* The scalar forms, shared by tables without a SIMD one (neon). */
+void ds_e4m3_to_f64_scalar(const uint8_t *q, size_t n, double *out);
+void ds_index_scores_scalar(const double *qt, int nh, int dim, const float *w, const double *kd,
+                            const float *ks, int n, float *score);
+
+/* index_scores_fp8 as decode (e4m3_to_f64) then index_scores of table k,
+ * 32 keys at a time: the form of tables without a fused one. */
+void ds_index_scores_fp8_with(const ds_kernels *k, const double *qt, int nh, int dim, const float *w,
+                              const uint8_t *k8, const float *ks, int n, float *score);
+
+/* Keeps the compiler from fusing the product x into a following addition
+ * (GCC contracts a * b + c into an FMA by default where the target has
+ * one; the indexer's head sum must round the product first). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DS_NO_FUSE(x) __asm__("" : "+x"(x))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define DS_NO_FUSE(x) __asm__("" : "+w"(x))
+#elif defined(__GNUC__)
+#define DS_NO_FUSE(x) __asm__("" : "+m"(x))
+#else
+#define DS_NO_FUSE(x) ((void)0)
+#endif
 
 extern const ds_kernels ds_kernels_scalar;
 #if defined(__x86_64__) || defined(__i386__)

@@ -522,6 +522,12 @@ static void neon_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ld
     }
 }
 
+static void neon_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                  const float *ks, int n, float *score)
+{
+    ds_index_scores_fp8_with(&ds_kernels_neon, qt, nh, dim, w, k8, ks, n, score);
+}
+
 const ds_kernels ds_kernels_neon = {
     .name = "neon",
     .mat_row = neon_mat_row,
@@ -530,6 +536,9 @@ const ds_kernels ds_kernels_neon = {
     .gemm = neon_gemm,
     .dot = neon_dot,
     .axpy = neon_axpy,
+    .e4m3_to_f64 = ds_e4m3_to_f64_scalar,   /* no NEON forms yet: the scalar ones */
+    .index_scores = ds_index_scores_scalar,
+    .index_scores_fp8 = neon_index_scores_fp8,
 };
 
 #endif /* aarch64 */

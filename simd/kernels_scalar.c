@@ -246,6 +246,59 @@ static void scalar_axpy(float a, const float *x, float *y, int n)
         y[i] += a * x[i];
 }
 
+void ds_e4m3_to_f64_scalar(const uint8_t *q, size_t n, double *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (q[i] & 0x7f) == 0x7f ? 0.0 : (double)ds_e4m3_table[q[i]];
+}
+
+/* Heads in groups of 16 so the inner loop runs over contiguous query
+ * values; every product of two e4m3 values and every partial sum of up to
+ * 2^17 of them is exact in f64, so the order of the d loop is free. */
+void ds_index_scores_scalar(const double *qt, int nh, int dim, const float *w, const double *kd,
+                            const float *ks, int n, float *score)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    for (int j = 0; j < n; j++) {
+        const double *k = kd + (size_t)j * dim;
+        float s = 0.0f;
+        for (int h0 = 0; h0 < nh; h0 += 16) {
+            double acc[16] = {0};
+            for (int d = 0; d < dim; d++) {
+                const double *q = qt + (size_t)d * hs + h0;
+                for (int h = 0; h < 16; h++)
+                    acc[h] += q[h] * k[d];
+            }
+            for (int h = 0; h < 16 && h0 + h < nh; h++) {
+                float dh = (float)acc[h];
+                if (dh > 0.0f) {
+                    float p = w[h0 + h] * dh;
+                    DS_NO_FUSE(p);
+                    s += p;
+                }
+            }
+        }
+        score[j] = s * ks[j];
+    }
+}
+
+void ds_index_scores_fp8_with(const ds_kernels *k, const double *qt, int nh, int dim, const float *w,
+                              const uint8_t *k8, const float *ks, int n, float *score)
+{
+    double kd[32 * DS_INDEX_MAXDIM];
+    for (int j = 0; j < n; j += 32) {
+        const int kn = n - j < 32 ? n - j : 32;
+        k->e4m3_to_f64(k8 + (size_t)j * dim, (size_t)kn * dim, kd);
+        k->index_scores(qt, nh, dim, w, kd, ks + j, kn, score + j);
+    }
+}
+
+static void scalar_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                    const float *ks, int n, float *score)
+{
+    ds_index_scores_fp8_with(&ds_kernels_scalar, qt, nh, dim, w, k8, ks, n, score);
+}
+
 const ds_kernels ds_kernels_scalar = {
     .name = "scalar",
     .mat_row = scalar_mat_row,
@@ -254,6 +307,9 @@ const ds_kernels ds_kernels_scalar = {
     .gemm = scalar_gemm,
     .dot = scalar_dot,
     .axpy = scalar_axpy,
+    .e4m3_to_f64 = ds_e4m3_to_f64_scalar,
+    .index_scores = ds_index_scores_scalar,
+    .index_scores_fp8 = scalar_index_scores_fp8,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)

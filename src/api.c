@@ -398,6 +398,7 @@ void ds_context_free(ds_context *c)
     ds_gpu_indexer_free(c->gpu_idx);
 #endif
     ds_kv_free(c);
+    free(c->idx_scratch);
     free(c);
 }
 

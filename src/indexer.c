@@ -2,8 +2,16 @@
  * queries (LayerNorm / RoPE half-split, rope dims first / 128-point
  * Hadamard / FP8 e4m3 per-vector quantisation), the ReLU-weighted head sum
  * of FP8 dot products, and the top-k selection of key positions that
- * sparse MLA attends to. */
+ * sparse MLA attends to.
+ *
+ * Scoring is the per-token cost that grows with the context: every cached
+ * key, every layer, every head.  Keys are decoded in blocks to f64 and
+ * scored by ds_index_scores (simd/, one register tile of 8 keys x 16 heads
+ * at a time, exact and bit-identical to the int64 reference); a decode
+ * step splits the key blocks across the threads, prefill decodes each key
+ * block once for a block of queries. */
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,36 +94,20 @@ float ds_index_dot_fast(const uint8_t *a, const uint8_t *b, int n)
     return s;
 }
 
-/* Worse-than ordering for the selection heap: lower score, or equal score
- * and higher position (ties keep the lower position). */
-static int worse(const float *score, int32_t a, int32_t b)
+/* Scores as unsigned keys in the same order (-0 counts as +0, as the
+ * comparisons of the selection's definition do). */
+static inline uint32_t score_key(float f)
 {
-    return score[a] < score[b] || (score[a] == score[b] && a > b);
+    f += 0.0f;
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
-static void sift_down(int32_t *heap, int k, int i, const float *score)
-{
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        if (l < k && worse(score, heap[l], heap[m]))
-            m = l;
-        if (r < k && worse(score, heap[r], heap[m]))
-            m = r;
-        if (m == i)
-            return;
-        int32_t t = heap[i];
-        heap[i] = heap[m];
-        heap[m] = t;
-        i = m;
-    }
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
+/* Radix selection: three histogram passes (12, 12 and 8 bits of the keys)
+ * find the k-th largest key and how many of the keys equal to it belong to
+ * the top k; one more ascending pass then emits the positions, the lowest
+ * ones among ties — in ascending order, with no sort and no allocation. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out)
 {
     if (k >= n) {
@@ -125,18 +117,31 @@ int ds_topk_positions(const float *score, int n, int k, int32_t *out)
     }
     if (k <= 0)
         return 0;
-    for (int i = 0; i < k; i++)
-        out[i] = i;
-    for (int i = k / 2 - 1; i >= 0; i--)
-        sift_down(out, k, i, score);
-    for (int j = k; j < n; j++) {
-        if (worse(score, out[0], j)) {
-            out[0] = j;
-            sift_down(out, k, 0, score);
+    static const int shift[3] = {20, 8, 0}, bits[3] = {12, 12, 8};
+    uint32_t hist[1 << 12];
+    uint32_t prefix = 0, mask = 0, rank = (uint32_t)k;   /* the rank-th largest among keys matching prefix */
+    for (int l = 0; l < 3; l++) {
+        const uint32_t nb = 1u << bits[l];
+        memset(hist, 0, sizeof(uint32_t) * nb);
+        for (int i = 0; i < n; i++) {
+            const uint32_t key = score_key(score[i]);
+            if ((key & mask) == prefix)
+                hist[(key >> shift[l]) & (nb - 1)]++;
         }
+        uint32_t b = nb - 1;
+        while (hist[b] < rank)
+            rank -= hist[b--];
+        prefix |= b << shift[l];
+        mask |= (nb - 1) << shift[l];
     }
-    qsort(out, (size_t)k, sizeof(int32_t), cmp_i32);
-    return k;
+    /* prefix is the k-th largest key; rank of the keys equal to it are in */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        const uint32_t key = score_key(score[i]);
+        if (key > prefix || (key == prefix && rank && rank--))
+            out[m++] = i;
+    }
+    return m;
 }
 
 /* LayerNorm/RoPE/Hadamard/quantise one index key and store it at pos. */
@@ -154,51 +159,87 @@ static void index_key(ds_context *c, int layer, float *k, int pos)
     kv->idx_s[pos] = ds_quant_e4m3_block(tmp, id, cfg->scale_ue8m0, kv->idx_k + (size_t)pos * id);
 }
 
-/* Scores of keys [j0, j1) for one query (its ih e4m3 vectors q8, decoded
- * once into qd[ih * id]). */
-static void score_range(const ds_context *c, int layer, const double *qd, const float *w, int j0, int j1,
-                        float *score)
+/* The scorer works on blocks of keys decoded once to f64 (ds_e4m3_to_f64)
+ * and queries decoded once and transposed to qt[d][head] (ds_index_scores
+ * in simd/, bit-identical to ds_index_dot_ref per head); prefill scores a
+ * block of queries against each decoded key block. */
+enum { KEY_BLOCK = 32, QUERY_BLOCK = 8 };
+
+/* qt[d * hs + h] for the ih e4m3 vectors of one query, padding heads 0;
+ * qd[ih * id] is scratch. */
+static void query_transposed(const uint8_t *q8, int ih, int id, double *qd, double *qt)
 {
-    const ds_config *cfg = &c->model->cfg;
-    const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
-    const ds_kv_layer *kv = &c->kv[layer];
-    double kd[256];
-    for (int j = j0; j < j1; j++) {
-        decode_e4m3(kv->idx_k + (size_t)j * id, id, kd);
-        float s = 0.0f;
-        for (int h = 0; h < ih; h++) {
-            float d = dot_f64(qd + (size_t)h * id, kd, id);
-            if (d > 0.0f)
-                s += w[h] * d;
-        }
-        score[j] = s * kv->idx_s[j];
+    const int hs = DS_INDEX_HSTRIDE(ih);
+    ds_e4m3_to_f64(q8, (size_t)ih * id, qd);
+    for (int d = 0; d < id; d++) {
+        double *row = qt + (size_t)d * hs;
+        for (int h = 0; h < ih; h++)
+            row[h] = qd[(size_t)h * id + d];
+        for (int h = ih; h < hs; h++)
+            row[h] = 0.0;
     }
 }
 
-/* score[j], j < nkeys, for one query; with parallel, keys are split across
- * the threads (decode: one query, many keys). */
-static int score_keys(const ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys,
-                      float *score, int parallel)
+/* score[j] for keys [j0, j1) of one prepared query; kd holds KEY_BLOCK keys. */
+static void score_range(const ds_kv_layer *kv, int ih, int id, const double *qt, const float *w, int j0, int j1,
+                        double *kd, float *score)
+{
+    for (int j = j0; j < j1; j += KEY_BLOCK) {
+        const int kn = j1 - j < KEY_BLOCK ? j1 - j : KEY_BLOCK;
+        ds_e4m3_to_f64(kv->idx_k + (size_t)j * id, (size_t)kn * id, kd);
+        ds_index_scores(qt, ih, id, w, kd, kv->idx_s + j, kn, score + j);
+    }
+}
+
+/* The context's indexer scratch, grown to at least bytes (64-byte aligned). */
+static void *idx_scratch(ds_context *c, size_t bytes, ds_error *err)
+{
+    if (c->idx_scratch_bytes < bytes) {
+        free(c->idx_scratch);
+        c->idx_scratch_bytes = 0;
+        c->idx_scratch = ds_alloc_aligned(bytes, err);
+        if (!c->idx_scratch)
+            return NULL;
+        c->idx_scratch_bytes = bytes;
+    }
+    return c->idx_scratch;
+}
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+/* Decode (one query): score[j], j < nkeys, in the context's scratch, key
+ * blocks split across the threads.  NULL when out of memory. */
+static float *score_one(ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys, ds_error *err)
 {
     const ds_config *cfg = &c->model->cfg;
-    const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
-    double *qd = malloc(sizeof(double) * (size_t)ih * id);
-    if (!qd)
-        return -1;
-    decode_e4m3(q8, ih * id, qd);
-    if (parallel) {
-#pragma omp parallel for schedule(static) if (nkeys >= 256)
-        for (int b = 0; b < (nkeys + 127) / 128; b++)
-            score_range(c, layer, qd, w, b * 128, (b + 1) * 128 < nkeys ? (b + 1) * 128 : nkeys, score);
-    } else {
-        score_range(c, layer, qd, w, 0, nkeys, score);
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads, hs = DS_INDEX_HSTRIDE(ih);
+    const int nt = nkeys >= 16 * KEY_BLOCK ? omp_get_max_threads() : 1;
+    const size_t b_score = align64(sizeof(float) * (size_t)nkeys), b_qt = align64(sizeof(double) * (size_t)hs * id);
+    const size_t b_qd = align64(sizeof(double) * (size_t)ih * id), b_kd = align64(sizeof(double) * KEY_BLOCK * (size_t)id);
+    char *p = idx_scratch(c, b_score + b_qt + b_qd + (size_t)nt * b_kd, err);
+    if (!p)
+        return NULL;
+    float *score = (float *)p;
+    double *qt = (double *)(p + b_score), *qd = (double *)(p + b_score + b_qt);
+    char *kd = p + b_score + b_qt + b_qd;
+    query_transposed(q8, ih, id, qd, qt);
+    const ds_kv_layer *kv = &c->kv[layer];
+    const int nb = (nkeys + KEY_BLOCK - 1) / KEY_BLOCK;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int n = omp_get_num_threads(), t = omp_get_thread_num();
+        const int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
+        const int j0 = b0 * KEY_BLOCK, j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
+        if (id <= DS_INDEX_MAXDIM && j1 > j0)   /* straight from the codes, decoding beside the FMAs */
+            ds_index_scores_fp8(qt, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0, score + j0);
+        else
+            score_range(kv, ih, id, qt, w, j0, j1, (double *)(kd + (size_t)t * b_kd), score);
     }
-    free(qd);
-    return 0;
+    return score;
 }
 
 #ifdef DS_HAVE_CUDA
-/* Scores and selects on the GPU (bit-identical to score_keys +
+/* Scores and selects on the GPU (bit-identical to ds_index_scores +
  * ds_topk_positions, see indexer_gpu.h).  Returns 1 when it filled sel and
  * nsel; 0 when the CPU must: no GPU state, or a GPU error, after which the
  * GPU is dropped for this context and the note keeps the message. */
@@ -244,7 +285,7 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
     const int H = cfg->hidden_size, id = cfg->index_head_dim, ih = cfg->index_n_heads;
-    const int ql = cfg->q_lora_rank, topk = cfg->index_topk;
+    const int ql = cfg->q_lora_rank;
     ds_status st = DS_OK;
     pthread_once(&e4m3_int_once, fill_e4m3_int);
 
@@ -275,62 +316,92 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
             *w = *w * head_scale * qs * dim_scale;
         }
     }
+    st = ds_indexer_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride, err);
+out:
+    free(kbuf);
+    free(qbuf);
+    free(wbuf);
+    free(q8);
+    return st;
+}
+
+ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const float *wbuf, int T, int start,
+                            int32_t *sel, int *nsel, int sel_stride, ds_error *err)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads, topk = cfg->index_topk;
+    ds_status st = DS_OK;
 #ifdef DS_HAVE_CUDA
     if (gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
-        goto out;
+        return DS_OK;
 #endif
 
     int fail = 0;
     if (T == 1) {                  /* decode: one query, its keys split across the threads */
-        float *score = malloc(sizeof(float) * (size_t)(start + 1));
-        if (!score || score_keys(c, layer, q8, wbuf, start + 1, score, 1)) {
-            free(score);
-            st = ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
-            goto out;
+        const float *score = score_one(c, layer, q8, wbuf, start + 1, err);
+        if (!score) {
+            return ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
         }
         nsel[0] = ds_topk_positions(score, start + 1, topk, sel);
         if (c->trace) {
             c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start, score, start + 1);
             c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start, sel, nsel[0]);
         }
-        free(score);
-        goto out;
+        return DS_OK;
     }
+    /* prefill: blocks of QUERY_BLOCK queries, each key block decoded once
+     * for all queries of a block that see it */
+    const int hs = DS_INDEX_HSTRIDE(ih), nqb = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
 #pragma omp parallel
     {
-        float *score = malloc(sizeof(float) * (size_t)(start + T));
-        if (!score) {
+        float *score = malloc(sizeof(float) * QUERY_BLOCK * (size_t)(start + T));
+        double *qt = malloc(sizeof(double) * QUERY_BLOCK * (size_t)hs * id);
+        double *qd = malloc(sizeof(double) * (size_t)ih * id);
+        double *kd = malloc(sizeof(double) * KEY_BLOCK * (size_t)id);
+        if (!score || !qt || !qd || !kd) {
 #pragma omp atomic write
             fail = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int t = 0; t < T; t++) {
-            if (!score)
+        for (int qb = 0; qb < nqb; qb++) {
+            if (!score || !qt || !qd || !kd)
                 continue;
-            int n = start + t + 1;
-            if (score_keys(c, layer, q8 + (size_t)t * ih * id, wbuf + (size_t)t * ih, n, score, 0)) {
-#pragma omp atomic write
-                fail = 1;
-                continue;
+            const int t0 = qb * QUERY_BLOCK, tn = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
+            for (int i = 0; i < tn; i++)
+                query_transposed(q8 + (size_t)(t0 + i) * ih * id, ih, id, qd, qt + (size_t)i * hs * id);
+            const ds_kv_layer *kv = &c->kv[layer];
+            const int nmax = start + t0 + tn;   /* keys the block's last query sees */
+            for (int j = 0; j < nmax; j += KEY_BLOCK) {
+                const int kn = nmax - j < KEY_BLOCK ? nmax - j : KEY_BLOCK;
+                ds_e4m3_to_f64(kv->idx_k + (size_t)j * id, (size_t)kn * id, kd);
+                for (int i = 0; i < tn; i++) {
+                    const int n = start + t0 + i + 1;
+                    if (j < n)
+                        ds_index_scores(qt + (size_t)i * hs * id, ih, id, wbuf + (size_t)(t0 + i) * ih, kd,
+                                        kv->idx_s + j, n - j < kn ? n - j : kn,
+                                        score + (size_t)i * (start + T) + j);
+                }
             }
-            nsel[t] = ds_topk_positions(score, n, topk, sel + (size_t)t * sel_stride);
-            if (c->trace) {
+            for (int i = 0; i < tn; i++) {
+                const int t = t0 + i, n = start + t + 1;
+                const float *sc = score + (size_t)i * (start + T);
+                nsel[t] = ds_topk_positions(sc, n, topk, sel + (size_t)t * sel_stride);
+                if (c->trace) {
 #pragma omp critical(ds_trace)
-                {
-                    c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start + t, score, n);
-                    c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start + t,
-                             sel + (size_t)t * sel_stride, nsel[t]);
+                    {
+                        c->trace(c->trace_user, DS_TRACE_INDEXER_SCORES, layer, start + t, sc, n);
+                        c->trace(c->trace_user, DS_TRACE_INDEXER_TOPK, layer, start + t,
+                                 sel + (size_t)t * sel_stride, nsel[t]);
+                    }
                 }
             }
         }
         free(score);
+        free(qt);
+        free(qd);
+        free(kd);
     }
     if (fail)
         st = ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
-out:
-    free(kbuf);
-    free(qbuf);
-    free(wbuf);
-    free(q8);
     return st;
 }

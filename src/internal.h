@@ -25,4 +25,12 @@ void *ds_alloc_aligned(size_t bytes, ds_error *err);
  * overrides. */
 uint64_t ds_mem_available(void);
 
+/* Benchmarks only (dsinfer-bench --depth-fill synthetic): fills the KV and
+ * indexer caches of positions [0, n) with seeded random entries in the layout
+ * prefill writes (latent, rotated rope key and e4m3 index key with its
+ * scale, each quantised as the cache type stores it) and sets the context
+ * position to n, so decode speed at depth n can be measured without the
+ * prefill.  The entries are well formed but no token produced them. */
+ds_status ds_context_fill_synthetic(ds_context *c, int n, uint64_t seed, ds_error *err);
+
 #endif

@@ -134,6 +134,30 @@ void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out)
     ds_mat_row(&row, 0, out);
 }
 
+void ds_kv_prefetch(const ds_context *c, int layer, int pos)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
+    const size_t rope = (size_t)cfg->qk_rope_head_dim;
+    const ds_kv_layer *k = &c->kv[layer];
+    const char *lat, *rp;
+    size_t lat_bytes, rope_bytes;
+    if (c->kv_type == DS_KV_F32) {
+        lat = (const char *)(k->latent_f32 + (size_t)pos * kvl), lat_bytes = kvl * 4;
+    } else {
+        lat = (const char *)(k->latent_q + (size_t)pos * kvl), lat_bytes = kvl;
+        __builtin_prefetch(k->latent_s + (size_t)pos * nb, 0, 3);
+    }
+    if (c->kv_type == DS_KV_FP8_COMPACT)
+        rp = (const char *)(k->kpe_bf16 + (size_t)pos * rope), rope_bytes = rope * 2;
+    else
+        rp = (const char *)(k->kpe + (size_t)pos * rope), rope_bytes = rope * 4;
+    for (size_t b = 0; b < lat_bytes; b += 64)
+        __builtin_prefetch(lat + b, 0, 3);
+    for (size_t b = 0; b < rope_bytes; b += 64)
+        __builtin_prefetch(rp + b, 0, 3);
+}
+
 /* bf16 with round-to-nearest-even (finite inputs). */
 static uint16_t f32_to_bf16(float f)
 {
@@ -176,4 +200,59 @@ size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t)
     if (cfg->is_v32)
         b += (size_t)cfg->index_head_dim + 4;
     return b;
+}
+
+/* A seeded stream of roughly unit-normal values (Irwin-Hall: the sum of four
+ * uniforms, centred and scaled), cheap enough for millions per layer. */
+static float synth_normal(uint64_t *s)
+{
+    float sum = 0.0f;
+    for (int i = 0; i < 4; i++) {
+        *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;   /* xorshift64 */
+        sum += (float)(*s >> 40) * (1.0f / 16777216.0f);
+    }
+    return (sum - 2.0f) * 1.7320508f;
+}
+
+ds_status ds_context_fill_synthetic(ds_context *c, int n, uint64_t seed, ds_error *err)
+{
+    if (!c || n < 0 || n > c->ctx_size)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "cannot fill %d synthetic positions (context size %d)", n,
+                       c ? c->ctx_size : 0);
+    const ds_config *cfg = &c->model->cfg;
+    const int L = cfg->num_hidden_layers, kvl = cfg->kv_lora_rank, rope = cfg->qk_rope_head_dim;
+    const int id = cfg->is_v32 ? cfg->index_head_dim : 0;
+    const int width = kvl + rope + id;
+    int fail = 0;
+#pragma omp parallel
+    {
+        float *v = malloc(sizeof(float) * (size_t)(width > 0 ? width : 1));
+        if (!v) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int l = 0; l < L; l++) {
+            if (!v)
+                continue;
+            uint64_t s = (seed + 1) * 0x9e3779b97f4a7c15ull ^ ((uint64_t)l + 1) * 0xd1b54a32d192ed03ull;
+            if (!s)
+                s = 1;
+            ds_kv_layer *k = &c->kv[l];
+            for (int p = 0; p < n; p++) {
+                for (int i = 0; i < width; i++)
+                    v[i] = synth_normal(&s);
+                ds_kv_store_latent(c, l, p, v);
+                ds_kv_store_rope(c, l, p, v + kvl);
+                if (id)
+                    k->idx_s[p] = ds_quant_e4m3_block(v + kvl + rope, id, cfg->scale_ue8m0,
+                                                      k->idx_k + (size_t)p * id);
+            }
+        }
+        free(v);
+    }
+    if (fail)
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory filling the context");
+    c->pos = n;
+    return DS_OK;
 }

@@ -43,6 +43,8 @@ static void load_keys(const ds_context *c, int layer, const int32_t *sel, int k0
 #pragma omp parallel for schedule(static) if (n >= 32)
     for (int i = 0; i < n; i++) {
         const int j = key_at(sel, k0 + i);
+        if (sel && i + 8 < n)   /* selected keys are scattered: fetch ahead */
+            ds_kv_prefetch(c, layer, key_at(sel, k0 + i + 8));
         ds_kv_load_latent(c, layer, j, lat + (size_t)i * d->kvl);
         if (kr) {
             float kt[DS_MAX_ROPE];

@@ -104,6 +104,8 @@ struct ds_context {
     void *gpu_idx;             /* ds_gpu_indexer *, NULL = CPU indexer */
     int gpu_idx_failed;        /* GPU requested but unavailable or failed: CPU from now on */
     char gpu_idx_note[640];    /* the one warning for tools to print ("" = none) */
+    void *idx_scratch;         /* the CPU indexer's decode-step buffers (scores, query, key blocks) */
+    size_t idx_scratch_bytes;
 };
 
 /* A weight product of a step: ds_gemm_bf16 when the step runs in bf16
@@ -139,6 +141,10 @@ void ds_kv_free(ds_context *c);
 void ds_kv_store_latent(ds_context *c, int layer, int pos, const float *latent);
 void ds_kv_load_latent(const ds_context *c, int layer, int pos, float *out);
 void ds_kv_store_rope(ds_context *c, int layer, int pos, const float *kpe);
+/* Starts reading the latent, its scales and the rope key of pos into the
+ * cache (sparse attention gathers scattered positions; without it each
+ * row arrives at memory latency). */
+void ds_kv_prefetch(const ds_context *c, int layer, int pos);
 /* The rope key at pos: a pointer into the arena, or (bf16 layout) tmp[rope]
  * filled with its f32 values. */
 const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp);
@@ -153,6 +159,13 @@ float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q);
  * sel[t * topk ...] with counts nsel[t]. */
 ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
                          int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err);
+/* The scoring and selection half of ds_indexer_run (keys of positions
+ * < start + T already cached): q8 [T][heads][head_dim] e4m3 queries, w
+ * [T][heads] their head weights with the query scales folded in.  Query t
+ * sees keys [0, start + t]; scores go to the trace hook.  Exposed for unit
+ * tests. */
+ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const float *w, int T, int start,
+                            int32_t *sel, int *nsel, int sel_stride, ds_error *err);
 /* Positions of the k largest scores among n, ascending; ties prefer the
  * lower position.  Exposed for unit tests. */
 int ds_topk_positions(const float *score, int n, int k, int32_t *out);

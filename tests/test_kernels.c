@@ -3,7 +3,8 @@
  * gemv, transposed gemv, gemm, dot and axpy over all weight dtypes (Q8_0 /
  * Q4_K on raw random blocks; test_quant covers them on encoded data), odd
  * shapes, FP8 block scales and strided token matrices; plus the FP8 decoder
- * on all 256 codes and the ISA selection rules.  Needs nothing beyond simd/,
+ * on all 256 codes, the lightning indexer's decoder and blocked scorer
+ * (bit-exact against an int64 reference) and the ISA selection rules.  Needs nothing beyond simd/,
  * so test_kernels_neon.sh cross-builds it for aarch64 and runs it under
  * qemu.  With --selection only the ISA selection is checked. */
 #include <math.h>
@@ -445,6 +446,92 @@ static void check_e4m3_codes(const ds_kernels *k)
     }
 }
 
+/* The indexer kernels against an independent exact reference: e4m3 codes
+ * (NaN codes included, read as 0) to doubles, and the blocked scorer versus
+ * int64 dots of value * 2^9 integers rounded once to f32, then the ReLU-
+ * weighted head sum in head order with unfused f32 products, times the key
+ * scale — bit for bit, over odd head counts, dims and key counts. */
+static int64_t e4m3_int(uint8_t c)
+{
+    return (c & 0x7f) == 0x7f ? 0 : (int64_t)(ds_e4m3_table[c] * 512.0f);
+}
+
+static void check_index(const ds_kernels *k)
+{
+    {
+        uint8_t codes[256];
+        double got[256];
+        for (int i = 0; i < 256; i++)
+            codes[i] = (uint8_t)i;
+        for (int off = 0; off < 256; off += 37) {   /* odd lengths and offsets: tails */
+            const int n = 256 - off;
+            k->e4m3_to_f64(codes + off, (size_t)n, got);
+            for (int i = 0; i < n; i++) {
+                checks++;
+                if (got[i] != (double)e4m3_int(codes[off + i]) / 512.0)
+                    FAIL("%s: e4m3_to_f64 code 0x%02x -> %.9g", k->name, off + i, got[i]);
+            }
+        }
+    }
+    static const int shapes[][3] = {   /* heads, dim, keys */
+        {16, 128, 1}, {16, 128, 7}, {16, 128, 9}, {16, 128, 127}, {16, 128, 1000}, {4, 128, 33},
+        {8, 128, 17}, {13, 64, 21}, {17, 129, 15}, {64, 128, 40}, {1, 1, 3}, {3, 7, 5}, {24, 33, 11},
+        {16, 128, 8}, {16, 128, 15}, {16, 128, 16}, {16, 128, 23}, {16, 256, 19}, {2, 300, 9}, {40, 100, 31}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int nh = shapes[si][0], dim = shapes[si][1], n = shapes[si][2], hs = DS_INDEX_HSTRIDE(nh);
+        for (int mode = 0; mode < 4; mode++) {
+            uint8_t *q8 = malloc((size_t)nh * dim), *k8 = malloc((size_t)n * dim);
+            double *qt = calloc((size_t)dim * hs, sizeof(double)), *kd = malloc(sizeof(double) * (size_t)n * dim);
+            float *w = malloc(sizeof(float) * nh), *ks = malloc(sizeof(float) * n);
+            float *got = malloc(sizeof(float) * n);
+            for (int i = 0; i < nh * dim; i++)   /* mode 1: runs of the largest magnitudes */
+                q8[i] = (uint8_t)(mode == 1 ? (rnd() & 1 ? 0x7e : 0xfe) : rnd());
+            for (int i = 0; i < n * dim; i++)    /* mode 2: smallest; mode 3: positive only */
+                k8[i] = (uint8_t)(mode == 2 ? (0x01 | (rnd() & 0x80)) : mode == 3 ? rnd() & 0x7f : rnd());
+            for (int h = 0; h < nh; h++)
+                w[h] = frand() * (mode == 2 ? 1e-3f : 4.0f);
+            for (int j = 0; j < n; j++)
+                ks[j] = ldexpf(1.0f + (float)(rnd() & 7) / 8.0f, (int)(rnd() % 16) - 12);
+            for (int h = 0; h < nh; h++)
+                for (int d = 0; d < dim; d++)
+                    qt[(size_t)d * hs + h] = (double)e4m3_int(q8[h * dim + d]) / 512.0;
+            k->e4m3_to_f64(k8, (size_t)n * dim, kd);
+            for (int j = 0; j < n; j++)
+                got[j] = -1.0f;
+            float *got8 = malloc(sizeof(float) * n);
+            k->index_scores(qt, nh, dim, w, kd, ks, n, got);
+            if (dim <= DS_INDEX_MAXDIM)
+                k->index_scores_fp8(qt, nh, dim, w, k8, ks, n, got8);
+            else
+                memcpy(got8, got, sizeof(float) * n);
+            int bad = 0;
+            for (int j = 0; j < n; j++) {
+                float s = 0.0f;
+                for (int h = 0; h < nh; h++) {
+                    int64_t acc = 0;
+                    for (int d = 0; d < dim; d++)
+                        acc += e4m3_int(q8[h * dim + d]) * e4m3_int(k8[(size_t)j * dim + d]);
+                    const float dh = (float)((double)acc / 262144.0);
+                    if (dh > 0.0f) {
+                        volatile float p = w[h] * dh;
+                        s += p;
+                    }
+                }
+                const float want = s * ks[j];
+                checks++;
+                if (memcmp(&want, &got[j], sizeof want) != 0 && bad++ < 3)
+                    FAIL("%s: index score heads %d dim %d keys %d mode %d key %d: %.9g, want %.9g", k->name, nh,
+                         dim, n, mode, j, got[j], want);
+                checks++;
+                if (memcmp(&want, &got8[j], sizeof want) != 0 && bad++ < 3)
+                    FAIL("%s: index score from FP8 heads %d dim %d keys %d mode %d key %d: %.9g, want %.9g", k->name,
+                         nh, dim, n, mode, j, got8[j], want);
+            }
+            free(q8), free(k8), free(qt), free(kd), free(w), free(ks), free(got), free(got8);
+        }
+    }
+}
+
 /* The chosen level honours DSINFER_ISA when the CPU has it, else is the best. */
 static void check_selection(void)
 {
@@ -483,6 +570,7 @@ int main(int argc, char **argv)
         check_e4m3_codes(k);
         check_dot_axpy(k);
         check_matrices(k);
+        check_index(k);
         printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
         fflush(stdout);
     }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "internal.h"
 #include "model.h"
 
 static int failures;
@@ -235,20 +236,28 @@ static int cmp_desc_then_pos(const void *a, const void *b, void *arg)
 
 static void test_topk(void)
 {
-    float s[300];
-    int32_t got[300];
-    int order[300];
-    for (int trial = 0; trial < 100; trial++) {
-        int n = 1 + rand() % 300, k = 1 + rand() % 40;
+    enum { N = 40000 };
+    float *s = malloc(sizeof(float) * N);
+    int32_t *got = malloc(sizeof(int32_t) * N);
+    int *order = malloc(sizeof(int) * N);
+    for (int trial = 0; trial < 160; trial++) {
+        const int big = trial >= 100;   /* decode-sized: tens of thousands of keys, k = 2048 */
+        int n = big ? 2000 + rand() % (N - 2000) : 1 + rand() % 300, k = big ? 2048 : 1 + rand() % 40;
         for (int i = 0; i < n; i++)
-            s[i] = (float)(rand() % 50);              /* many ties */
+            switch (trial % 5) {
+            case 0: s[i] = (float)(rand() % 50); break;                           /* many ties */
+            case 1: s[i] = ((float)rand() / RAND_MAX - 0.5f) * 1e-3f; break;     /* signs, magnitudes */
+            case 2: s[i] = rand() % 3 ? (rand() & 1 ? 0.0f : -0.0f) : (float)rand() / RAND_MAX - 0.7f; break;
+            case 3: s[i] = 7.0f; break;                                           /* all equal */
+            default: s[i] = ldexpf((float)(rand() % 1000), rand() % 60 - 30) * (rand() & 1 ? 1 : -1); break;
+            }
         for (int i = 0; i < n; i++)
             order[i] = i;
         qsort_r(order, (size_t)n, sizeof(int), cmp_desc_then_pos, s);
         int m = ds_topk_positions(s, n, k, got);
         int want_m = k < n ? k : n;
         CHECK(m == want_m, "top-%d of %d returned %d", k, n, m);
-        char *in = calloc(300, 1);
+        char *in = calloc(N, 1);
         for (int i = 0; i < want_m; i++)
             in[order[i]] = 1;
         for (int i = 0; i < m; i++) {
@@ -258,6 +267,9 @@ static void test_topk(void)
         }
         free(in);
     }
+    free(s);
+    free(got);
+    free(order);
 }
 
 /* The FP8 latent cache stores e4m3(v / s) with one scale per 128 values
@@ -330,6 +342,185 @@ static void test_index_dot(void)
     CHECK(bad == 0, "%d vectorised indexer dots differ from the exact reference", bad);
 }
 
+/* ds_context_fill_synthetic (dsinfer-bench --depth-fill synthetic) leaves
+ * the caches as prefill would: finite latents, e4m3 index keys without NaN
+ * codes quantised with a positive scale, the position at the depth, seeded
+ * contents; decode then runs from there and gives finite logits. */
+static void test_fill_synthetic(void)
+{
+    const char *top = getenv("top_srcdir");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/data/tiny-dsa/model", top ? top : ".");
+    ds_model *m;
+    ds_error err;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        CHECK(0, "cannot load %s: %s", dir, err.msg);
+        return;
+    }
+    const ds_config *cfg = &m->cfg;
+    const int depth = 77, L = cfg->num_hidden_layers, id = cfg->index_head_dim, kvl = cfg->kv_lora_rank;
+    ds_context *c[3] = {0};
+    for (int i = 0; i < 3; i++) {
+        ds_context_params cp;
+        ds_context_params_init(&cp);
+        cp.ctx_size = depth + 2;
+        if (ds_context_create(m, &cp, &c[i], &err) != DS_OK ||
+            ds_context_fill_synthetic(c[i], depth, i == 2 ? 8 : 7, &err) != DS_OK) {
+            CHECK(0, "synthetic fill: %s", err.msg);
+            goto out;
+        }
+        CHECK(ds_context_pos(c[i]) == depth, "position %d after filling %d", ds_context_pos(c[i]), depth);
+    }
+    CHECK(ds_context_fill_synthetic(c[0], depth + 3, 1, &err) == DS_ERR_INVALID_ARG, "fill past the context size");
+    int nan_codes = 0, bad_scales = 0, same = 1, differs = 0;
+    float *lat = malloc(sizeof(float) * (size_t)kvl);
+    for (int l = 0; l < L; l++) {
+        const ds_kv_layer *a = &c[0]->kv[l], *b = &c[1]->kv[l], *o = &c[2]->kv[l];
+        for (int p = 0; p < depth; p++) {
+            for (int i = 0; i < id; i++)
+                nan_codes += (a->idx_k[(size_t)p * id + i] & 0x7f) == 0x7f;
+            bad_scales += !(a->idx_s[p] > 0.0f && isfinite(a->idx_s[p]));
+            ds_kv_load_latent(c[0], l, p, lat);
+            for (int i = 0; i < kvl; i++)
+                bad_scales += !isfinite(lat[i]);
+        }
+        same &= memcmp(a->idx_k, b->idx_k, (size_t)depth * id) == 0 &&
+                memcmp(a->idx_s, b->idx_s, sizeof(float) * depth) == 0 &&
+                memcmp(a->latent_q, b->latent_q, (size_t)depth * kvl) == 0;
+        differs |= memcmp(a->idx_k, o->idx_k, (size_t)depth * id) != 0;
+    }
+    free(lat);
+    CHECK(nan_codes == 0, "%d NaN codes among the synthetic index keys", nan_codes);
+    CHECK(bad_scales == 0, "%d non-positive or non-finite scales / latents", bad_scales);
+    CHECK(same, "the same seed gives different caches");
+    CHECK(differs, "another seed gives the same index keys");
+    {
+        int32_t tok = 5;
+        float *logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
+        ds_status st = ds_eval(c[0], &tok, 1, logits, 0, &err);
+        CHECK(st == DS_OK, "decode after the synthetic fill: %s", err.msg);
+        int finite = 1;
+        for (int i = 0; st == DS_OK && i < cfg->vocab_size; i++)
+            finite &= isfinite(logits[i]) != 0;
+        CHECK(finite, "non-finite logits after the synthetic fill");
+        CHECK(ds_context_pos(c[0]) == depth + 1, "position after one decode step");
+        free(logits);
+    }
+out:
+    for (int i = 0; i < 3; i++)
+        ds_context_free(c[i]);
+    ds_model_free(m);
+}
+
+/* The CPU indexer's scoring path (query and key blocks, key ranges split
+ * across threads in decode, query blocks with causal limits in prefill)
+ * gives, for every query and key, the reference score bit for bit: per head
+ * the exact FP8 dot (ds_index_dot_ref), then the ReLU-weighted head sum in
+ * head order, times the key scale; and selects the top-k of those scores. */
+typedef struct score_trace {
+    int start, T, n_keys;
+    float *scores;     /* [T][n_keys] */
+    int32_t *topk;     /* [T][topk] */
+    int *ntopk, topk_cap, seen;
+} score_trace;
+
+static void on_trace(void *user, ds_trace_kind kind, int layer, int pos, const void *data, int n)
+{
+    score_trace *st = user;
+    (void)layer;
+    const int t = pos - st->start;
+    if (t < 0 || t >= st->T)
+        return;
+    if (kind == DS_TRACE_INDEXER_SCORES && n <= st->n_keys) {
+        memcpy(st->scores + (size_t)t * st->n_keys, data, sizeof(float) * (size_t)n);
+        st->seen++;
+    } else if (kind == DS_TRACE_INDEXER_TOPK && n <= st->topk_cap) {
+        memcpy(st->topk + (size_t)t * st->topk_cap, data, sizeof(int32_t) * (size_t)n);
+        st->ntopk[t] = n;
+    }
+}
+
+static void test_index_select(void)
+{
+    const char *top = getenv("top_srcdir");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/data/tiny-dsa/model", top ? top : ".");
+    ds_model *m;
+    ds_error err;
+    if (ds_model_load(dir, NULL, &m, &err) != DS_OK) {
+        CHECK(0, "cannot load %s: %s", dir, err.msg);
+        return;
+    }
+    const ds_config *cfg = &m->cfg;
+    const int ih = cfg->index_n_heads, id = cfg->index_head_dim, topk = cfg->index_topk, layer = 1;
+    enum { DEPTH = 1040 };
+    ds_context_params cp;
+    ds_context_params_init(&cp);
+    cp.ctx_size = DEPTH;
+    ds_context *c;
+    if (ds_context_create(m, &cp, &c, &err) != DS_OK || ds_context_fill_synthetic(c, DEPTH, 3, &err) != DS_OK) {
+        CHECK(0, "context: %s", err.msg);
+        ds_model_free(m);
+        return;
+    }
+    const ds_kv_layer *kv = &c->kv[layer];
+    /* decode steps at 1, 7, 9, 127, 1000 keys; prefill blocks (odd T, with
+     * and without earlier context) */
+    static const int cases[][2] = {{0, 1}, {6, 1}, {8, 1}, {126, 1}, {511, 1}, {999, 1}, {0, 9}, {500, 37}, {1000, 40}};
+    int bad = 0, bad_sel = 0, calls = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int start = cases[ci][0], T = cases[ci][1], nk = start + T;
+        uint8_t *q8 = malloc((size_t)T * ih * id);
+        float *w = malloc(sizeof(float) * (size_t)T * ih);
+        for (int i = 0; i < T * ih * id; i++)   /* any code but NaN; some queries all-positive */
+            do
+                q8[i] = (uint8_t)(ci % 3 == 2 ? rand() & 0x7f : rand());
+            while ((q8[i] & 0x7f) == 0x7f);
+        for (int i = 0; i < T * ih; i++)
+            w[i] = ((float)rand() / RAND_MAX - 0.3f) * 0.01f;
+        score_trace tr = {start, T, nk, calloc((size_t)T * nk, sizeof(float)),
+                          malloc(sizeof(int32_t) * (size_t)T * topk), calloc((size_t)T, sizeof(int)), topk, 0};
+        int32_t *sel = malloc(sizeof(int32_t) * (size_t)T * topk), *want_sel = malloc(sizeof(int32_t) * topk);
+        int *nsel = calloc((size_t)T, sizeof(int));
+        float *ref = malloc(sizeof(float) * (size_t)nk);
+        ds_context_set_trace(c, on_trace, &tr);
+        ds_status st = ds_indexer_select(c, layer, q8, w, T, start, sel, nsel, topk, &err);
+        ds_context_set_trace(c, NULL, NULL);
+        CHECK(st == DS_OK, "ds_indexer_select: %s", err.msg);
+        CHECK(tr.seen == T, "%d score traces for %d queries", tr.seen, T);
+        for (int t = 0; t < T; t++) {
+            const int n = start + t + 1;
+            for (int j = 0; j < n; j++) {
+                float sc = 0.0f;
+                for (int h = 0; h < ih; h++) {
+                    float d = ds_index_dot_ref(q8 + ((size_t)t * ih + h) * id, kv->idx_k + (size_t)j * id, id);
+                    if (d > 0.0f) {
+                        volatile float p = w[t * ih + h] * d;
+                        sc += p;
+                    }
+                }
+                ref[j] = sc * kv->idx_s[j];
+                const float got = tr.scores[(size_t)t * nk + j];
+                calls++;
+                if (memcmp(&got, &ref[j], sizeof got) != 0 && bad++ < 5)
+                    printf("index score start %d T %d query %d key %d: %.9g, want %.9g\n", start, T, t, j, got,
+                           ref[j]);
+            }
+            const int k = ds_topk_positions(ref, n, topk, want_sel);
+            if ((nsel[t] != k || memcmp(sel + (size_t)t * topk, want_sel, sizeof(int32_t) * k) != 0 ||
+                 tr.ntopk[t] != k) && bad_sel++ < 5)
+                printf("index selection start %d T %d query %d differs\n", start, T, t);
+        }
+        free(q8), free(w), free(tr.scores), free(tr.topk), free(tr.ntopk), free(sel), free(want_sel), free(nsel);
+        free(ref);
+    }
+    CHECK(bad == 0, "%d of %d indexer scores differ from the exact reference", bad, calls);
+    printf("indexer: %d scores checked in %d cases\n", calls, (int)(sizeof cases / sizeof cases[0]));
+    CHECK(bad_sel == 0, "%d indexer selections differ from the top-k of the reference scores", bad_sel);
+    ds_context_free(c);
+    ds_model_free(m);
+}
+
 int main(void)
 {
     srand(1234);
@@ -342,6 +533,8 @@ int main(void)
     test_router();
     test_topk();
     test_latent_cache();
+    test_fill_synthetic();
+    test_index_select();
     if (failures)
         printf("%d checks failed\n", failures);
     else

@@ -95,6 +95,18 @@ PY
 "$B/dsinfer-bench" -m "$CASE/model" -p 4 -n 2 --membw-mb 0 --kv-cache fp8-compact |
     python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&
     ok "fp8-compact KV: 788 bytes per position and layer (bf16 rope key)" || bad "fp8-compact KV bytes"
+# --depth-fill synthetic reaches the depth without prefill (filled caches, decode from there);
+# the JSON says which fill was used
+"$B/dsinfer-bench" -m "$CASE/model" -p 0 -n 2 -d 300 --depth-fill synthetic --membw-mb 0 -b 2 >"$T/synth.json" &&
+python3 - "$T/synth.json" <<'PY' && ok "dsinfer-bench --depth-fill synthetic" || bad "--depth-fill synthetic: $(cat "$T/synth.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["depth"] == 300 and d["depth_fill"] == "synthetic" and d["gen"] == 2, d
+assert d["decode_tps"] > 0 and d["batch_decode_tps"] > 0, d
+PY
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['depth_fill'] == 'prefill', d" "$T/bench.json" &&
+    ok "dsinfer-bench reports depth_fill prefill by default" || bad "depth_fill default: $(cat "$T/bench.json")"
+expect 1 "depth-fill" "$B/dsinfer-bench" -m "$CASE/model" -p 0 -n 1 --depth-fill random
 expect 1 "fp8-compact" "$B/dsinfer" -m "$CASE/model" -p 1 --kv-cache fp9
 expect 1 "expected auto, all or a size" "$B/dsinfer" -m "$CASE/model" -p 1 --mem-budget autoo
 expect 1 "expected a size" "$B/dsinfer" -m "$CASE/model" -p 1 --mem-budget 12Q

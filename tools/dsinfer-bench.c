@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "common.h"
+#include "internal.h"   /* ds_context_fill_synthetic */
 
 const char *tool_name = "dsinfer-bench";
 
@@ -32,6 +33,10 @@ static void usage(FILE *f)
         "  -p, --prompt-len N     prefill test: tokens prefilled at once (default 512; 0 = skip)\n"
         "  -n, --gen N            decode test: tokens decoded one at a time (default 128; 0 = skip)\n"
         "  -d, --depth N          context depth before the decode test (default 0)\n"
+        "      --depth-fill MODE  how the context reaches that depth: prefill (default: evaluate\n"
+        "                         random tokens) or synthetic (fill the KV and indexer caches with\n"
+        "                         seeded random entries, no forward pass; for deep contexts whose\n"
+        "                         prefill would take too long)\n"
         "  -b, --batch N          also decode N sequences together (one batched step per\n"
         "                         token, as the server and dsinfer-batch do) and report the\n"
         "                         aggregate tokens/s and its gain over one sequence\n"
@@ -151,6 +156,7 @@ static void random_ids(int32_t *ids, int n, int vocab, uint64_t *state)
 
 typedef struct bench_opts {
     int prompt_len, gen, depth, repeat, batch, layer_times;
+    int synthetic;      /* --depth-fill synthetic */
     ds_kv_type kv;
     uint64_t seed;
 } bench_opts;
@@ -198,6 +204,24 @@ static double bench_prefill(ds_model *m, const bench_opts *o, float *logits)
     return v;
 }
 
+/* Brings c to depth o->depth: prefills ids[0, depth) in chunks, or fills
+ * the caches synthetically (seeded by seed). */
+static void reach_depth(ds_context *c, const bench_opts *o, const int32_t *ids, uint64_t seed)
+{
+    ds_error err;
+    if (o->synthetic) {
+        if (ds_context_fill_synthetic(c, o->depth, seed, &err) != DS_OK)
+            tool_die_err(&err);
+        return;
+    }
+    const int chunk = 2048;
+    for (int s = 0; s < o->depth; s += chunk) {
+        int n = o->depth - s < chunk ? o->depth - s : chunk;
+        if (ds_eval(c, ids + s, n, NULL, 0, &err) != DS_OK)
+            tool_die_err(&err);
+    }
+}
+
 /* Also adds to *read the expert bytes the timed decode steps read from disk. */
 static double bench_decode(ds_model *m, const bench_opts *o, float *logits, uint64_t *read)
 {
@@ -212,12 +236,7 @@ static double bench_decode(ds_model *m, const bench_opts *o, float *logits, uint
         ds_error err;
         ds_context *c = new_context(m, total, o->kv);
         random_ids(ids, total, mi->vocab_size, &st);
-        const int chunk = 2048;
-        for (int s = 0; s < o->depth; s += chunk) {
-            int n = o->depth - s < chunk ? o->depth - s : chunk;
-            if (ds_eval(c, ids + s, n, NULL, 0, &err) != DS_OK)
-                tool_die_err(&err);
-        }
+        reach_depth(c, o, ids, o->seed + (uint64_t)r);
         ds_expert_stats es0, es1;
         ds_model_expert_stats(m, &es0);
         double t0 = tool_now();
@@ -268,9 +287,7 @@ static json_t *bench_layers(ds_model *m, const bench_opts *o, float *logits, dou
     ds_error err;
     ds_context *c = new_context(m, total, o->kv);
     random_ids(ids, total, mi->vocab_size, &st);
-    for (int s = 0; s < o->depth; s += 2048)
-        if (ds_eval(c, ids + s, o->depth - s < 2048 ? o->depth - s : 2048, NULL, 0, &err) != DS_OK)
-            tool_die_err(&err);
+    reach_depth(c, o, ids, o->seed + 2);
     ds_context_set_trace(c, stamp_layer, &lc);
     for (int k = 0; k < o->gen; k++) {
         lc.step_start = tool_now();
@@ -317,11 +334,7 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
         random_ids(ids, B * total, mi->vocab_size, &st);
         for (int b = 0; b < B; b++) {
             ctx[b] = new_context(m, total, o->kv);
-            for (int s = 0; s < o->depth; s += 2048) {
-                int n = o->depth - s < 2048 ? o->depth - s : 2048;
-                if (ds_eval(ctx[b], ids + (size_t)b * total + s, n, NULL, 0, &err) != DS_OK)
-                    tool_die_err(&err);
-            }
+            reach_depth(ctx[b], o, ids + (size_t)b * total, o->seed + (uint64_t)r * 4096 + (uint64_t)b);
         }
         double t0 = tool_now();
         for (int k = 0; k < o->gen; k++) {
@@ -449,10 +462,11 @@ int main(int argc, char **argv)
     ds_io_mode io_mode = DS_IO_MODE_AUTO;
     int numa = DS_NUMA_ON;
     long membw_mb = 1024;
-    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA, O_LAYERS, O_PREC };
+    enum { O_KV = 256, O_MEMBW, O_COMPARE, O_BUDGET, O_IO, O_NUMA, O_LAYERS, O_PREC, O_FILL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'}, {"depth", required_argument, 0, 'd'},
+        {"depth-fill", required_argument, 0, O_FILL},
         {"repeat", required_argument, 0, 'r'}, {"batch", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
         {"kv-cache", required_argument, 0, O_KV}, {"precision", required_argument, 0, O_PREC}, {"membw-mb", required_argument, 0, O_MEMBW},
         {"compare", required_argument, 0, O_COMPARE}, {"seed", required_argument, 0, 's'},
@@ -467,6 +481,14 @@ int main(int argc, char **argv)
         case 'p': o.prompt_len = (int)tool_parse_long("--prompt-len", optarg, 0, 1 << 22); break;
         case 'n': o.gen = (int)tool_parse_long("--gen", optarg, 0, 1 << 22); break;
         case 'd': o.depth = (int)tool_parse_long("--depth", optarg, 0, 1 << 22); break;
+        case O_FILL:
+            if (strcmp(optarg, "synthetic") == 0)
+                o.synthetic = 1;
+            else if (strcmp(optarg, "prefill") == 0)
+                o.synthetic = 0;
+            else
+                tool_die(EXIT_USAGE, "--depth-fill: '%s' is neither prefill nor synthetic", optarg);
+            break;
         case 'b': o.batch = (int)tool_parse_long("--batch", optarg, 0, 4096); break;
         case 'r': o.repeat = (int)tool_parse_long("--repeat", optarg, 1, 1000); break;
         case 't': threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
@@ -536,6 +558,7 @@ int main(int argc, char **argv)
     json_object_set_new(j, "prompt_len", json_integer(o.prompt_len));
     json_object_set_new(j, "prefill_tps", json_real(pp));
     json_object_set_new(j, "depth", json_integer(o.depth));
+    json_object_set_new(j, "depth_fill", json_string(o.synthetic ? "synthetic" : "prefill"));
     json_object_set_new(j, "gen", json_integer(o.gen));
     json_object_set_new(j, "decode_tps", json_real(tg));
     if (o.batch > 0) {
