@@ -6,6 +6,8 @@
  * copy in the thread's own node. */
 #include <omp.h>
 #include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include "kernels_isa.h"
 
 static const ds_kernels *active;
@@ -114,23 +116,58 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
 
 int ds_gemm_bf16_rounds(ds_dtype dt)
 {
+    return dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K;
+}
+
+int ds_gemm_bf16_native(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
-    return (dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) &&
-           ds_cpu_isa() == DS_ISA_AVX512 && ds_cpu_get_features()->avx512_bf16;
+    return ds_cpu_isa() == DS_ISA_AVX512 && ds_cpu_get_features()->avx512_bf16;
 #else
-    (void)dt;
     return 0;
 #endif
 }
 
+/* X rounded to bf16 (nearest even), then the exact kernels: the same
+ * products as the vdpbf16ps kernel (a bf16 activation times an exact weight
+ * code is exact in f32), summed in another order.  Decode-sized products
+ * and CPUs without AVX512_BF16 take this path, so a token's result does not
+ * depend on how many tokens share its step or on the CPU beyond f32
+ * summation order. */
+static void gemm_rounded(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const int cols = m->cols;
+    float *xr = malloc(sizeof(float) * (size_t)n * (size_t)cols);
+    if (!xr) {                  /* no memory for the copy: round in place is not allowed, go exact */
+        ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+        return;
+    }
+    for (int t = 0; t < n; t++) {
+        const uint32_t *src = (const uint32_t *)(const void *)(X + (size_t)t * ldx);
+        uint32_t *dst = (uint32_t *)(void *)(xr + (size_t)t * cols);
+        for (int c = 0; c < cols; c++) {
+            uint32_t u = src[c];
+            const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+            dst[c] = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u : r;   /* NaN stays NaN */
+        }
+    }
+    ds_gemm(m, r0, nrows, xr, cols, n, Y, ldy);
+    free(xr);
+}
+
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
+    if (!ds_gemm_bf16_rounds(m->dtype)) {
+        ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+        return;
+    }
 #if defined(__x86_64__) || defined(__i386__)
     /* compute-bound: the calling thread's copy serves the whole team */
-    if (ds_gemm_bf16_rounds(m->dtype) && ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
+    if (n >= DS_GEMM_BF16_MIN_N && ds_gemm_bf16_native() &&
+        ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
         return;
 #endif
-    ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
+    gemm_rounded(m, r0, nrows, X, ldx, n, Y, ldy);
 }
 
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }

@@ -135,7 +135,7 @@ const char *ds_precision_name(ds_precision p)
     return p == DS_PRECISION_F32 ? "f32" : p == DS_PRECISION_BF16 ? "bf16" : "?";
 }
 
-int ds_precision_rounds(void) { return ds_gemm_bf16_rounds(DS_DT_F8_E4M3); }
+int ds_precision_bf16_native(void) { return ds_gemm_bf16_native(); }
 
 static void fill_info(ds_model *m)
 {

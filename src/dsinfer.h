@@ -157,16 +157,17 @@ typedef enum ds_kv_type {
 
 /* Arithmetic of the weight products.  DS_PRECISION_F32 (the default) is
  * exact f32: weights dequantised exactly, activations unrounded.
- * DS_PRECISION_BF16 rounds the activations to bf16 in the products of
- * prefill-sized steps (at least DS_BF16_MIN_TOKENS rows against one weight
- * matrix: attention projections, the dense MLP and shared expert, each
- * routed expert's tokens, lm_head) and sums in f32 with AVX512_BF16
- * instructions, about twice as fast; weights stay exact (FP8, BF16, Q8_0 and
- * Q4_K codes are exact in bf16, block scales applied in f32).  Decode and
- * small batches, the MoE router, the DSA indexer and attention itself stay
- * exact, as does everything on a CPU without AVX512_BF16 (see
- * ds_precision_rounds).  Results then depend on how tokens are grouped into
- * steps, which f32 results do not. */
+ * DS_PRECISION_BF16 rounds the activations to bf16 in every product with
+ * FP8, BF16, Q8_0 or Q4_K weights (attention projections, the dense MLP and
+ * shared expert, routed experts, lm_head), decode included, and sums in f32;
+ * weights stay exact (their codes are exact in bf16, block scales applied
+ * in f32).  Products of at least DS_BF16_MIN_TOKENS rows run on AVX512_BF16
+ * instructions where the CPU has them (ds_precision_bf16_native), about
+ * twice as fast as f32; smaller ones, and every product on other CPUs, round
+ * the activations and use the f32 kernels: the same products, so results
+ * depend on how tokens are grouped into steps only through f32 summation
+ * order, as with f32.  The MoE router, the DSA indexer and attention itself
+ * stay exact. */
 typedef enum ds_precision {
     DS_PRECISION_F32 = 0,
     DS_PRECISION_BF16 = 1
@@ -174,9 +175,10 @@ typedef enum ds_precision {
 #define DS_BF16_MIN_TOKENS 16
 /* "f32" / "bf16" ("?" when out of range). */
 const char *ds_precision_name(ds_precision p);
-/* 1 when DS_PRECISION_BF16 actually rounds on this CPU and kernel level
- * (AVX512_BF16 at the avx512 level; DSINFER_ISA below it turns it off). */
-int ds_precision_rounds(void);
+/* 1 when DS_PRECISION_BF16 runs its prefill-sized products on AVX512_BF16
+ * instructions on this CPU and kernel level (DSINFER_ISA below avx512 turns
+ * them off); 0: the activations are still rounded, with no speed-up. */
+int ds_precision_bf16_native(void);
 
 typedef struct ds_context_params {
     int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max */

@@ -223,7 +223,9 @@ static ds_status attend_expanded(ds_context *c, int layer, const float *q, int T
     }
     for (int u = 0; u < nu; u++)
         ds_kv_load_latent(c, layer, keys[u], lat + (size_t)u * d.kvl);
-    ds_matmul(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw, bf16);
+    /* exact even in bf16: decode's absorbed form multiplies the unrounded
+     * latent through kv_b, and a token must not depend on which form ran */
+    ds_gemm(&L->kv_b, 0, kw, lat, d.kvl, nu, kvb, kw);
 
     /* Mostly dense selections (prefill): as GEMMs over all pairs. */
     long pairs = 0;

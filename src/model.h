@@ -109,12 +109,13 @@ struct ds_context {
 };
 
 /* A weight product of a step: ds_gemm_bf16 when the step runs in bf16
- * (bf16 != 0) and has at least DS_BF16_MIN_TOKENS rows, else the exact
- * ds_gemm.  Decode and small batches therefore stay exact. */
+ * (bf16 != 0), whatever its size, so a token's result does not depend on
+ * how many tokens share its step (beyond f32 summation order); else the
+ * exact ds_gemm. */
 static inline void ds_matmul(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy,
                              int bf16)
 {
-    if (bf16 && n >= DS_BF16_MIN_TOKENS)
+    if (bf16)
         ds_gemm_bf16(m, r0, nrows, X, ldx, n, Y, ldy);
     else
         ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);

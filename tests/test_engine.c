@@ -111,7 +111,8 @@ static ds_engine *engine(ds_model *m, int seqs, int budget, int chunk)
 }
 
 /* Logits of a prompt (all positions) in a fresh context of precision p. */
-static float *prefill_logits(ds_model *m, ds_precision p, const int32_t *prompt, int n)
+/* Logits of prompt[0, n), fed in steps of `step` tokens (n: one step). */
+static float *step_logits(ds_model *m, ds_precision p, const int32_t *prompt, int n, int step)
 {
     ds_context_params cp;
     ds_context_params_init(&cp);
@@ -122,13 +123,25 @@ static float *prefill_logits(ds_model *m, ds_precision p, const int32_t *prompt,
     ds_error err;
     const int V = ds_model_get_info(m)->vocab_size;
     float *lg = malloc(sizeof(float) * (size_t)V * n);
-    if (ds_context_create(m, &cp, &c, &err) != DS_OK || ds_eval(c, prompt, n, lg, 1, &err) != DS_OK) {
+    if (ds_context_create(m, &cp, &c, &err) != DS_OK) {
         CHECK(0, "precision %s: %s", ds_precision_name(p), err.msg);
         free(lg);
         return NULL;
     }
+    for (int s = 0; s < n; s += step)
+        if (ds_eval(c, prompt + s, n - s < step ? n - s : step, lg + (size_t)s * V, 1, &err) != DS_OK) {
+            CHECK(0, "precision %s: %s", ds_precision_name(p), err.msg);
+            free(lg);
+            ds_context_free(c);
+            return NULL;
+        }
     ds_context_free(c);
     return lg;
+}
+
+static float *prefill_logits(ds_model *m, ds_precision p, const int32_t *prompt, int n)
+{
+    return step_logits(m, p, prompt, n, n);
 }
 
 static int cmp_double(const void *x, const void *y)
@@ -137,9 +150,11 @@ static int cmp_double(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-/* DS_PRECISION_BF16: a prefill of >= DS_BF16_MIN_TOKENS tokens rounds (when
- * the CPU can) and stays close to exact f32; a shorter one is exact, bit
- * for bit; bad values are refused.  bf16 keeps 8 significant bits, and on
+/* DS_PRECISION_BF16: a prefill rounds and stays close to exact f32; the
+ * same tokens fed one at a time (decode-sized products, which never take
+ * the AVX512_BF16 kernel) give the same logits up to f32 summation order,
+ * so results do not hinge on how tokens are grouped into steps; bad values
+ * are refused.  bf16 keeps 8 significant bits, and on
  * this random model a typical position's logits move by about 1% of the
  * largest logit (measured: median 0.1 of 8.2; the kernel agrees with the
  * scalar reference to 1e-4 here).  The model's discrete choices — the
@@ -180,17 +195,37 @@ static void test_precision(ds_model *m, const int32_t *prompt)
         qsort(pos, (size_t)n, sizeof *pos, cmp_double);
         printf("bf16 vs f32 prefill of %d tokens: max |diff| %.3g, median position %.3g (max |logit| %.3g), "
                "top-1 agrees at %d/%d%s\n",
-               n, dmax, pos[n / 2], amax, same, n, ds_precision_rounds() ? "" : " (no AVX512_BF16: exact)");
+               n, dmax, pos[n / 2], amax, same, n, ds_precision_bf16_native() ? "" : " (no AVX512_BF16)");
         CHECK(pos[n / 2] <= 0.03 * amax, "bf16 logits at the median position differ by %g (max |logit| %g)",
               pos[n / 2], amax);
         CHECK(same >= n * 2 / 3, "bf16 changes the greedy token at %d of %d positions", n - same, n);
-        CHECK(ds_precision_rounds() ? dmax > 0.0 : dmax == 0.0, "bf16 rounding %s", dmax > 0.0 ? "happened" : "missing");
+        CHECK(dmax > 0.0, "bf16 rounding missing");
     }
-    free(a), free(b);
-    a = prefill_logits(m, DS_PRECISION_F32, prompt, DS_BF16_MIN_TOKENS - 1);
-    b = prefill_logits(m, DS_PRECISION_BF16, prompt, DS_BF16_MIN_TOKENS - 1);
-    CHECK(a && b && memcmp(a, b, sizeof(float) * (size_t)V * (DS_BF16_MIN_TOKENS - 1)) == 0,
-          "a step below DS_BF16_MIN_TOKENS must stay exact");
+    free(a);
+    /* One step (AVX512_BF16 kernel where present) against one token at a
+     * time (rounded copies through the f32 kernels, absorbed attention): the
+     * same products.  The first position has no history to differ in and
+     * agrees to f32 noise; later ones inherit the rare bf16 rounding step
+     * that f32 noise upstream can tip, so they are held to a median. */
+    a = step_logits(m, DS_PRECISION_BF16, prompt, n, 1);
+    if (a && b) {
+        double amax = 0.0, pos[64];
+        for (int t = 0; t < n; t++) {
+            pos[t] = 0.0;
+            for (int i = 0; i < V; i++) {
+                const size_t k = (size_t)t * V + i;
+                pos[t] = fabs(a[k] - b[k]) > pos[t] ? fabs(a[k] - b[k]) : pos[t];
+                amax = fabs(b[k]) > amax ? fabs(b[k]) : amax;
+            }
+        }
+        const double first = pos[0];
+        qsort(pos, (size_t)n, sizeof *pos, cmp_double);
+        printf("bf16, %d tokens in one step vs one at a time: first position %.3g, median %.3g, max %.3g\n", n,
+               first, pos[n / 2], pos[n - 1]);
+        CHECK(first <= 1e-5 * amax, "bf16: the first position depends on the step size: %g (max |logit| %g)", first,
+              amax);
+        CHECK(pos[n / 2] <= 0.01 * amax, "bf16: the median position depends on the step size: %g", pos[n / 2]);
+    }
     free(a), free(b);
 }
 

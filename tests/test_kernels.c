@@ -577,7 +577,7 @@ int main(int argc, char **argv)
     const int before = failures;
     check_gemm_bf16();
     check_bf16_rounding();
-    printf("\ngemm_bf16 (%s): %s\n", ds_gemm_bf16_rounds(DS_DT_F8_E4M3) ? "avx512_bf16 kernel" : "exact ds_gemm fallback",
+    printf("\ngemm_bf16 (%s): %s\n", ds_gemm_bf16_native() ? "avx512_bf16 kernel from 16 tokens, rounded copy below" : "rounded copy and f32 kernels",
            failures == before ? "ok" : "FAIL");
     printf("%ld checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;

@@ -78,7 +78,7 @@ assert d["batch"] == 3 and d["batch_decode_tps"] > 0, d
 # KV bytes per position and layer at kv_lora 512, rope 64, index 128: 512 e4m3 + 4 f32 scales
 # + 64 f32 rope + 128 e4m3 index key + 1 f32 scale
 assert d["kv_cache"] == "fp8" and d["kv_bytes_per_token_layer"] == 512 + 16 + 256 + 128 + 4, d
-assert d["precision"] == "bf16" and isinstance(d["bf16_rounds"], bool), d
+assert d["precision"] == "bf16" and isinstance(d["bf16_native"], bool), d
 assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d["batch_gain"], d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row

@@ -66,7 +66,7 @@ static void usage(FILE *f)
         "      --io MODE          how streamed experts are read: uring, pread or auto\n"
         TOOL_HELP_NUMA
         "      --kv-cache TYPE    fp8 (default), fp8-compact (bf16 rope key) or f32\n"
-        TOOL_PRECISION_HELP("      ", "bf16")
+        TOOL_PRECISION_HELP("      ", "f32 (resumed runs reproduce uninterrupted ones)")
         "  -q, --quiet            no progress and no summary\n"
         "  -v, --verbose          more detail on stderr (model, each error record, resume details)\n"
         "  -h, --help             show this help\n"
@@ -139,7 +139,7 @@ static void parse_options(int argc, char **argv, options *o)
         {"json-schema", required_argument, 0, O_SCHEMA},
         {0, 0, 0, 0}};
     int c;
-    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8, .numa = DS_NUMA_ON, .precision = DS_PRECISION_BF16};
+    *o = (options){.parallel = 4, .shard_n = 1, .kv = DS_KV_FP8, .numa = DS_NUMA_ON, .precision = DS_PRECISION_F32};
     o->progress = parse_progress("auto");
     ds_sampler_params_init(&o->defaults.sampling);
     o->defaults.sampling.seed = 24301;

@@ -551,7 +551,7 @@ int main(int argc, char **argv)
     json_object_set_new(j, "threads", json_integer(omp_get_max_threads()));
     json_object_set_new(j, "kv_cache", json_string(o.kv == DS_KV_F32 ? "f32" : o.kv == DS_KV_FP8 ? "fp8" : "fp8-compact"));
     json_object_set_new(j, "precision", json_string(ds_precision_name(bench_precision)));
-    json_object_set_new(j, "bf16_rounds", json_boolean(bench_precision == DS_PRECISION_BF16 && ds_precision_rounds()));
+    json_object_set_new(j, "bf16_native", json_boolean(bench_precision == DS_PRECISION_BF16 && ds_precision_bf16_native()));
     json_object_set_new(j, "kv_bytes_per_token_layer", json_integer((json_int_t)ds_kv_bytes_per_position_layer(m, o.kv)));
     json_object_set_new(j, "weight_bytes", json_integer(mi->weight_bytes));
     json_object_set_new(j, "load_s", json_real(load_s));

@@ -224,10 +224,10 @@ ds_precision tool_parse_precision(const char *opt, const char *s)
 
 void tool_info_precision(ds_precision p)
 {
-    if (p == DS_PRECISION_BF16 && !ds_precision_rounds())
-        tool_info("precision bf16: this CPU or kernel level has no AVX512_BF16, products stay exact f32");
+    if (p == DS_PRECISION_BF16 && !ds_precision_bf16_native())
+        tool_info("precision bf16 (activations rounded; this CPU or kernel level has no AVX512_BF16: no speed-up)");
     else if (p == DS_PRECISION_BF16)
-        tool_info("precision bf16 (activations rounded in products of >= %d tokens)", DS_BF16_MIN_TOKENS);
+        tool_info("precision bf16 (activations rounded; AVX512_BF16 for products of >= %d tokens)", DS_BF16_MIN_TOKENS);
     else
         tool_info("precision f32 (exact)");
 }

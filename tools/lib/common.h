@@ -53,10 +53,9 @@ ds_precision tool_parse_precision(const char *opt, const char *s);
 /* The --precision lines of every tool's help: PAD (spaces) aligns the text
  * with the tool's other options, DEF is the tool's default. */
 #define TOOL_PRECISION_HELP(PAD, DEF)                                                                   \
-    "      --precision P" PAD "weight products: bf16 (activations rounded to bf16 in prefill-sized\n"  \
-    "                   " PAD "products, about twice as fast; needs AVX512_BF16, else exact) or\n"     \
-    "                   " PAD "f32 (exact); default " DEF "\n"
-/* With -v: the precision asked for and whether this CPU rounds for it. */
+    "      --precision P" PAD "weight products: bf16 (activations rounded to bf16; prefill about\n"    \
+    "                   " PAD "twice as fast with AVX512_BF16) or f32 (exact); default " DEF "\n"
+/* With -v: the precision asked for and whether this CPU has AVX512_BF16 for it. */
 void tool_info_precision(ds_precision p);
 /* --io=uring|pread|auto */
 ds_io_mode tool_parse_io(const char *opt, const char *s);
