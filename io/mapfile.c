@@ -74,7 +74,7 @@ void ds_unmap_file(ds_mapped_file *f)
 /* Anonymous memory backed by transparent huge pages instead of the page
  * cache: no page faults or 4 KiB TLB misses while weights stream through
  * the kernels, and the bytes stay put under memory pressure. */
-ds_status ds_mapped_to_ram(ds_mapped_file *f, ds_error *err)
+ds_status ds_mapped_to_ram(ds_mapped_file *f, int drop_cache, ds_error *err)
 {
     if (!f->base || !f->size)
         return DS_OK;
@@ -96,6 +96,8 @@ ds_status ds_mapped_to_ram(ds_mapped_file *f, ds_error *err)
             return ds_fail(err, DS_ERR_IO, "%s: cannot read at offset %zu: %s", f->path, done,
                            r < 0 ? strerror(e) : "file shrank while loading");
         }
+        if (drop_cache)
+            posix_fadvise(f->fd, (off_t)done, (off_t)r, POSIX_FADV_DONTNEED);
         done += (size_t)r;
     }
     mprotect(p, len, PROT_READ);

@@ -18,8 +18,10 @@ typedef struct ds_mapped_file {
  * the message names the path and the system error. */
 ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err);
 /* Replaces the file mapping by a private copy in anonymous (huge-page)
- * memory with the same contents; base changes, size does not. */
-ds_status ds_mapped_to_ram(ds_mapped_file *f, ds_error *err);
+ * memory with the same contents; base changes, size does not.  With
+ * drop_cache the file's page-cache pages are released behind the copy, so
+ * a file that fits in memory only once is not held twice. */
+ds_status ds_mapped_to_ram(ds_mapped_file *f, int drop_cache, ds_error *err);
 /* Unmaps and closes; safe on a zeroed or already unmapped struct. */
 void ds_unmap_file(ds_mapped_file *f);
 

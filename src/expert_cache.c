@@ -300,7 +300,8 @@ ds_status ds_experts_create(ds_model *m, const ds_load_params *p, ds_expert_cach
     int64_t budget = p ? p->expert_budget : 0;
     if (st == DS_OK && budget < 0 && budget != DS_EXPERT_BUDGET_ALL)
         st = ds_fail(err, DS_ERR_INVALID_ARG, "the expert memory budget is negative");
-    if (st == DS_OK && budget == 0 && max_slab > 0)
+    /* weights already copied into RAM stay there: the copy decided for them */
+    if (st == DS_OK && budget == 0 && max_slab > 0 && !m->weights_in_ram)
         budget = auto_budget(m, total, max_slab);
     ds_load_params eff;
     if (p)

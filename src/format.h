@@ -33,7 +33,7 @@ ds_status ds_table_open_file(const char *path, ds_tensor_table **out, ds_error *
 void ds_table_free(ds_tensor_table *t);
 /* Moves every file's bytes from the page cache into process memory (see
  * ds_mapped_to_ram) and repoints the tensors. */
-ds_status ds_table_to_ram(ds_tensor_table *t, ds_error *err);
+ds_status ds_table_to_ram(ds_tensor_table *t, int drop_cache, ds_error *err);
 /* Sum of the file sizes. */
 uint64_t ds_table_bytes(const ds_tensor_table *t);
 int ds_table_count(const ds_tensor_table *t);

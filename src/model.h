@@ -76,6 +76,7 @@ struct ds_model {
     int64_t replica_bytes;
     int64_t *layer_bytes;  /* [layers + 1] bytes a decoded token reads per block (+ head) */
     int64_t expert_bytes;  /* routed experts of the layers that run */
+    int weights_in_ram;    /* the checkpoint was copied into process memory */
 };
 
 /* Per-layer KV arena slices. */

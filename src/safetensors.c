@@ -629,11 +629,11 @@ const char *ds_table_file_path(const ds_tensor_table *t, int file)
     return t && file >= 0 && file < t->n_files ? t->files[file].path : NULL;
 }
 
-ds_status ds_table_to_ram(ds_tensor_table *t, ds_error *err)
+ds_status ds_table_to_ram(ds_tensor_table *t, int drop_cache, ds_error *err)
 {
     for (int f = 0; f < t->n_files; f++) {
         const uint8_t *old = t->files[f].base;
-        ds_status s = ds_mapped_to_ram(&t->files[f], err);
+        ds_status s = ds_mapped_to_ram(&t->files[f], drop_cache, err);
         if (s != DS_OK)
             return s;
         for (int i = 0; i < t->n_tensors; i++)
