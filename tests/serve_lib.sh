@@ -1,6 +1,22 @@
-# serve_lib.sh — sourced by the dsinfer-serve tests: start a server on a free
-# loopback port, stop it, wait for its exit.  Needs B (the tools directory)
-# set by the caller.
+# serve_lib.sh — sourced by the dsinfer-serve tests: their scratch directory
+# and reporters, start a server on a free loopback port, stop it, wait for
+# its exit.  Needs B (the tools directory) set by the caller.
+
+# serve_test_init: a scratch directory T removed on exit with the server PID
+# (killed if still running), and ok / bad, which count failures in fails.
+serve_test_init() {
+    T=$(mktemp -d)
+    PID=
+    trap serve_test_cleanup EXIT
+    trap 'exit 1' INT TERM HUP
+    fails=0
+}
+serve_test_cleanup() {
+    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
+    rm -rf "$T"
+}
+ok() { echo "PASS $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -30,19 +30,9 @@ fi
 DSINFER_NODE_MODULES=$(cd "$NM" && pwd)
 NODE_PATH=$DSINFER_NODE_MODULES
 export DSINFER_NODE_MODULES NODE_PATH
-T=$(mktemp -d)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-fails=0
-ok() { echo "PASS $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-
 . "$top_srcdir/tests/serve_lib.sh"
+serve_test_init
+
 
 # ---- the tiny model as it is ---------------------------------------------------
 # f32: the client compares a streamed answer with an unstreamed one to the same

@@ -11,17 +11,8 @@ B="$top_builddir/tools"
 MODEL="$top_builddir/models/tiny"
 CLIENT="$top_srcdir/tests/serve_client.py"
 MAX_BODY=65536
-T=$(mktemp -d)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-fails=0
-ok() { echo "PASS $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$top_srcdir/tests/serve_lib.sh"
+serve_test_init
 
 # ---- command line and man page ---------------------------------------------
 "$B/dsinfer-serve" --help >"$T/help" 2>&1 && grep -qi usage "$T/help" && ok "--help" || bad "--help"
@@ -48,7 +39,6 @@ if [ ! -f "$MODEL/config.json" ]; then
     exit 1
 fi
 
-. "$top_srcdir/tests/serve_lib.sh"
 
 # ---- the main server: the client ends by sending SIGTERM mid-request ----------
 if start_server "$MODEL" "$T/serve.log" --ctx-size 256 --max-body $MAX_BODY; then

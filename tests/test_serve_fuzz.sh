@@ -21,17 +21,8 @@ SEED=${DSINFER_FUZZ_SEED:-7}
 # the HTTP and engine threads settles some tens of MiB above the warm-up;
 # leaking the bodies (up to 256 KiB each) or a context per request exceeds it
 RSS_SLACK_KB=65536
-T=$(mktemp -d)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-fails=0
-ok() { echo "PASS $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$top_srcdir/tests/serve_lib.sh"
+serve_test_init
 
 if ! command -v python3 >/dev/null 2>&1; then
     echo "SKIP: no python3"
@@ -42,7 +33,6 @@ if [ ! -f "$MODEL/config.json" ]; then
     exit 77
 fi
 
-. "$top_srcdir/tests/serve_lib.sh"
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
