@@ -31,6 +31,7 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
@@ -325,17 +326,24 @@ NOINL void panel_run(const uint32_t *wp, int nkp, int bkp, const float *ps, cons
 }
 
 /* Per-thread scratch of the calling thread, grown as needed and kept
- * (a prefill calls the GEMM hundreds of times with the same shapes). */
+ * (a prefill calls the GEMM hundreds of times with the same shapes); a
+ * thread key frees it when the thread exits (a server's engine thread). */
 static __thread void *scratch;
 static __thread size_t scratch_bytes;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void) { pthread_key_create(&scratch_key, free); }
 
 static void *scratch_get(size_t bytes)
 {
     if (bytes <= scratch_bytes)
         return scratch;
+    pthread_once(&scratch_once, scratch_key_make);
     free(scratch);
     scratch = aligned_alloc(64, bytes);
     scratch_bytes = scratch ? bytes : 0;
+    pthread_setspecific(scratch_key, scratch);
     return scratch;
 }
 
