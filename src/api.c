@@ -177,6 +177,7 @@ static void fill_info(ds_model *m)
     i->numa_nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
     i->numa_replicas = m->numa_replicas > 1 ? m->numa_replicas : 1;
     i->replica_bytes = m->replica_bytes;
+    i->dense_copy_bytes = m->dense_copy_bytes;
     i->n_tensors = ds_table_count(m->table);
     i->weight_bytes = i->expert_bytes = i->active_bytes_per_token = 0;
     for (int k = 0; k < ds_table_count(m->table); k++)
@@ -291,6 +292,8 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = ds_weights_replicate(m, err);
     if (st == DS_OK)
         st = ds_experts_create(m, p, &m->experts, err);
+    if (st == DS_OK && ds_experts_streaming(m->experts) && !m->weights_in_ram)
+        st = ds_weights_dense_to_ram(m, err);
     if (st == DS_OK)
         st = ds_rope_init(m, err);
     if (st == DS_OK)

@@ -63,6 +63,9 @@ typedef struct ds_model_info {
     int numa_replicas;       /* copies of the dense weights: numa_nodes with DS_NUMA_REPLICATE
                                 when RAM allowed it, else 1 */
     int64_t replica_bytes;   /* bytes of each such copy (0 when not replicated) */
+    int64_t dense_copy_bytes; /* dense matrices copied from the mapped files into huge-page RAM
+                                because experts stream (0 when the whole checkpoint is in RAM
+                                or mapped) */
     int64_t n_tensors;
     int64_t weight_bytes;    /* bytes of all tensors in the checkpoint */
     int64_t expert_bytes;    /* bytes of all routed experts */

@@ -77,6 +77,7 @@ struct ds_model {
     int64_t *layer_bytes;  /* [layers + 1] bytes a decoded token reads per block (+ head) */
     int64_t expert_bytes;  /* routed experts of the layers that run */
     int weights_in_ram;    /* the checkpoint was copied into process memory */
+    int64_t dense_copy_bytes;  /* dense matrices copied into RAM by ds_weights_dense_to_ram */
 };
 
 /* Per-layer KV arena slices. */
@@ -128,6 +129,9 @@ ds_status ds_weights_bind_expert(ds_model *m, int layer, int e, ds_ffn_w *w, ds_
 void *ds_model_own(ds_model *m, size_t bytes, ds_error *err);
 /* --numa replicate: one copy of every dense matrix in each node's memory. */
 ds_status ds_weights_replicate(ds_model *m, ds_error *err);
+/* Copies the dense matrices out of the mapped files into huge-page memory
+ * (used when experts stream and the checkpoint stays mapped). */
+ds_status ds_weights_dense_to_ram(ds_model *m, ds_error *err);
 void ds_weights_free_replicas(ds_model *m);
 
 /* rope.c */

@@ -592,6 +592,7 @@ int main(int argc, char **argv)
     json_object_set_new(ej, "prefetched", json_integer((json_int_t)es.prefetched));
     json_object_set_new(ej, "prefetch_used", json_integer((json_int_t)es.prefetch_used));
     json_object_set_new(ej, "io_requests", json_integer((json_int_t)es.io_requests));
+    json_object_set_new(ej, "dense_copied_bytes", json_integer(mi->dense_copy_bytes));
     json_object_set_new(ej, "prediction_accuracy",
                         json_real(es.predicted ? (double)es.predicted_right / (double)es.predicted : 0.0));
     if (es1.streaming && o.gen) {
