@@ -47,7 +47,7 @@ static void detect_x86(ds_cpu_features *f)
     const bool avx2 = b & (1u << 5);
     const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17);
     const bool avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
-    const bool vnni = c & (1u << 11);
+    const bool vnni = c & (1u << 11), vbmi = c & (1u << 1);
     unsigned int a1 = 0, b1, c1, d1;
     if (a >= 1)                                  /* leaf 7 max sub-leaf in eax */
         __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
@@ -55,6 +55,7 @@ static void detect_x86(ds_cpu_features *f)
     f->avx512 = f->avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
     f->avx512_bf16 = f->avx512 && (a1 & (1u << 5));
     f->avx512_vnni = f->avx512 && vnni;
+    f->avx512_vbmi = f->avx512 && vbmi;
 }
 #endif
 

@@ -22,6 +22,7 @@ typedef struct ds_cpu_features {
     bool avx512;        /* AVX-512 F+BW+VL+DQ usable */
     bool avx512_bf16;   /* AVX512_BF16 (vdpbf16ps) */
     bool avx512_vnni;   /* AVX512_VNNI (vpdpbusd) */
+    bool avx512_vbmi;   /* AVX512_VBMI (vpermi2b) */
     bool neon;
 } ds_cpu_features;
 

@@ -51,11 +51,12 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
  * (AVX512_BF16 vdpbf16ps).  Weights stay exact: FP8 e4m3, Q8_0 and Q4_K
  * codes and BF16 values are exact in bf16, and their block multipliers
  * (FP8 128x128 scales, Q8_0 d, Q4_K d*sc and dmin*m) are applied in f32 to
- * each block's dot.  From DS_GEMM_BF16_MIN_N tokens on a CPU with
- * AVX512_BF16 (ds_gemm_bf16_native) that is the vdpbf16ps kernel, where
- * inputs below the smallest normal float count as zero; otherwise X is
- * rounded into a copy and the exact kernels run on it: the same products,
- * summed in another order.  F32 / F16 weights (ds_gemm_bf16_rounds(dtype)
+ * each block's dot.  On a CPU with AVX512_BF16 (ds_gemm_bf16_native) that
+ * is a vdpbf16ps kernel, where inputs below the smallest normal float count
+ * as zero: from DS_GEMM_BF16_MIN_N tokens the panel GEMM, below it (decode,
+ * batched decode) a streaming kernel for BF16, FP8 and Q4_K weights that
+ * also needs AVX512_VBMI.  Otherwise X is rounded into a copy and the exact
+ * kernels run on it: the same products, summed in another order.  F32 / F16 weights (ds_gemm_bf16_rounds(dtype)
  * == 0) are never rounded: it is ds_gemm itself. */
 #define DS_GEMM_BF16_MIN_N 16
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);

@@ -30,6 +30,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -388,4 +389,373 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
     return 1;
 }
 
+
+/* ---- products with fewer than DS_GEMM_BF16_MIN_N tokens -----------------
+ * Decode and batched decode.  A panel would be converted for a handful of
+ * tokens only, so here the weights stream from memory once per call, each
+ * 64-byte vector converted to bf16 in registers and used at once for every
+ * token of the pass.  The conversion is a table lookup (vpermi2b for FP8's
+ * 128 magnitudes, vpshufb for Q4_K's 16 nibble values) giving the low and
+ * high bytes of 64 bf16 codes, interleaved by vpunpck{l,h}bw into two
+ * vectors A and B whose words are, per 128-bit lane k, elements
+ * 16k .. 16k+7 (A) and 16k+8 .. 16k+15 (B) of the 64.  The activations are
+ * rounded and packed once per call in that same order, so the dots pair
+ * every weight with its own activation.  The numbers are ds_gemm_bf16's:
+ * exact weight codes, rounded activations, f32 sums, block multipliers in
+ * f32 (Q4_K's min terms dmin*m*sum(x) per sub-block, as in the GEMM). */
+
+/* This part also uses AVX512_VBMI (vpermi2b); ds_gemm_bf16_small_avx512
+ * checks for it before anything else. */
+#define TSM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,f16c,fma")))
+#define SINL static inline __attribute__((always_inline)) TSM
+#define SNOINL static __attribute__((noinline)) TSM
+
+enum {
+    SMALL_NT = 8,       /* tokens per pass */
+    XSTEP = 128,        /* packed activations come in steps of 128 columns */
+};
+
+enum xorder { X_NATURAL, X_PAIRS64, X_Q4K };
+
+static uint8_t e4m3_lut[2][128] __attribute__((aligned(64)));   /* low, high byte of bf16(|code|) */
+static uint16_t perm_ab[2][32] __attribute__((aligned(64)));    /* element of word w of A, of B */
+static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
+
+static void lut_make(void)
+{
+    for (int m = 0; m < 128; m++) {
+        const int e = m >> 3, f = m & 7;
+        /* the NaN magnitude 0x7f reads as 480, as in kernels_avx512.c */
+        const float v = m == 0x7f ? 480.0f : e ? ldexpf((float)(8 + f), e - 10) : ldexpf((float)f, -9);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        e4m3_lut[0][m] = (uint8_t)(u >> 16);
+        e4m3_lut[1][m] = (uint8_t)(u >> 24);
+    }
+    for (int w = 0; w < 32; w++) {
+        perm_ab[0][w] = (uint16_t)(16 * (w / 8) + w % 8);
+        perm_ab[1][w] = (uint16_t)(16 * (w / 8) + 8 + w % 8);
+    }
+}
+
+SINL __m512i bf16_round32(const float *x, int left)
+{
+    if (left <= 0)
+        return _mm512_setzero_si512();
+    const __mmask16 k0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+    const __mmask16 k1 = left >= 32 ? (__mmask16)0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+    return to_bf16x32(_mm512_maskz_loadu_ps(k0, x), _mm512_maskz_loadu_ps(k1, x + 16));
+}
+
+SINL float bf16_sum32(__m512i v)
+{
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+    return _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+}
+
+/* x[0 .. cols) rounded to bf16 into xb (len words, a multiple of XSTEP,
+ * zero padded) in the order of the weight conversion of `order`: as is
+ * (BF16); per 64 columns the A words then the B words (FP8); per 128
+ * columns those of the 64 elements {0-31, 64-95}, then of {32-63, 96-127}
+ * (Q4_K: the low and the high nibbles of two 32-byte groups).  For Q4_K,
+ * xs[j] is the sum of the rounded sub-block j (32 columns). */
+SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t *xb, float *xs)
+{
+    const __m512i pa = _mm512_load_si512((const __m512i *)perm_ab[0]);
+    const __m512i pb = _mm512_load_si512((const __m512i *)perm_ab[1]);
+    for (int c = 0; c < len; c += XSTEP) {
+        __m512i v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = bf16_round32(x + c + 32 * k, cols - c - 32 * k);
+        __m512i *out = (__m512i *)(void *)(xb + c);
+        if (order == X_NATURAL) {
+            for (int k = 0; k < 4; k++)
+                _mm512_store_si512(out + k, v[k]);
+            continue;
+        }
+        const int q = order == X_Q4K;
+        const __m512i a0 = v[0], b0 = q ? v[2] : v[1], a1 = q ? v[1] : v[2], b1 = v[3];
+        _mm512_store_si512(out + 0, _mm512_permutex2var_epi16(a0, pa, b0));
+        _mm512_store_si512(out + 1, _mm512_permutex2var_epi16(a0, pb, b0));
+        _mm512_store_si512(out + 2, _mm512_permutex2var_epi16(a1, pa, b1));
+        _mm512_store_si512(out + 3, _mm512_permutex2var_epi16(a1, pb, b1));
+        if (q)
+            for (int k = 0; k < 4; k++)
+                xs[c / 32 + k] = bf16_sum32(v[k]);
+    }
+}
+
+/* 64 FP8 codes -> A, B (see above); tl/th hold the 128-entry tables. */
+SINL void fp8_ab(__m512i codes, const __m512i tl[2], const __m512i th[2], __m512i *a, __m512i *b)
+{
+    const __m512i lo = _mm512_permutex2var_epi8(tl[0], codes, tl[1]);
+    __m512i hi = _mm512_permutex2var_epi8(th[0], codes, th[1]);
+    hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8((char)0x80), 0xf8);   /* hi | (codes & 0x80) */
+    *a = _mm512_unpacklo_epi8(lo, hi);
+    *b = _mm512_unpackhi_epi8(lo, hi);
+}
+
+/* 64 nibbles (bytes 0..15) -> A, B of their bf16 values. */
+SINL void nib_ab(__m512i nib, __m512i tl, __m512i th, __m512i *a, __m512i *b)
+{
+    const __m512i lo = _mm512_shuffle_epi8(tl, nib), hi = _mm512_shuffle_epi8(th, nib);
+    *a = _mm512_unpacklo_epi8(lo, hi);
+    *b = _mm512_unpackhi_epi8(lo, hi);
+}
+
+SINL __m512 dp2(__m512 acc, __m512i a, __m512i b, const uint16_t *x)
+{
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)_mm512_load_si512((const __m512i *)x));
+    return _mm512_dpbf16_ps(acc, (__m512bh)b, (__m512bh)_mm512_load_si512((const __m512i *)(x + 32)));
+}
+
+/* rows[i] . X[t] for i < RB, t < NT (constants after inlining) into
+ * out[i * NT + t]; xb: packed tokens, ldb words apart; pf: the rows to
+ * prefetch meanwhile (the next block's). */
+SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
+                   float *out)
+{
+    const int cols = m->cols, nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
+    const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[0]),
+                           _mm512_load_si512((const __m512i *)(e4m3_lut[0] + 64))};
+    const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[1]),
+                           _mm512_load_si512((const __m512i *)(e4m3_lut[1] + 64))};
+    const uint8_t *w[4], *p[4];
+    const float *s[4];
+    __m512 tot[4][SMALL_NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        w[i] = row_ptr(m, row[i]);
+        p[i] = row_ptr(m, pf[i]);
+        s[i] = m->scale + (size_t)(row[i] / DS_QBLOCK) * nsb;
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_setzero_ps();
+    }
+    for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
+        __m512 tmp[4][SMALL_NT];
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                tmp[i][t] = _mm512_setzero_ps();
+        const int end = cols - c0 < DS_QBLOCK ? cols : c0 + DS_QBLOCK;
+        for (int c = c0; c < end; c += 64) {
+            /* the mask is computed only for a row's last, partial step */
+            const __mmask64 k = end - c >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (end - c)) - 1;
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) {
+                __builtin_prefetch(p[i] + c, 0, 3);
+                __m512i a, b;
+                const __m512i q = end - c >= 64 ? _mm512_loadu_si512((const void *)(w[i] + c))
+                                                : _mm512_maskz_loadu_epi8(k, w[i] + c);
+                fp8_ab(q, tl, th, &a, &b);
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; t++)
+                    tmp[i][t] = dp2(tmp[i][t], a, b, xb + (size_t)t * ldb + c);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            const __m512 sc = _mm512_set1_ps(s[i][c0 / DS_QBLOCK]);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                tot[i][t] = _mm512_fmadd_ps(tmp[i][t], sc, tot[i][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
+}
+
+SINL void small_bf16w(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
+                     float *out)
+{
+    const int cols = m->cols;
+    const uint16_t *w[4];
+    const uint8_t *p[4];
+    __m512 tot[4][SMALL_NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        w[i] = (const uint16_t *)row_ptr(m, row[i]);
+        p[i] = row_ptr(m, pf[i]);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < cols; c += 32) {
+        const __mmask32 k = cols - c >= 32 ? ~(__mmask32)0 : ((__mmask32)1 << (cols - c)) - 1;
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            __builtin_prefetch(p[i] + 2 * (size_t)c, 0, 3);
+            const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(k, w[i] + c);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                tot[i][t] = _mm512_dpbf16_ps(tot[i][t], a,
+                                             (__m512bh)_mm512_load_si512((const __m512i *)(xb + (size_t)t * ldb + c)));
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
+}
+
+/* A Q4_K block's multipliers: a[j] = d * sc_j and b[j] = dmin * m_j for
+ * its 8 sub-blocks (the 6-bit fields of quant.h's packing, unpacked four
+ * at a time). */
+SINL void q4k_mults(const uint8_t *blk, __m256 *a, __m256 *b)
+{
+    uint32_t u[3];
+    memcpy(u, blk + DS_Q4_K_OFF_SCALES, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)sc_hi << 32) | sc_lo))));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)mn_hi << 32) | mn_lo))));
+    uint32_t dd;
+    memcpy(&dd, blk, 4);
+    const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));     /* d, dmin */
+    *a = _mm256_mul_ps(sc, _mm256_broadcastss_ps(d2));
+    *b = _mm256_mul_ps(mn, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), _mm256_set1_epi32(1)));
+}
+
+SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
+                   const float *xs, int lds, float *out)
+{
+    const int nblk = m->cols / DS_Q4_K_BLOCK;
+    static const uint8_t nib_lut[2][16] __attribute__((aligned(16))) = {
+        {0x00, 0x80, 0x00, 0x40, 0x80, 0xa0, 0xc0, 0xe0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70},
+        {0x00, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41}};
+    const __m512i tl = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[0]));
+    const __m512i th = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[1]));
+    const __m512i low4 = _mm512_set1_epi8(15);
+    /* sub-blocks of the lanes 0-7 | 8-15 of the low and high nibble dots, per half block */
+    const __m512i sel[2][2] = {{_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                                _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3)},
+                               {_mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6),
+                                _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7)}};
+    const uint8_t *w[4], *p[4];
+    __m512 tot[4][SMALL_NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        w[i] = row_ptr(m, row[i]);
+        p[i] = row_ptr(m, pf[i]);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_setzero_ps();
+    }
+    for (int bi = 0; bi < nblk; bi++) {
+        const size_t bo = (size_t)bi * DS_Q4_K_BYTES;
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            __builtin_prefetch(p[i] + bo, 0, 3);
+            __builtin_prefetch(p[i] + bo + 64, 0, 3);
+            __builtin_prefetch(p[i] + bo + 128, 0, 3);
+            __m256 a8, b8;
+            q4k_mults(w[i] + bo, &a8, &b8);
+            const __m512 a16 = _mm512_castps256_ps512(a8);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m512i q = _mm512_loadu_si512((const void *)(w[i] + bo + DS_Q4_K_OFF_QS + 64 * h));
+                __m512i la, lb, ha, hb;
+                nib_ab(_mm512_and_si512(q, low4), tl, th, &la, &lb);
+                nib_ab(_mm512_and_si512(_mm512_srli_epi16(q, 4), low4), tl, th, &ha, &hb);
+                const __m512 sl = _mm512_permutexvar_ps(sel[h][0], a16), sh = _mm512_permutexvar_ps(sel[h][1], a16);
+                const size_t xo = (size_t)bi * DS_Q4_K_BLOCK + 128 * h;
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; t++) {
+                    const uint16_t *x = xb + (size_t)t * ldb + xo;
+                    tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), la, lb, x), sl, tot[i][t]);
+                    tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), ha, hb, x + 64), sh, tot[i][t]);
+                }
+            }
+            /* minus dmin * m_j * sum(x over sub-block j), in lanes 0-7 */
+            const __m512 b16 = _mm512_zextps256_ps512(b8);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                const __m512 sx = _mm512_zextps256_ps512(_mm256_loadu_ps(xs + (size_t)t * lds + 8 * bi));
+                tot[i][t] = _mm512_fnmadd_ps(b16, sx, tot[i][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
+}
+
+/* One tile: RB rows from r (nr of them real; the rest repeat row r and are
+ * not stored) against NT tokens, the next RB rows prefetched. */
+SINL void small_tile(const ds_mat *m, int r, int nr, int RB, int NT, const uint16_t *xb, int ldb, const float *xs,
+                    int lds, float *Y, int ldy)
+{
+    int row[4], pf[4];
+    float out[4 * SMALL_NT];
+    for (int i = 0; i < RB; i++) {
+        row[i] = i < nr ? r + i : r;
+        pf[i] = r + RB + i < m->rows ? r + RB + i : m->rows - 1;
+    }
+    switch (m->dtype) {
+    case DS_DT_F8_E4M3: small_fp8(m, row, pf, RB, NT, xb, ldb, out); break;
+    case DS_DT_BF16: small_bf16w(m, row, pf, RB, NT, xb, ldb, out); break;
+    default: small_q4k(m, row, pf, RB, NT, xb, ldb, xs, lds, out); break;
+    }
+    for (int t = 0; t < NT; t++)
+        for (int i = 0; i < nr; i++)
+            Y[(size_t)t * ldy + i] = out[i * NT + t];
+}
+
+/* Rows per tile for nt tokens: the accumulators (and FP8's block sums)
+ * stay in registers. */
+static int small_rb(int nt) { return nt <= 2 ? 4 : nt <= 4 ? 2 : 1; }
+
+#define SMALL_CASE(N) \
+    case N: small_tile(m, r, nr, small_rb(N), N, xb, ldb, xs, lds, Y, ldy); break;
+
+SNOINL void small_block(const ds_mat *m, int r, int nr, int nt, const uint16_t *xb, int ldb, const float *xs, int lds,
+                       float *Y, int ldy)
+{
+    switch (nt) {
+        SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
+        SMALL_CASE(5) SMALL_CASE(6) SMALL_CASE(7)
+    default: small_tile(m, r, nr, 1, SMALL_NT, xb, ldb, xs, lds, Y, ldy); break;
+    }
+}
+
+int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const ds_dtype dt = m->dtype;
+    if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q4_K)
+        return 0;
+    if (!ds_cpu_get_features()->avx512_vbmi || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK))
+        return 0;
+    pthread_once(&lut_once, lut_make);
+    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP, lds = ldb / 32;
+    const int order = dt == DS_DT_BF16 ? X_NATURAL : dt == DS_DT_F8_E4M3 ? X_PAIRS64 : X_Q4K;
+    const size_t xb_b = up64(sizeof(uint16_t) * (size_t)n * ldb);
+    uint8_t *buf = scratch_get(xb_b + sizeof(float) * (size_t)n * lds);
+    if (!buf)
+        return 0;
+    uint16_t *xb = (uint16_t *)buf;
+    float *xs = (float *)(buf + xb_b);
+    for (int t = 0; t < n; t++)
+        pack_x_small(X + (size_t)t * ldx, cols, order, ldb, xb + (size_t)t * ldb, xs + (size_t)t * lds);
+    const int rb = small_rb(n < SMALL_NT ? n : SMALL_NT), nblk = (nrows + rb - 1) / rb;
+#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * cols))
+    for (int b = 0; b < nblk; b++) {
+        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
+        for (int t0 = 0; t0 < n; t0 += SMALL_NT) {
+            const int nt = n - t0 < SMALL_NT ? n - t0 : SMALL_NT;
+            small_block(m, r0 + i, nr, nt, xb + (size_t)t0 * ldb, ldb, xs + (size_t)t0 * lds, lds,
+                        Y + (size_t)t0 * ldy + i, ldy);
+        }
+    }
+    return 1;
+}
 #endif /* x86 */

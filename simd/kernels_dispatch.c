@@ -129,11 +129,11 @@ int ds_gemm_bf16_native(void)
 }
 
 /* X rounded to bf16 (nearest even), then the exact kernels: the same
- * products as the vdpbf16ps kernel (a bf16 activation times an exact weight
- * code is exact in f32), summed in another order.  Decode-sized products
- * and CPUs without AVX512_BF16 take this path, so a token's result does not
- * depend on how many tokens share its step or on the CPU beyond f32
- * summation order. */
+ * products as the vdpbf16ps kernels (a bf16 activation times an exact weight
+ * code is exact in f32), summed in another order.  Q8_0 products of fewer
+ * than DS_GEMM_BF16_MIN_N tokens and CPUs without AVX512_BF16 take this
+ * path, so a token's result does not depend on how many tokens share its
+ * step or on the CPU beyond f32 summation order. */
 static void gemm_rounded(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const int cols = m->cols;
@@ -155,6 +155,25 @@ static void gemm_rounded(const ds_mat *m, int r0, int nrows, const float *X, int
     free(xr);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+/* Bandwidth-bound: a replicated matrix is split here by rows, each thread
+ * reading its own node's copy (as ds_gemv). */
+static int gemm_bf16_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    if (!split_here(m, (long)nrows * m->cols * n))
+        return ds_gemm_bf16_small_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy);
+    int ok = 1;
+#pragma omp parallel reduction(& : ok)
+    {
+        int lo, hi;
+        thread_rows(nrows, &lo, &hi);
+        if (hi > lo)
+            ok = ds_gemm_bf16_small_avx512(local_copy(m), r0 + lo, hi - lo, X, ldx, n, Y + lo, ldy);
+    }
+    return ok;
+}
+#endif
+
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     if (!ds_gemm_bf16_rounds(m->dtype)) {
@@ -162,10 +181,13 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
         return;
     }
 #if defined(__x86_64__) || defined(__i386__)
-    /* compute-bound: the calling thread's copy serves the whole team */
-    if (n >= DS_GEMM_BF16_MIN_N && ds_gemm_bf16_native() &&
-        ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
-        return;
+    if (ds_gemm_bf16_native()) {
+        /* compute-bound: the calling thread's copy serves the whole team */
+        if (n >= DS_GEMM_BF16_MIN_N && ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
+            return;
+        if (n < DS_GEMM_BF16_MIN_N && gemm_bf16_small(m, r0, nrows, X, ldx, n, Y, ldy))
+            return;
+    }
 #endif
     gemm_rounded(m, r0, nrows, X, ldx, n, Y, ldy);
 }

@@ -61,6 +61,11 @@ extern const ds_kernels ds_kernels_neon;
  * AVX512_BF16; returns 0 (nothing written) for a dtype it does not take or
  * when its scratch cannot be allocated. */
 int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+/* The same products for n < DS_GEMM_BF16_MIN_N tokens (decode, batched
+ * decode): weights stream once, converted in registers, no panel.  BF16,
+ * FP8 and Q4_K; returns 0 (nothing written) for other dtypes. */
+int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
+                              int ldy);
 #endif
 
 /* The table of level isa, or NULL when this build or this CPU lacks it. */

@@ -164,10 +164,12 @@ typedef enum ds_kv_type {
  * FP8, BF16, Q8_0 or Q4_K weights (attention projections, the dense MLP and
  * shared expert, routed experts, lm_head), decode included, and sums in f32;
  * weights stay exact (their codes are exact in bf16, block scales applied
- * in f32).  Products of at least DS_BF16_MIN_TOKENS rows run on AVX512_BF16
- * instructions where the CPU has them (ds_precision_bf16_native), about
- * twice as fast as f32; smaller ones, and every product on other CPUs, round
- * the activations and use the f32 kernels: the same products, so results
+ * in f32).  Where the CPU has AVX512_BF16 (ds_precision_bf16_native) the
+ * products run on its instructions: from DS_BF16_MIN_TOKENS rows about
+ * twice as fast as f32, and below it (decode) for BF16, FP8 and Q4_K
+ * weights through a streaming kernel (with AVX512_VBMI too).  The others,
+ * and every product on other CPUs, round the activations and use the f32
+ * kernels: the same products, so results
  * depend on how tokens are grouped into steps only through f32 summation
  * order, as with f32.  The MoE router, the DSA indexer and attention itself
  * stay exact. */

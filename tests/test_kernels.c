@@ -577,7 +577,9 @@ int main(int argc, char **argv)
     const int before = failures;
     check_gemm_bf16();
     check_bf16_rounding();
-    printf("\ngemm_bf16 (%s): %s\n", ds_gemm_bf16_native() ? "avx512_bf16 kernel from 16 tokens, rounded copy below" : "rounded copy and f32 kernels",
+    printf("\ngemm_bf16 (%s): %s\n", !ds_gemm_bf16_native()                   ? "rounded copy and f32 kernels"
+           : ds_cpu_get_features()->avx512_vbmi ? "avx512_bf16 panel kernel from 16 tokens, streaming kernel below"
+                                                : "avx512_bf16 panel kernel from 16 tokens, rounded copy below",
            failures == before ? "ok" : "FAIL");
     printf("%ld checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
