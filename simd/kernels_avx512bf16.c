@@ -38,7 +38,7 @@
 #include "kernels_isa.h"
 #include "quant.h"
 
-#define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma")))
 #define INL static inline __attribute__((always_inline)) TBF
 #define NOINL static __attribute__((noinline)) TBF
 
@@ -61,6 +61,14 @@ INL __m512 e4m3x16(__m128i b)
 }
 
 INL __m512 i8x16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+
+/* The f16 at p, exactly, through F16C. */
+INL float f16c_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
 
 INL const uint8_t *row_ptr(const ds_mat *m, int r)
 {
@@ -134,13 +142,40 @@ INL void pack_rows(const ds_mat *m, ds_dtype dt, const uint8_t *const rows[16], 
 {
     const __m512 k16 = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     const __m512i q4tbl = to_bf16x32(k16, k16);
+    const size_t rbytes = ds_dtype_row_bytes(dt, m->cols);
     for (int c0 = 0; c0 < 2 * kpp; c0 += CK) {   /* 2 * kpp is cols rounded up to CK: c0 < cols */
+        /* 16 interleaved row streams are more than the hardware prefetchers
+         * follow: fetch each row's line PF_AHEAD columns on */
+        enum { PF_AHEAD = 256 };
+        const size_t ahead = ds_dtype_row_bytes(dt, c0 + PF_AHEAD < m->cols ? c0 + PF_AHEAD : m->cols);
         __m512i v[16];
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
+        for (int i = 0; i < 16; i++) {
+            if (ahead < rbytes)
+                __builtin_prefetch(rows[i] + ahead, 0, 3);
             v[i] = row_chunk(m, dt, rows[i], c0, q4tbl);
+        }
         transpose16_store(v, wp + (size_t)(c0 / 2) * PR + 16 * h, PR);
     }
+}
+
+/* A Q4_K block's multipliers: a[j] = d * sc_j and b[j] = dmin * m_j for
+ * its 8 sub-blocks (the 6-bit fields of quant.h's packing, unpacked four
+ * at a time). */
+INL void q4k_mults(const uint8_t *blk, __m256 *a, __m256 *b)
+{
+    uint32_t u[3];
+    memcpy(u, blk + DS_Q4_K_OFF_SCALES, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)sc_hi << 32) | sc_lo))));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)mn_hi << 32) | mn_lo))));
+    uint32_t dd;
+    memcpy(&dd, blk, 4);
+    const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));     /* d, dmin */
+    *a = _mm256_mul_ps(sc, _mm256_broadcastss_ps(d2));
+    *b = _mm256_mul_ps(mn, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), _mm256_set1_epi32(1)));
 }
 
 /* Columns per scale block of a dtype (0: unscaled). */
@@ -184,21 +219,26 @@ NOINL void pack_panel(const ds_mat *m, int r, int nr, int kpp, uint32_t *wp, flo
             continue;
         }
         const uint8_t *row = row_ptr(m, r + i);
-        for (int b = 0; b < nb; b++) {
-            float a = 0.0f, mn = 0.0f;
-            if (dt == DS_DT_F8_E4M3) {
-                a = m->scale[(size_t)((r + i) / DS_QBLOCK) * sc + b] * 256.0f;
-            } else if (dt == DS_DT_Q8_0) {
-                a = ds_load_f16(row + (size_t)b * DS_Q8_0_BYTES);
-            } else {
-                const uint8_t *blk = row + (size_t)(b / 8) * DS_Q4_K_BYTES;
-                int s, mm;
-                ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, b % 8, &s, &mm);
-                a = ds_load_f16(blk) * (float)s;
-                mn = ds_load_f16(blk + 2) * (float)mm;
+        if (dt == DS_DT_F8_E4M3) {
+            const float *s = m->scale + (size_t)((r + i) / DS_QBLOCK) * sc;
+            for (int b = 0; b < nb; b++)
+                ps[(size_t)b * PR + i] = s[b] * 256.0f;
+        } else if (dt == DS_DT_Q8_0) {
+            for (int b = 0; b < nb; b++)
+                ps[(size_t)b * PR + i] = f16c_at(row + (size_t)b * DS_Q8_0_BYTES);
+        } else {
+            /* a whole super-block's 8 multiplier pairs at once */
+            for (int b = 0; b < nb; b += 8) {
+                float a[8], mn[8];
+                __m256 va, vm;
+                q4k_mults(row + (size_t)(b / 8) * DS_Q4_K_BYTES, &va, &vm);
+                _mm256_storeu_ps(a, va);
+                _mm256_storeu_ps(mn, vm);
+                for (int j = 0; j < 8 && b + j < nb; j++) {
+                    ps[(size_t)(b + j) * PR + i] = a[j];
+                    pm[(size_t)(b + j) * PR + i] = mn[j];
+                }
             }
-            ps[(size_t)b * PR + i] = a;
-            pm[(size_t)b * PR + i] = mn;
         }
     }
 }
@@ -603,25 +643,6 @@ SINL void small_bf16w(const ds_mat *m, const int row[], const int pf[], int RB, 
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++)
             out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
-}
-
-/* A Q4_K block's multipliers: a[j] = d * sc_j and b[j] = dmin * m_j for
- * its 8 sub-blocks (the 6-bit fields of quant.h's packing, unpacked four
- * at a time). */
-SINL void q4k_mults(const uint8_t *blk, __m256 *a, __m256 *b)
-{
-    uint32_t u[3];
-    memcpy(u, blk + DS_Q4_K_OFF_SCALES, 12);
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)sc_hi << 32) | sc_lo))));
-    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(((uint64_t)mn_hi << 32) | mn_lo))));
-    uint32_t dd;
-    memcpy(&dd, blk, 4);
-    const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));     /* d, dmin */
-    *a = _mm256_mul_ps(sc, _mm256_broadcastss_ps(d2));
-    *b = _mm256_mul_ps(mn, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), _mm256_set1_epi32(1)));
 }
 
 SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
