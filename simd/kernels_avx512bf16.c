@@ -376,19 +376,20 @@ static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
 static void scratch_key_make(void) { pthread_key_create(&scratch_key, free); }
 
+static size_t up64(size_t b) { return (b + 63) & ~(size_t)63; }
+
 static void *scratch_get(size_t bytes)
 {
     if (bytes <= scratch_bytes)
         return scratch;
     pthread_once(&scratch_once, scratch_key_make);
     free(scratch);
+    bytes = up64(bytes);     /* aligned_alloc wants a multiple of the alignment */
     scratch = aligned_alloc(64, bytes);
     scratch_bytes = scratch ? bytes : 0;
     pthread_setspecific(scratch_key, scratch);
     return scratch;
 }
-
-static size_t up64(size_t b) { return (b + 63) & ~(size_t)63; }
 
 int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
