@@ -25,6 +25,10 @@ void *ds_alloc_aligned(size_t bytes, ds_error *err);
  * overrides. */
 uint64_t ds_mem_available(void);
 
+/* Tests only: 1 makes the sampler sort every token for top-k / top-p, the
+ * plain form its candidate histogram must match token for token. */
+void ds_sampler_set_full_sort(ds_sampler *s, int on);
+
 /* Benchmarks only (dsinfer-bench --depth-fill synthetic): fills the KV and
  * indexer caches of positions [0, n) with seeded random entries in the layout
  * prefill writes (latent, rotated rope key and e4m3 index key with its

@@ -1,6 +1,11 @@
 /* sampler.c — next-token choice from logits: greedy argmax (ties -> lower
  * id), or temperature sampling with optional top-k and top-p (nucleus),
- * seeded with a xoshiro256** generator so runs are reproducible. */
+ * seeded with a xoshiro256** generator so runs are reproducible.
+ *
+ * Top-k / top-p need the tokens in decreasing probability, but only as far
+ * as the cut: a histogram of the probabilities by binary exponent finds the
+ * buckets the cut can reach, and only their tokens are sorted (a few
+ * hundred of a 129K vocabulary, instead of all of them every token). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdlib.h>
@@ -12,7 +17,14 @@ struct ds_sampler {
     float *prob;
     int *idx;
     int cap;
+    int full_sort;      /* tests: sort every token, as without the histogram */
 };
+
+void ds_sampler_set_full_sort(ds_sampler *s, int on)
+{
+    if (s)
+        s->full_sort = on;
+}
 
 void ds_sampler_params_init(ds_sampler_params *p)
 {
@@ -81,6 +93,16 @@ static int argmax(const float *v, int n)
     return b;
 }
 
+/* 0 for 1, 1 for [1/2, 1), 2 for [1/4, 1/2), ..., 63 for the smallest
+ * and 0: a larger bucket holds only smaller probabilities. */
+static inline int prob_bucket(float p)
+{
+    if (!(p > 0.0f))
+        return 63;
+    const int e = -ilogbf(p);
+    return e < 0 ? 0 : e > 63 ? 63 : e;
+}
+
 static int by_prob_desc(const void *a, const void *b, void *keys)
 {
     const float *sort_keys = keys;
@@ -88,6 +110,36 @@ static int by_prob_desc(const void *a, const void *b, void *keys)
     if (sort_keys[x] != sort_keys[y])
         return sort_keys[x] < sort_keys[y] ? 1 : -1;
     return (x > y) - (x < y);
+}
+
+/* Puts into idx the tokens that can come before the top-k / top-p cut (all
+ * tokens of the probability buckets, by binary exponent, down to where the
+ * cut is sure to fall, plus one bucket against rounding) and returns their
+ * count.  prob is in (0, 1] (relative to the largest) or 0; tot is their
+ * sum. */
+static int cut_candidates(const float *prob, int n, int top_k, float top_p, double tot, int *idx)
+{
+    enum { NB = 64 };
+    double mass[NB] = {0};
+    int cnt[NB] = {0};
+    for (int i = 0; i < n; i++)
+        mass[prob_bucket(prob[i])] += prob[i], cnt[prob_bucket(prob[i])]++;
+    int last = NB - 1;
+    double cm = 0.0;
+    long cc = 0;
+    for (int b = 0; b < NB; b++) {
+        cm += mass[b];
+        cc += cnt[b];
+        if ((top_k > 0 && cc >= top_k) || (top_k <= 0 && cm >= (double)top_p * tot * (1.0 + 1e-9))) {
+            last = b + 1 < NB ? b + 1 : b;
+            break;
+        }
+    }
+    int nc = 0;
+    for (int i = 0; i < n; i++)
+        if (prob_bucket(prob[i]) <= last)
+            idx[nc++] = i;
+    return nc;
 }
 
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
@@ -116,19 +168,29 @@ int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
     }
     int m = n;
     if (s->p.top_k > 0 || s->p.top_p < 1.0f) {
-        qsort_r(s->idx, (size_t)n, sizeof(int), by_prob_desc, s->prob);
+        const int nc = s->full_sort ? n : cut_candidates(s->prob, n, s->p.top_k, s->p.top_p, sum, s->idx);
+        qsort_r(s->idx, (size_t)nc, sizeof(int), by_prob_desc, s->prob);
         if (s->p.top_k > 0 && s->p.top_k < m)
             m = s->p.top_k;
+        /* the top-p total: over the top k, or over all tokens (sum) */
         double cut = 0.0, tot = 0.0;
-        for (int i = 0; i < m; i++)
-            tot += s->prob[s->idx[i]];
-        for (int i = 0; i < m; i++) {
+        if (m < n)
+            for (int i = 0; i < m; i++)
+                tot += s->prob[s->idx[i]];
+        else
+            tot = sum;
+        const int lim = m < nc ? m : nc;
+        int found = 0;
+        for (int i = 0; i < lim; i++) {
             cut += s->prob[s->idx[i]];
             if (cut >= s->p.top_p * tot) {
                 m = i + 1;
+                found = 1;
                 break;
             }
         }
+        if (!found)
+            m = lim;    /* top-k cut, or every candidate (the sum's rounding) */
         sum = 0.0;
         for (int i = 0; i < m; i++)
             sum += s->prob[s->idx[i]];

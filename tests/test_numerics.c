@@ -2,7 +2,9 @@
  * forward pass against independent expectations: FP8 e4m3 codes and
  * rounding, the block quantiser (plain and ue8m0 scales), the FP8 latent
  * cache round trip, the Hadamard transform, YaRN frequencies and mscale,
- * noaux_tc routing on hand-made scores, and top-k selection. */
+ * noaux_tc routing on hand-made scores, top-k selection, and the sampler's
+ * top-k / top-p cut (hand-computed nuclei, and its candidate histogram
+ * against sorting every token). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -521,6 +523,87 @@ static void test_index_select(void)
     ds_model_free(m);
 }
 
+static double gauss(void)
+{
+    const double u = (rand() + 1.0) / (RAND_MAX + 2.0), v = (rand() + 1.0) / (RAND_MAX + 2.0);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Nuclei by hand: probabilities 1:2:4:8 (tot 15).  top_p 0.5 keeps {3}
+ * (8/15 >= 0.5), top_p 0.75 keeps {3, 2} (12/15), top_k 1 keeps {3}; the
+ * kept tokens are drawn in proportion 2:1. */
+static void test_sampler_nucleus(void)
+{
+    const float logits[4] = {0.0f, logf(2.0f), logf(4.0f), logf(8.0f)};
+    static const struct { int top_k; float top_p; int want[4]; } cases[] = {
+        {0, 0.5f, {0, 0, 0, 1}}, {0, 0.75f, {0, 0, 1, 1}}, {1, 1.0f, {0, 0, 0, 1}}, {3, 1.0f, {0, 1, 1, 1}}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        ds_sampler_params p;
+        ds_sampler_params_init(&p);
+        p.temperature = 1.0f, p.top_k = cases[c].top_k, p.top_p = cases[c].top_p, p.seed = 99 + c;
+        ds_sampler *s = NULL;
+        CHECK(ds_sampler_create(&p, &s, NULL) == DS_OK, "sampler create");
+        if (!s)
+            continue;
+        int count[4] = {0};
+        enum { DRAWS = 6000 };
+        for (int i = 0; i < DRAWS; i++) {
+            const int32_t t = ds_sampler_sample(s, logits, 4);
+            CHECK(t >= 0 && t < 4 && cases[c].want[t], "case %zu: token %d outside the nucleus", c, (int)t);
+            if (t >= 0 && t < 4)
+                count[t]++;
+        }
+        if (cases[c].want[2] && !cases[c].want[1]) {   /* {3, 2}: 2/3 and 1/3 */
+            const double f = (double)count[3] / DRAWS;
+            CHECK(fabs(f - 2.0 / 3.0) < 0.03, "case %zu: token 3 drawn %.3f of the time, want 0.667", c, f);
+        }
+        ds_sampler_free(s);
+    }
+}
+
+/* The candidate histogram must pick exactly the token sorting every token
+ * picks, over vocabularies, temperatures, flat and peaked logits, ties,
+ * and top-k / top-p settings. */
+static void test_sampler_candidates(void)
+{
+    static const int vocab[] = {1, 7, 1000, 32000, 129280};
+    static const float temps[] = {0.3f, 0.7f, 1.5f};
+    static const struct { int top_k; float top_p; } cuts[] = {
+        {0, 0.9f}, {40, 1.0f}, {40, 0.5f}, {0, 0.05f}, {5, 0.999f}, {200000, 0.8f}, {0, 1.0f}};
+    float *logits = malloc(sizeof(float) * 129280);
+    int mismatches = 0, draws = 0;
+    for (size_t v = 0; v < sizeof vocab / sizeof *vocab; v++)
+        for (int shape = 0; shape < 4; shape++) {
+            const int n = vocab[v];
+            for (int i = 0; i < n; i++) {
+                const double g = gauss();
+                logits[i] = shape == 0 ? (float)g : shape == 1 ? (float)(5.0 * g)
+                            : shape == 2 ? (float)(0.01 * g) : (float)(int)(3.0 * g);   /* 3: many ties */
+            }
+            for (size_t ti = 0; ti < sizeof temps / sizeof *temps; ti++)
+                for (size_t ci = 0; ci < sizeof cuts / sizeof *cuts; ci++) {
+                    ds_sampler_params p;
+                    ds_sampler_params_init(&p);
+                    p.temperature = temps[ti], p.top_k = cuts[ci].top_k, p.top_p = cuts[ci].top_p;
+                    p.seed = 7 + v * 100 + ti * 10 + ci;
+                    ds_sampler *fast = NULL, *full = NULL;
+                    ds_sampler_create(&p, &fast, NULL);
+                    ds_sampler_create(&p, &full, NULL);
+                    ds_sampler_set_full_sort(full, 1);
+                    for (int d = 0; fast && full && d < (n > 10000 ? 2 : 8); d++, draws++) {
+                        const int32_t a = ds_sampler_sample(fast, logits, n), b = ds_sampler_sample(full, logits, n);
+                        if (a != b && mismatches++ < 5)
+                            CHECK(0, "n=%d shape %d T=%.1f top_k %d top_p %.3f: %d vs sorting everything %d", n,
+                                  shape, temps[ti], p.top_k, p.top_p, (int)a, (int)b);
+                    }
+                    ds_sampler_free(fast);
+                    ds_sampler_free(full);
+                }
+        }
+    CHECK(mismatches == 0, "sampler: %d of %d draws differ from sorting every token", mismatches, draws);
+    free(logits);
+}
+
 int main(void)
 {
     srand(1234);
@@ -535,6 +618,8 @@ int main(void)
     test_latent_cache();
     test_fill_synthetic();
     test_index_select();
+    test_sampler_nucleus();
+    test_sampler_candidates();
     if (failures)
         printf("%d checks failed\n", failures);
     else
