@@ -98,4 +98,14 @@ void ds_index_scores(const double *qt, int nh, int dim, const float *w, const do
 void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
                          int n, float *score);
 
+/* The indexer score in f32, with a bound on its distance from the exact
+ * one, for the decode step's selection (src/indexer.c recomputes exactly
+ * the keys whose bounds straddle the top-k threshold).  qt as above but in
+ * float (the FP8 values are exact there); for j < n:
+ *   |score[j] - ds_index_scores_fp8's score[j]| <= bound[j]
+ * whatever the summation order.  Returns 0 (nothing written) when the
+ * kernel level has no fast form: then the exact scorer is the fast one. */
+int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                               int n, float *score, float *bound);
+
 #endif

@@ -769,6 +769,69 @@ NOINL void avx512_index_scores(const double *qt, int nh, int dim, const float *w
     }
 }
 
+/* ---- the approximate (f32) indexer score of the decode step ------------ */
+
+/* Key row k (dim codes) as floats 2^-8 times their values, NaN codes as 0,
+ * into out; returns sum |value| (also 2^-8 scaled). */
+INL float key_row_f32(const uint8_t *k, int dim, float *out)
+{
+    __m512 l1 = _mm512_setzero_ps();
+    for (int d = 0; d < dim; d += VW) {
+        const __mmask16 m = tail_mask(dim - d);
+        const __m128i b = _mm_maskz_loadu_epi8(m, k + d);
+        const __mmask16 nan = _mm_cmpeq_epi8_mask(_mm_and_si128(b, _mm_set1_epi8(0x7f)), _mm_set1_epi8(0x7f));
+        const __m512 v = _mm512_maskz_mov_ps((__mmask16)(m & ~nan), e4m3x16(b));
+        _mm512_store_ps(out + d, v);
+        l1 = _mm512_add_ps(l1, _mm512_abs_ps(v));
+    }
+    return _mm512_reduce_add_ps(l1);
+}
+
+/* 8 keys at a time (rows past n are zeros), 16 heads per vector: one FMA
+ * per key, dimension and head group against a broadcast key value. */
+NOINL void avx512_index_scores_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                      const float *ks, int n, float *score, float *bound)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    const float c = ds_index_bound_c(qt, nh, dim, w);
+    const int dp = (dim + VW - 1) / VW * VW;
+    float kf[8 * DS_INDEX_MAXDIM] __attribute__((aligned(64)));
+    for (int j = 0; j < n; j += 8) {
+        const int kn = n - j < 8 ? n - j : 8;
+        float l1[8] = {0}, s[8] = {0}, sabs[8] = {0};
+        for (int i = 0; i < 8; i++) {
+            if (i < kn)
+                l1[i] = key_row_f32(k8 + (size_t)(j + i) * dim, dim, kf + (size_t)i * dp);
+            else
+                memset(kf + (size_t)i * dp, 0, sizeof(float) * (size_t)dp);
+        }
+        for (int h0 = 0; h0 < nh; h0 += 16) {
+            __m512 acc[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++)
+                acc[i] = _mm512_setzero_ps();
+            for (int d = 0; d < dim; d++) {
+                const __m512 q = _mm512_loadu_ps(qt + (size_t)d * hs + h0);
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    acc[i] = _mm512_fmadd_ps(q, _mm512_set1_ps(kf[(size_t)i * dp + d]), acc[i]);
+            }
+            const __m512 wv = _mm512_maskz_loadu_ps(tail_mask(nh - h0), w + h0);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m512 p = _mm512_mul_ps(acc[i], wv);
+                s[i] += _mm512_reduce_add_ps(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[i], _mm512_setzero_ps(), _CMP_GT_OQ), p));
+                sabs[i] += _mm512_reduce_add_ps(_mm512_abs_ps(p));
+            }
+        }
+        for (int i = 0; i < kn; i++) {
+            const float sc = s[i] * 256.0f * ks[j + i];
+            score[j + i] = sc;
+            bound[j + i] = ds_index_bound(l1[i] * 256.0f * 1.0001f, c, sabs[i] * 256.0f, sc, ks[j + i], nh, dim);
+        }
+    }
+}
+
 const ds_kernels ds_kernels_avx512 = {
     .name = "avx512",
     .mat_row = avx512_mat_row,
@@ -780,6 +843,7 @@ const ds_kernels ds_kernels_avx512 = {
     .e4m3_to_f64 = avx512_e4m3_to_f64,
     .index_scores = avx512_index_scores,
     .index_scores_fp8 = avx512_index_scores_fp8,
+    .index_scores_approx = avx512_index_scores_approx,
 };
 
 #endif /* x86 */

@@ -209,3 +209,13 @@ void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, cons
 {
     ds_kernels_active()->index_scores_fp8(qt, nh, dim, w, k8, ks, n, score);
 }
+
+int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                               int n, float *score, float *bound)
+{
+    const ds_kernels *k = ds_kernels_active();
+    if (!k->index_scores_approx)
+        return 0;
+    k->index_scores_approx(qt, nh, dim, w, k8, ks, n, score, bound);
+    return 1;
+}

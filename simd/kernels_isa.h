@@ -22,12 +22,27 @@ typedef struct ds_kernels {
                          int n, float *score);
     void (*index_scores_fp8)(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
                              const float *ks, int n, float *score);
+    /* NULL where the level has no fast form (see ds_index_scores_fp8_approx) */
+    void (*index_scores_approx)(const float *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                const float *ks, int n, float *score, float *bound);
 } ds_kernels;
 
 /* The scalar forms, shared by tables without a SIMD one (neon). */
 void ds_e4m3_to_f64_scalar(const uint8_t *q, size_t n, double *out);
 void ds_index_scores_scalar(const double *qt, int nh, int dim, const float *w, const double *kd,
                             const float *ks, int n, float *score);
+
+/* The error bound of an approximate indexer score (see kernels_scalar.c):
+ * l1 = sum |k|, c = sum_h |w_h| max_d |q_hd|, sabs = sum_h |w_h| |d_h|,
+ * s = the approximate score, ks the key's scale. */
+static inline float ds_index_bound(float l1, float c, float sabs, float s, float ks, int nh, int dim)
+{
+    const float u = 0x1p-24f;
+    return (2.0f * (float)(dim + 2) * u * l1 * c + (float)(2 * nh + 8) * u * sabs) * 1.01f * ks +
+           2.0f * u * (s < 0 ? -s : s) + 1e-37f;
+}
+/* c of ds_index_bound for a query qt (transposed, f32). */
+float ds_index_bound_c(const float *qt, int nh, int dim, const float *w);
 
 /* index_scores_fp8 as decode (e4m3_to_f64) then index_scores of table k,
  * 32 keys at a time: the form of tables without a fused one. */

@@ -293,6 +293,49 @@ void ds_index_scores_fp8_with(const ds_kernels *k, const double *qt, int nh, int
     }
 }
 
+float ds_index_bound_c(const float *qt, int nh, int dim, const float *w)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    double c = 0.0;
+    for (int h = 0; h < nh; h++) {
+        float mq = 0.0f;
+        for (int d = 0; d < dim; d++)
+            mq = fmaxf(mq, fabsf(qt[(size_t)d * hs + h]));
+        c += (double)fabsf(w[h]) * mq;
+    }
+    return (float)c * 1.0001f;
+}
+
+/* The approximate score and its bound.  The bound covers: the f32 dot of
+ * dim products against the exact one (at most (dim + 2) u sum_d |q k| <=
+ * (dim + 2) u max_d |q_hd| sum_d |k_d| per head, ReLU being 1-Lipschitz,
+ * weighted by |w_h|), the exact score's own rounding of each d and of its
+ * ordered head sum, and this sum's (each at most (nh + 2) u sum_h |w d|),
+ * and the product by ks; ds_index_bound doubles the lot. */
+static void scalar_index_scores_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8,
+                                       const float *ks, int n, float *score, float *bound)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    const float c = ds_index_bound_c(qt, nh, dim, w);
+    for (int j = 0; j < n; j++) {
+        const uint8_t *k = k8 + (size_t)j * dim;
+        float l1 = 0.0f, s = 0.0f, sabs = 0.0f;
+        for (int d = 0; d < dim; d++)
+            l1 += (k[d] & 0x7f) == 0x7f ? 0.0f : fabsf(ds_e4m3_to_f32(k[d]));
+        for (int h = 0; h < nh; h++) {
+            float acc = 0.0f;
+            for (int d = 0; d < dim; d++)
+                if ((k[d] & 0x7f) != 0x7f)
+                    acc += qt[(size_t)d * hs + h] * ds_e4m3_to_f32(k[d]);
+            if (acc > 0.0f)
+                s += w[h] * acc;
+            sabs += fabsf(w[h] * acc);
+        }
+        score[j] = s * ks[j];
+        bound[j] = ds_index_bound(l1 * 1.0001f, c, sabs, score[j], ks[j], nh, dim);
+    }
+}
+
 static void scalar_index_scores_fp8(const double *qt, int nh, int dim, const float *w, const uint8_t *k8,
                                     const float *ks, int n, float *score)
 {
@@ -310,6 +353,7 @@ const ds_kernels ds_kernels_scalar = {
     .e4m3_to_f64 = ds_e4m3_to_f64_scalar,
     .index_scores = ds_index_scores_scalar,
     .index_scores_fp8 = scalar_index_scores_fp8,
+    .index_scores_approx = scalar_index_scores_approx,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)

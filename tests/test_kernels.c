@@ -456,6 +456,41 @@ static int64_t e4m3_int(uint8_t c)
     return (c & 0x7f) == 0x7f ? 0 : (int64_t)(ds_e4m3_table[c] * 512.0f);
 }
 
+/* The approximate score against the exact one (want, checked above): within
+ * its bound, and the bound tight enough to be of use, at most 1e-4 of
+ * ks * sum_h |w_h| max_d |q_hd| * sum_d |k_d| (computed here in double). */
+static void check_index_approx(const ds_kernels *k, const uint8_t *q8, const uint8_t *k8, const double *qt,
+                               const float *w, const float *ks, int nh, int dim, int n, int mode, const float *want)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    float *qf = calloc((size_t)dim * hs, sizeof(float)), *sc = malloc(sizeof(float) * n), *bd = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < (size_t)dim * hs; i++)
+        qf[i] = (float)qt[i];
+    k->index_scores_approx(qf, nh, dim, w, k8, ks, n, sc, bd);
+    double c = 0.0;
+    for (int h = 0; h < nh; h++) {
+        double mq = 0.0;
+        for (int d = 0; d < dim; d++)
+            mq = fmax(mq, fabs((double)e4m3_int(q8[h * dim + d]) / 512.0));
+        c += fabs((double)w[h]) * mq;
+    }
+    int bad = 0;
+    for (int j = 0; j < n; j++) {
+        double l1 = 0.0;
+        for (int d = 0; d < dim; d++)
+            l1 += fabs((double)e4m3_int(k8[(size_t)j * dim + d]) / 512.0);
+        const double err = fabs((double)sc[j] - want[j]), use = 1e-4 * (ks[j] * c * l1 + fabs(want[j])) + 1e-30;
+        checks += 2;
+        if (!(err <= bd[j]) && bad++ < 3)
+            FAIL("%s: approximate index score heads %d dim %d keys %d mode %d key %d: %.9g, exact %.9g, bound %.3g",
+                 k->name, nh, dim, n, mode, j, sc[j], want[j], bd[j]);
+        if (!(bd[j] <= use) && bad++ < 3)
+            FAIL("%s: approximate index score bound %.3g too loose (%.3g) heads %d dim %d mode %d", k->name, bd[j],
+                 use, nh, dim, mode);
+    }
+    free(qf), free(sc), free(bd);
+}
+
 static void check_index(const ds_kernels *k)
 {
     {
@@ -527,6 +562,8 @@ static void check_index(const ds_kernels *k)
                     FAIL("%s: index score from FP8 heads %d dim %d keys %d mode %d key %d: %.9g, want %.9g", k->name,
                          nh, dim, n, mode, j, got8[j], want);
             }
+            if (k->index_scores_approx && dim <= DS_INDEX_MAXDIM)
+                check_index_approx(k, q8, k8, qt, w, ks, nh, dim, n, mode, got);
             free(q8), free(k8), free(qt), free(kd), free(w), free(ks), free(got), free(got8);
         }
     }
