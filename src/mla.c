@@ -53,13 +53,75 @@ static void load_keys(const ds_context *c, int layer, const int32_t *sel, int k0
     }
 }
 
+/* latT[c * n + i] = lat[i * kvl + c]: a chunk's latents transposed, so the
+ * weighted sum over its keys is one product with the keys as the columns.
+ * In 16 x 16 tiles, so every cache line read or written is used whole;
+ * latent columns split across the threads. */
+#define TR_TILE 16
+
+static void transpose_latents(const float *lat, int n, int kvl, float *latT)
+{
+#pragma omp parallel for schedule(static) if (n >= 32)
+    for (int c0 = 0; c0 < kvl; c0 += TR_TILE) {
+        const int c1 = c0 + TR_TILE < kvl ? c0 + TR_TILE : kvl;
+        for (int i0 = 0; i0 < n; i0 += TR_TILE) {
+            const int i1 = i0 + TR_TILE < n ? i0 + TR_TILE : n;
+            for (int c = c0; c < c1; c++)
+                for (int i = i0; i < i1; i++)
+                    latT[(size_t)c * n + i] = lat[(size_t)i * kvl + c];
+        }
+    }
+}
+
+/* Scores of every head against the chunk of keys k0 .. k0 + n - 1 (latents
+ * in lat, rope keys in kr): two GEMMs with the keys as the matrix rows and
+ * the heads as the tokens; the latent part goes to p, the rope part to sr
+ * (both [nh][nk]). */
+static void chunk_scores(const float *qabs, const float *q, const mla_dims *d, const float *lat, const float *kr,
+                         int k0, int n, int nk, float *p, float *sr)
+{
+    const ds_mat lm = {DS_DT_F32, n, d->kvl, lat, NULL, NULL, 0}, rm = {DS_DT_F32, n, d->rope, kr, NULL, NULL, 0};
+    ds_gemm(&lm, 0, n, qabs, d->kvl, d->nh, p + k0, nk);
+    ds_gemm(&rm, 0, n, q + d->nope, d->qk, d->nh, sr + k0, nk);
+}
+
+/* p[h] = softmax((p[h] + sr[h]) * scale) for every head, heads split across
+ * the threads (one pass over each head's row after all chunks are scored). */
+static void scores_softmax(float *p, const float *sr, int nh, int nk, float scale)
+{
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < nh; h++) {
+        float *ph = p + (size_t)h * nk;
+        const float *rh = sr + (size_t)h * nk;
+        for (int i = 0; i < nk; i++)
+            ph[i] = (ph[i] + rh[i]) * scale;
+        ds_softmax(ph, nk);
+    }
+}
+
+/* olat[h] += sum_i p[h][k0 + i] * latent_i over the chunk's n keys, every
+ * head at once: one product with the transposed latents ([kvl][n]) as the
+ * matrix and the heads' probability rows as the tokens (the first chunk
+ * writes olat, later ones go through tmp and are added). */
+static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_dims *d, const float *latT,
+                               float *tmp, float *olat, int first)
+{
+    const ds_mat lt = {DS_DT_F32, d->kvl, n, latT, NULL, NULL, 0};
+    ds_gemm(&lt, 0, d->kvl, p + k0, nk, d->nh, first ? olat : tmp, d->kvl);
+    if (first)
+        return;
+    for (size_t i = 0; i < (size_t)d->nh * d->kvl; i++)
+        olat[i] += tmp[i];
+}
+
 /* Absorbed attention of one query over nk keys: q_nope is folded through
  * W_UK so scores are taken against the latent itself, and the weighted
  * latent sum is expanded through W_UV once per head.  Keys go in chunks:
  * scores for all heads are two GEMMs (latent and rope parts, keys as the
- * matrix rows, heads as the tokens), the weighted sums a GEMM-shaped pass
- * split by head; the work is spread over the threads, and memory stays
- * bounded for V3's dense attention over long contexts. */
+ * matrix rows, heads as the tokens), the weighted sums one GEMM per chunk
+ * (transposed latents as the matrix, heads as the tokens), so the work is
+ * spread over the threads in whole tiles; memory stays bounded for V3's
+ * dense attention over long contexts. */
 static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int pos, const int32_t *sel,
                                  int nk, float *o, ds_error *err)
 {
@@ -69,12 +131,14 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     const int ch = nk < KEY_CHUNK ? nk : KEY_CHUNK;
     float *qabs = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
     float *p = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
+    float *sr = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
     float *olat = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
+    float *tmp = nk > ch ? ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err) : NULL;
     float *lat = ds_calloc((size_t)ch * d.kvl, sizeof(float), err);
+    float *latT = ds_calloc((size_t)ch * d.kvl, sizeof(float), err);
     float *kr = ds_calloc((size_t)ch * d.rope, sizeof(float), err);
-    float *sr = ds_calloc((size_t)d.nh * ch, sizeof(float), err);
-    if (!qabs || !p || !olat || !lat || !kr || !sr) {
-        free(qabs), free(p), free(olat), free(lat), free(kr), free(sr);
+    if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || !latT || !kr) {
+        free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
         return DS_ERR_NOMEM;
     }
 #pragma omp parallel for schedule(static)
@@ -83,30 +147,21 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         load_keys(c, layer, sel, k0, n, &d, lat, kr);
-        const ds_mat lm = {DS_DT_F32, n, d.kvl, lat, NULL, NULL, 0}, rm = {DS_DT_F32, n, d.rope, kr, NULL, NULL, 0};
-        ds_gemm(&lm, 0, n, qabs, d.kvl, d.nh, p + k0, nk);
-        ds_gemm(&rm, 0, n, q + d.nope, d.qk, d.nh, sr, ch);
-        for (int h = 0; h < d.nh; h++)
-            for (int i = 0; i < n; i++)
-                p[(size_t)h * nk + k0 + i] = (p[(size_t)h * nk + k0 + i] + sr[(size_t)h * ch + i]) * m->attn_scale;
+        chunk_scores(qabs, q, &d, lat, kr, k0, n, nk, p, sr);
     }
-#pragma omp parallel for schedule(static)
-    for (int h = 0; h < d.nh; h++)
-        ds_softmax(p + (size_t)h * nk, nk);
+    scores_softmax(p, sr, d.nh, nk, m->attn_scale);
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         if (nk > ch)                      /* one chunk: its latents are still there */
             load_keys(c, layer, sel, k0, n, &d, lat, NULL);
-#pragma omp parallel for schedule(static)
-        for (int h = 0; h < d.nh; h++)
-            for (int i = 0; i < n; i++)
-                ds_axpy(p[(size_t)h * nk + k0 + i], lat + (size_t)i * d.kvl, olat + (size_t)h * d.kvl, d.kvl);
+        transpose_latents(lat, n, d.kvl, latT);
+        chunk_weighted_sum(p, nk, k0, n, &d, latT, tmp, olat, k0 == 0);
     }
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)
         ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
     report_rows(c, layer, pos, nk);
-    free(qabs), free(p), free(olat), free(lat), free(kr), free(sr);
+    free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
     return DS_OK;
 }
 
