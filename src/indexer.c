@@ -108,15 +108,10 @@ static inline uint32_t score_key(float f)
  * find the k-th largest key and how many of the keys equal to it belong to
  * the top k; one more ascending pass then emits the positions, the lowest
  * ones among ties — in ascending order, with no sort and no allocation. */
-int ds_topk_positions(const float *score, int n, int k, int32_t *out)
+/* The key of the k-th largest score (0 < k < n), and in *rank how many
+ * of the scores equal to it are among the k largest. */
+static uint32_t kth_key(const float *score, int n, int k, uint32_t *rank_out)
 {
-    if (k >= n) {
-        for (int i = 0; i < n; i++)
-            out[i] = i;
-        return n;
-    }
-    if (k <= 0)
-        return 0;
     static const int shift[3] = {20, 8, 0}, bits[3] = {12, 12, 8};
     uint32_t hist[1 << 12];
     uint32_t prefix = 0, mask = 0, rank = (uint32_t)k;   /* the rank-th largest among keys matching prefix */
@@ -134,6 +129,21 @@ int ds_topk_positions(const float *score, int n, int k, int32_t *out)
         prefix |= b << shift[l];
         mask |= (nb - 1) << shift[l];
     }
+    *rank_out = rank;
+    return prefix;
+}
+
+int ds_topk_positions(const float *score, int n, int k, int32_t *out)
+{
+    if (k >= n) {
+        for (int i = 0; i < n; i++)
+            out[i] = i;
+        return n;
+    }
+    if (k <= 0)
+        return 0;
+    uint32_t rank;
+    const uint32_t prefix = kth_key(score, n, k, &rank);
     /* prefix is the k-th largest key; rank of the keys equal to it are in */
     int m = 0;
     for (int i = 0; i < n; i++) {
@@ -325,6 +335,78 @@ out:
     return st;
 }
 
+/* The k-th largest score (0 < k < n). */
+static float kth_score(const float *score, int n, int k)
+{
+    uint32_t rank;
+    const uint32_t key = kth_key(score, n, k, &rank);
+    const uint32_t u = key & 0x80000000u ? key & 0x7fffffffu : ~key;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Decode selection from approximate scores (ds_index_scores_fp8_approx:
+ * f32, twice the lanes of the exact f64 scorer) that gives the exact
+ * scorer's selection: with tau~ the k-th largest approximate score and B
+ * the largest bound, at least k keys score exactly >= tau~ - B, and every
+ * key that can is within 2B of tau~ approximately; those are rescored
+ * exactly, and all others stay strictly below the exact k-th score, so the
+ * top k of the mixed scores is the exact top k, ties included.  Returns 0
+ * when the kernel level has no fast approximate scorer or when too many
+ * keys are that close (then the caller scores exactly). */
+static int select_approx(ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys, int32_t *sel,
+                         int *nsel, ds_error *err, int *nomem)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads, hs = DS_INDEX_HSTRIDE(ih), topk = cfg->index_topk;
+    if (id > DS_INDEX_MAXDIM)
+        return 0;
+    const int nt = nkeys >= 16 * KEY_BLOCK ? omp_get_max_threads() : 1;
+    const size_t b_score = align64(sizeof(float) * (size_t)nkeys), b_qt = align64(sizeof(double) * (size_t)hs * id);
+    const size_t b_qd = align64(sizeof(double) * (size_t)ih * id), b_qf = align64(sizeof(float) * (size_t)hs * id);
+    char *p = idx_scratch(c, 2 * b_score + b_qt + b_qd + b_qf, err);
+    if (!p) {
+        *nomem = 1;
+        return 0;
+    }
+    float *score = (float *)p, *bound = (float *)(p + b_score);
+    double *qt = (double *)(p + 2 * b_score), *qd = (double *)(p + 2 * b_score + b_qt);
+    float *qf = (float *)(p + 2 * b_score + b_qt + b_qd);
+    query_transposed(q8, ih, id, qd, qt);
+    for (int i = 0; i < hs * id; i++)
+        qf[i] = (float)qt[i];   /* FP8 values: exact */
+    const ds_kv_layer *kv = &c->kv[layer];
+    const int nb = (nkeys + KEY_BLOCK - 1) / KEY_BLOCK;
+    int ok = 1;
+    float bmax = 0.0f;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(& : ok) reduction(max : bmax)
+    {
+        const int n = omp_get_num_threads(), t = omp_get_thread_num();
+        const int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
+        const int j0 = b0 * KEY_BLOCK, j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
+        if (j1 > j0) {
+            ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0,
+                                            score + j0, bound + j0);
+            for (int j = j0; ok && j < j1; j++)
+                bmax = bound[j] > bmax ? bound[j] : bmax;
+        }
+    }
+    if (!ok)
+        return 0;
+    const double lim = (double)kth_score(score, nkeys, topk) - 2.0 * (double)bmax;
+    int close = 0;
+    for (int j = 0; j < nkeys; j++)
+        close += (double)score[j] >= lim;
+    if (close > topk + nkeys / 8)
+        return 0;   /* flat scores: most keys would be rescored anyway */
+    for (int j = 0; j < nkeys; j++)
+        if ((double)score[j] >= lim)
+            ds_index_scores_fp8(qt, ih, id, w, kv->idx_k + (size_t)j * id, kv->idx_s + j, 1, score + j);
+    *nsel = ds_topk_positions(score, nkeys, topk, sel);
+    return 1;
+}
+
 ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const float *wbuf, int T, int start,
                             int32_t *sel, int *nsel, int sel_stride, ds_error *err)
 {
@@ -337,6 +419,19 @@ ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const f
 #endif
 
     int fail = 0;
+    if (T == 1 && !c->trace && start + 1 <= topk) {   /* every key is selected */
+        for (int j = 0; j <= start; j++)
+            sel[j] = j;
+        nsel[0] = start + 1;
+        return DS_OK;
+    }
+    if (T == 1 && !c->trace) {     /* decode: approximate scores, the close ones exact */
+        int nomem = 0;
+        if (select_approx(c, layer, q8, wbuf, start + 1, sel, nsel, err, &nomem))
+            return DS_OK;
+        if (nomem)
+            return ds_fail(err, DS_ERR_NOMEM, "out of memory in the indexer");
+    }
     if (T == 1) {                  /* decode: one query, its keys split across the threads */
         const float *score = score_one(c, layer, q8, wbuf, start + 1, err);
         if (!score) {
