@@ -575,12 +575,13 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
             tot[i][t] = _mm512_setzero_ps();
     }
     for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
-        __m512 tmp[4][SMALL_NT];
+        /* A and B words in separate sums: two dependency chains per row */
+        __m512 tmp[4][SMALL_NT], tmq[4][SMALL_NT];
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++)
 #pragma GCC unroll 8
             for (int t = 0; t < NT; t++)
-                tmp[i][t] = _mm512_setzero_ps();
+                tmp[i][t] = tmq[i][t] = _mm512_setzero_ps();
         const int end = cols - c0 < DS_QBLOCK ? cols : c0 + DS_QBLOCK;
         for (int c = c0; c < end; c += 64) {
             /* the mask is computed only for a row's last, partial step */
@@ -593,8 +594,12 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
                                                 : _mm512_maskz_loadu_epi8(k, w[i] + c);
                 fp8_ab(q, tl, th, &a, &b);
 #pragma GCC unroll 8
-                for (int t = 0; t < NT; t++)
-                    tmp[i][t] = dp2(tmp[i][t], a, b, xb + (size_t)t * ldb + c);
+                for (int t = 0; t < NT; t++) {
+                    const uint16_t *x = xb + (size_t)t * ldb + c;
+                    tmp[i][t] = _mm512_dpbf16_ps(tmp[i][t], (__m512bh)a, (__m512bh)_mm512_load_si512((const __m512i *)x));
+                    tmq[i][t] = _mm512_dpbf16_ps(tmq[i][t], (__m512bh)b,
+                                                 (__m512bh)_mm512_load_si512((const __m512i *)(x + 32)));
+                }
             }
         }
 #pragma GCC unroll 4
@@ -602,7 +607,7 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
             const __m512 sc = _mm512_set1_ps(s[i][c0 / DS_QBLOCK]);
 #pragma GCC unroll 8
             for (int t = 0; t < NT; t++)
-                tot[i][t] = _mm512_fmadd_ps(tmp[i][t], sc, tot[i][t]);
+                tot[i][t] = _mm512_fmadd_ps(_mm512_add_ps(tmp[i][t], tmq[i][t]), sc, tot[i][t]);
         }
     }
 #pragma GCC unroll 4
@@ -627,23 +632,35 @@ SINL void small_bf16w(const ds_mat *m, const int row[], const int pf[], int RB, 
         for (int t = 0; t < NT; t++)
             tot[i][t] = _mm512_setzero_ps();
     }
+    /* odd 32-column steps sum into a second set: two chains per row */
+    __m512 tot2[4][SMALL_NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot2[i][t] = _mm512_setzero_ps();
     for (int c = 0; c < cols; c += 32) {
         const __mmask32 k = cols - c >= 32 ? ~(__mmask32)0 : ((__mmask32)1 << (cols - c)) - 1;
+        const int odd = (c >> 5) & 1;
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __builtin_prefetch(p[i] + 2 * (size_t)c, 0, 3);
             const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(k, w[i] + c);
 #pragma GCC unroll 8
-            for (int t = 0; t < NT; t++)
-                tot[i][t] = _mm512_dpbf16_ps(tot[i][t], a,
-                                             (__m512bh)_mm512_load_si512((const __m512i *)(xb + (size_t)t * ldb + c)));
+            for (int t = 0; t < NT; t++) {
+                const __m512bh x = (__m512bh)_mm512_load_si512((const __m512i *)(xb + (size_t)t * ldb + c));
+                if (odd)
+                    tot2[i][t] = _mm512_dpbf16_ps(tot2[i][t], a, x);
+                else
+                    tot[i][t] = _mm512_dpbf16_ps(tot[i][t], a, x);
+            }
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++)
-            out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
+            out[i * NT + t] = _mm512_reduce_add_ps(_mm512_add_ps(tot[i][t], tot2[i][t]));
 }
 
 SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
@@ -712,16 +729,25 @@ SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, in
             out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
 }
 
+/* Bytes the tiles prefetch ahead of the rows they read: at a core's share
+ * of the bandwidth, about a DRAM latency and a half.  Short rows (a 512-
+ * column expert's down projection) would otherwise be fetched only a few
+ * KiB ahead. */
+enum { SMALL_PF_BYTES = 16384 };
+
 /* One tile: RB rows from r (nr of them real; the rest repeat row r and are
- * not stored) against NT tokens, the next RB rows prefetched. */
+ * not stored) against NT tokens, RB rows about SMALL_PF_BYTES further on
+ * prefetched. */
 SINL void small_tile(const ds_mat *m, int r, int nr, int RB, int NT, const uint16_t *xb, int ldb, const float *xs,
                     int lds, float *Y, int ldy)
 {
     int row[4], pf[4];
     float out[4 * SMALL_NT];
+    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols);
+    const int dist = ((int)((SMALL_PF_BYTES + rb - 1) / rb) + RB - 1) / RB * RB;
     for (int i = 0; i < RB; i++) {
         row[i] = i < nr ? r + i : r;
-        pf[i] = r + RB + i < m->rows ? r + RB + i : m->rows - 1;
+        pf[i] = r + dist + i < m->rows ? r + dist + i : m->rows - 1;
     }
     switch (m->dtype) {
     case DS_DT_F8_E4M3: small_fp8(m, row, pf, RB, NT, xb, ldb, out); break;
@@ -734,17 +760,25 @@ SINL void small_tile(const ds_mat *m, int r, int nr, int RB, int NT, const uint1
 }
 
 /* Rows per tile for nt tokens: the accumulators (and FP8's block sums)
- * stay in registers. */
-static int small_rb(int nt) { return nt <= 2 ? 4 : nt <= 4 ? 2 : 1; }
+ * stay in registers.  One token: BF16 and FP8 rows go one at a time, a
+ * sequential stream that one core reads fastest; Q4_K's unpacking is the
+ * cost there, and four rows share each activation load. */
+static int small_rb(ds_dtype dt, int nt) { return nt == 1 ? (dt == DS_DT_Q4_K ? 4 : 1) : nt <= 2 ? 4 : nt <= 4 ? 2 : 1; }
 
 #define SMALL_CASE(N) \
-    case N: small_tile(m, r, nr, small_rb(N), N, xb, ldb, xs, lds, Y, ldy); break;
+    case N: small_tile(m, r, nr, small_rb(m->dtype, N), N, xb, ldb, xs, lds, Y, ldy); break;
 
 SNOINL void small_block(const ds_mat *m, int r, int nr, int nt, const uint16_t *xb, int ldb, const float *xs, int lds,
                        float *Y, int ldy)
 {
     switch (nt) {
-        SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
+    case 1:
+        if (m->dtype == DS_DT_Q4_K)
+            small_tile(m, r, nr, 4, 1, xb, ldb, xs, lds, Y, ldy);
+        else
+            small_tile(m, r, nr, 1, 1, xb, ldb, xs, lds, Y, ldy);
+        break;
+        SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
         SMALL_CASE(5) SMALL_CASE(6) SMALL_CASE(7)
     default: small_tile(m, r, nr, 1, SMALL_NT, xb, ldb, xs, lds, Y, ldy); break;
     }
@@ -768,7 +802,7 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
     float *xs = (float *)(buf + xb_b);
     for (int t = 0; t < n; t++)
         pack_x_small(X + (size_t)t * ldx, cols, order, ldb, xb + (size_t)t * ldb, xs + (size_t)t * lds);
-    const int rb = small_rb(n < SMALL_NT ? n : SMALL_NT), nblk = (nrows + rb - 1) / rb;
+    const int rb = small_rb(dt, n < SMALL_NT ? n : SMALL_NT), nblk = (nrows + rb - 1) / rb;
 #pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * cols))
     for (int b = 0; b < nblk; b++) {
         const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
