@@ -348,13 +348,15 @@ static float kth_score(const float *score, int n, int k)
 
 /* Decode selection from approximate scores (ds_index_scores_fp8_approx:
  * f32, twice the lanes of the exact f64 scorer) that gives the exact
- * scorer's selection: with tau~ the k-th largest approximate score and B
- * the largest bound, at least k keys score exactly >= tau~ - B, and every
- * key that can is within 2B of tau~ approximately; those are rescored
- * exactly, and all others stay strictly below the exact k-th score, so the
- * top k of the mixed scores is the exact top k, ties included.  Returns 0
- * when the kernel level has no fast approximate scorer or when too many
+ * scorer's selection.  With tau~ the k-th largest approximate score and B
+ * the largest bound, the exact k-th score tau is within B of tau~ (at
+ * least k keys score exactly >= tau~ - B, fewer than k > tau~ + B).  Keys
+ * scored approximately within 2B of tau~ are rescored exactly; those above
+ * are exactly above tau and those below exactly below it, so the top k of
+ * the mixed scores is the exact top k, ties included.  Returns 0 when the
+ * kernel level has no fast approximate scorer or when more than CLOSE_MAX
  * keys are that close (then the caller scores exactly). */
+enum { CLOSE_MAX = 256 };
 static int select_approx(ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys, int32_t *sel,
                          int *nsel, ds_error *err, int *nomem)
 {
@@ -394,15 +396,27 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
     }
     if (!ok)
         return 0;
-    const double lim = (double)kth_score(score, nkeys, topk) - 2.0 * (double)bmax;
+    const double tau = (double)kth_score(score, nkeys, topk), lo = tau - 2.0 * (double)bmax,
+                 hi = tau + 2.0 * (double)bmax;
     int close = 0;
     for (int j = 0; j < nkeys; j++)
-        close += (double)score[j] >= lim;
-    if (close > topk + nkeys / 8)
-        return 0;   /* flat scores: most keys would be rescored anyway */
+        close += (double)score[j] >= lo && (double)score[j] <= hi;
+    if (close > CLOSE_MAX)
+        return 0;   /* flat scores: many keys to rescore */
+    /* the close keys, packed, rescored exactly in one call */
+    uint8_t kc[CLOSE_MAX * DS_INDEX_MAXDIM];
+    float ksc[CLOSE_MAX], sc[CLOSE_MAX];
+    int at[CLOSE_MAX], nc = 0;
     for (int j = 0; j < nkeys; j++)
-        if ((double)score[j] >= lim)
-            ds_index_scores_fp8(qt, ih, id, w, kv->idx_k + (size_t)j * id, kv->idx_s + j, 1, score + j);
+        if ((double)score[j] >= lo && (double)score[j] <= hi) {
+            memcpy(kc + (size_t)nc * id, kv->idx_k + (size_t)j * id, (size_t)id);
+            ksc[nc] = kv->idx_s[j];
+            at[nc++] = j;
+        }
+    if (nc)
+        ds_index_scores_fp8(qt, ih, id, w, kc, ksc, nc, sc);
+    for (int i = 0; i < nc; i++)
+        score[at[i]] = sc[i];
     *nsel = ds_topk_positions(score, nkeys, topk, sel);
     return 1;
 }
