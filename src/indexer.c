@@ -107,9 +107,11 @@ static inline uint32_t score_key(float f)
 /* Radix selection: three histogram passes (12, 12 and 8 bits of the keys)
  * find the k-th largest key and how many of the keys equal to it belong to
  * the top k; one more ascending pass then emits the positions, the lowest
- * ones among ties — in ascending order, with no sort and no allocation. */
-/* The key of the k-th largest score (0 < k < n), and in *rank how many
- * of the scores equal to it are among the k largest. */
+ * ones among ties — in ascending order, with no sort and no allocation.
+ *
+ * kth_key: the three passes; the key of the k-th largest score
+ * (0 < k < n), and in *rank_out how many of the scores equal to it are
+ * among the k largest. */
 static uint32_t kth_key(const float *score, int n, int k, uint32_t *rank_out)
 {
     static const int shift[3] = {20, 8, 0}, bits[3] = {12, 12, 8};
