@@ -458,6 +458,29 @@ enum {
 
 enum xorder { X_NATURAL, X_PAIRS64, X_Q4K };
 
+/* What the tiles need of the matrix, worked out once per call: per-row
+ * divisions and calls cost as much as a short row's arithmetic (an
+ * expert's 512-column down projection). */
+typedef struct {
+    const uint8_t *data;    /* row 0 */
+    const uint8_t *last;    /* the last row: prefetches go no further */
+    size_t rb;              /* bytes per row */
+    size_t pfo;             /* how far ahead the tiles prefetch, in bytes */
+    const float *scale;     /* FP8: the block scales, nsb per 128 rows */
+    int cols, nsb;
+} small_mat;
+
+/* Row r of a tile (rows past the nr real ones repeat r0) and the address
+ * prefetched meanwhile. */
+SINL const uint8_t *small_row(const small_mat *sm, int r0, int i, int nr)
+{
+    return sm->data + (size_t)(i < nr ? r0 + i : r0) * sm->rb;
+}
+SINL const uint8_t *small_pf(const small_mat *sm, const uint8_t *w)
+{
+    return (size_t)(sm->last - w) > sm->pfo ? w + sm->pfo : sm->last;
+}
+
 static uint8_t e4m3_lut[2][128] __attribute__((aligned(64)));   /* low, high byte of bf16(|code|) */
 static uint16_t perm_ab[2][32] __attribute__((aligned(64)));    /* element of word w of A, of B */
 static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
@@ -554,10 +577,9 @@ SINL __m512 dp2(__m512 acc, __m512i a, __m512i b, const uint16_t *x)
 /* rows[i] . X[t] for i < RB, t < NT (constants after inlining) into
  * out[i * NT + t]; xb: packed tokens, ldb words apart; pf: the rows to
  * prefetch meanwhile (the next block's). */
-SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
-                   float *out)
+SINL void small_fp8(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
-    const int cols = m->cols, nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK;
+    const int cols = sm->cols;
     const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[0]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut[0] + 64))};
     const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[1]),
@@ -567,23 +589,32 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
     __m512 tot[4][SMALL_NT];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) {
-        w[i] = row_ptr(m, row[i]);
-        p[i] = row_ptr(m, pf[i]);
-        s[i] = m->scale + (size_t)(row[i] / DS_QBLOCK) * nsb;
+        w[i] = small_row(sm, r0, i, nr);
+        p[i] = small_pf(sm, w[i]);
+        s[i] = sm->scale + (size_t)((i < nr ? r0 + i : r0) / DS_QBLOCK) * sm->nsb;
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++)
             tot[i][t] = _mm512_setzero_ps();
     }
+    /* Few rows x tokens: the two 64-column halves of a block sum apart as
+     * well, or the dot latency would bound a single stream. */
+    const int split = RB * NT <= 2;
     for (int c0 = 0; c0 < cols; c0 += DS_QBLOCK) {
         /* A and B words in separate sums: two dependency chains per row */
-        __m512 tmp[4][SMALL_NT], tmq[4][SMALL_NT];
+        __m512 acc[4][4][SMALL_NT];
 #pragma GCC unroll 4
-        for (int i = 0; i < RB; i++)
+        for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++)
 #pragma GCC unroll 8
-            for (int t = 0; t < NT; t++)
-                tmp[i][t] = tmq[i][t] = _mm512_setzero_ps();
+                for (int t = 0; t < NT; t++)
+                    acc[j][i][t] = _mm512_setzero_ps();
         const int end = cols - c0 < DS_QBLOCK ? cols : c0 + DS_QBLOCK;
-        for (int c = c0; c < end; c += 64) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const int c = c0 + 64 * h, j = split ? 2 * h : 0;
+            if (c >= end)
+                break;
             /* the mask is computed only for a row's last, partial step */
             const __mmask64 k = end - c >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (end - c)) - 1;
 #pragma GCC unroll 4
@@ -596,9 +627,10 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
 #pragma GCC unroll 8
                 for (int t = 0; t < NT; t++) {
                     const uint16_t *x = xb + (size_t)t * ldb + c;
-                    tmp[i][t] = _mm512_dpbf16_ps(tmp[i][t], (__m512bh)a, (__m512bh)_mm512_load_si512((const __m512i *)x));
-                    tmq[i][t] = _mm512_dpbf16_ps(tmq[i][t], (__m512bh)b,
-                                                 (__m512bh)_mm512_load_si512((const __m512i *)(x + 32)));
+                    acc[j][i][t] = _mm512_dpbf16_ps(acc[j][i][t], (__m512bh)a,
+                                                    (__m512bh)_mm512_load_si512((const __m512i *)x));
+                    acc[j + 1][i][t] = _mm512_dpbf16_ps(acc[j + 1][i][t], (__m512bh)b,
+                                                        (__m512bh)_mm512_load_si512((const __m512i *)(x + 32)));
                 }
             }
         }
@@ -606,8 +638,12 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
         for (int i = 0; i < RB; i++) {
             const __m512 sc = _mm512_set1_ps(s[i][c0 / DS_QBLOCK]);
 #pragma GCC unroll 8
-            for (int t = 0; t < NT; t++)
-                tot[i][t] = _mm512_fmadd_ps(_mm512_add_ps(tmp[i][t], tmq[i][t]), sc, tot[i][t]);
+            for (int t = 0; t < NT; t++) {
+                __m512 sum = _mm512_add_ps(acc[0][i][t], acc[1][i][t]);
+                if (split)
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(acc[2][i][t], acc[3][i][t]));
+                tot[i][t] = _mm512_fmadd_ps(sum, sc, tot[i][t]);
+            }
         }
     }
 #pragma GCC unroll 4
@@ -617,17 +653,16 @@ SINL void small_fp8(const ds_mat *m, const int row[], const int pf[], int RB, in
             out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
 }
 
-SINL void small_bf16w(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
-                     float *out)
+SINL void small_bf16w(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
-    const int cols = m->cols;
+    const int cols = sm->cols;
     const uint16_t *w[4];
     const uint8_t *p[4];
     __m512 tot[4][SMALL_NT];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) {
-        w[i] = (const uint16_t *)row_ptr(m, row[i]);
-        p[i] = row_ptr(m, pf[i]);
+        w[i] = (const uint16_t *)(const void *)small_row(sm, r0, i, nr);
+        p[i] = small_pf(sm, (const uint8_t *)w[i]);
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++)
             tot[i][t] = _mm512_setzero_ps();
@@ -663,10 +698,10 @@ SINL void small_bf16w(const ds_mat *m, const int row[], const int pf[], int RB, 
             out[i * NT + t] = _mm512_reduce_add_ps(_mm512_add_ps(tot[i][t], tot2[i][t]));
 }
 
-SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, int NT, const uint16_t *xb, int ldb,
+SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb,
                    const float *xs, int lds, float *out)
 {
-    const int nblk = m->cols / DS_Q4_K_BLOCK;
+    const int nblk = sm->cols / DS_Q4_K_BLOCK;
     static const uint8_t nib_lut[2][16] __attribute__((aligned(16))) = {
         {0x00, 0x80, 0x00, 0x40, 0x80, 0xa0, 0xc0, 0xe0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70},
         {0x00, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41}};
@@ -682,8 +717,8 @@ SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, in
     __m512 tot[4][SMALL_NT];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) {
-        w[i] = row_ptr(m, row[i]);
-        p[i] = row_ptr(m, pf[i]);
+        w[i] = small_row(sm, r0, i, nr);
+        p[i] = small_pf(sm, w[i]);
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++)
             tot[i][t] = _mm512_setzero_ps();
@@ -735,52 +770,46 @@ SINL void small_q4k(const ds_mat *m, const int row[], const int pf[], int RB, in
  * KiB ahead. */
 enum { SMALL_PF_BYTES = 16384 };
 
-/* One tile: RB rows from r (nr of them real; the rest repeat row r and are
- * not stored) against NT tokens, RB rows about SMALL_PF_BYTES further on
- * prefetched. */
-SINL void small_tile(const ds_mat *m, int r, int nr, int RB, int NT, const uint16_t *xb, int ldb, const float *xs,
-                    int lds, float *Y, int ldy)
+/* Rows [r, r + nr) against NT tokens, RB rows a tile. */
+SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, int NT, const uint16_t *xb, int ldb,
+                    const float *xs, int lds, float *Y, int ldy)
 {
-    int row[4], pf[4];
-    float out[4 * SMALL_NT];
-    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols);
-    const int dist = ((int)((SMALL_PF_BYTES + rb - 1) / rb) + RB - 1) / RB * RB;
-    for (int i = 0; i < RB; i++) {
-        row[i] = i < nr ? r + i : r;
-        pf[i] = r + dist + i < m->rows ? r + dist + i : m->rows - 1;
+    for (int i = 0; i < nr; i += RB) {
+        float out[4 * SMALL_NT];
+        const int k = nr - i < RB ? nr - i : RB;
+        switch (dt) {
+        case DS_DT_F8_E4M3: small_fp8(sm, r + i, k, RB, NT, xb, ldb, out); break;
+        case DS_DT_BF16: small_bf16w(sm, r + i, k, RB, NT, xb, ldb, out); break;
+        default: small_q4k(sm, r + i, k, RB, NT, xb, ldb, xs, lds, out); break;
+        }
+        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < k; j++)
+                Y[(size_t)t * ldy + i + j] = out[j * NT + t];
     }
-    switch (m->dtype) {
-    case DS_DT_F8_E4M3: small_fp8(m, row, pf, RB, NT, xb, ldb, out); break;
-    case DS_DT_BF16: small_bf16w(m, row, pf, RB, NT, xb, ldb, out); break;
-    default: small_q4k(m, row, pf, RB, NT, xb, ldb, xs, lds, out); break;
-    }
-    for (int t = 0; t < NT; t++)
-        for (int i = 0; i < nr; i++)
-            Y[(size_t)t * ldy + i] = out[i * NT + t];
 }
 
 /* Rows per tile for nt tokens: the accumulators (and FP8's block sums)
  * stay in registers.  One token: BF16 and FP8 rows go one at a time, a
  * sequential stream that one core reads fastest; Q4_K's unpacking is the
  * cost there, and four rows share each activation load. */
-static int small_rb(ds_dtype dt, int nt) { return nt == 1 ? (dt == DS_DT_Q4_K ? 4 : 1) : nt <= 2 ? 4 : nt <= 4 ? 2 : 1; }
+#define SMALL_RB(dt, nt) ((nt) == 1 ? ((dt) == DS_DT_Q4_K ? 4 : 1) : (nt) <= 2 ? 4 : (nt) <= 4 ? 2 : 1)
 
+#define SMALL_DT(DT, N) \
+    case DT: small_rows(sm, DT, r, nr, SMALL_RB(DT, N), N, xb, ldb, xs, lds, Y, ldy); break;
 #define SMALL_CASE(N) \
-    case N: small_tile(m, r, nr, small_rb(m->dtype, N), N, xb, ldb, xs, lds, Y, ldy); break;
+    case N: \
+        switch (dt) { \
+            SMALL_DT(DS_DT_F8_E4M3, N) SMALL_DT(DS_DT_BF16, N) default: SMALL_DT(DS_DT_Q4_K, N) \
+        } \
+        break;
 
-SNOINL void small_block(const ds_mat *m, int r, int nr, int nt, const uint16_t *xb, int ldb, const float *xs, int lds,
-                       float *Y, int ldy)
+SNOINL void small_block(const small_mat *sm, ds_dtype dt, int r, int nr, int nt, const uint16_t *xb, int ldb,
+                       const float *xs, int lds, float *Y, int ldy)
 {
     switch (nt) {
-    case 1:
-        if (m->dtype == DS_DT_Q4_K)
-            small_tile(m, r, nr, 4, 1, xb, ldb, xs, lds, Y, ldy);
-        else
-            small_tile(m, r, nr, 1, 1, xb, ldb, xs, lds, Y, ldy);
-        break;
-        SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
+        SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
         SMALL_CASE(5) SMALL_CASE(6) SMALL_CASE(7)
-    default: small_tile(m, r, nr, 1, SMALL_NT, xb, ldb, xs, lds, Y, ldy); break;
+    default: SMALL_CASE(SMALL_NT)
     }
 }
 
@@ -802,14 +831,31 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
     float *xs = (float *)(buf + xb_b);
     for (int t = 0; t < n; t++)
         pack_x_small(X + (size_t)t * ldx, cols, order, ldb, xb + (size_t)t * ldb, xs + (size_t)t * lds);
-    const int rb = small_rb(dt, n < SMALL_NT ? n : SMALL_NT), nblk = (nrows + rb - 1) / rb;
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * cols))
-    for (int b = 0; b < nblk; b++) {
-        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
-        for (int t0 = 0; t0 < n; t0 += SMALL_NT) {
-            const int nt = n - t0 < SMALL_NT ? n - t0 : SMALL_NT;
-            small_block(m, r0 + i, nr, nt, xb + (size_t)t0 * ldb, ldb, xs + (size_t)t0 * lds, lds,
-                        Y + (size_t)t0 * ldy + i, ldy);
+    const size_t rb = ds_dtype_row_bytes(dt, cols);
+    const int rbk = SMALL_RB(dt, n < SMALL_NT ? n : SMALL_NT);
+    const size_t ahead = (SMALL_PF_BYTES + rb - 1) / rb;
+    const small_mat sm = {
+        .data = (const uint8_t *)m->data,
+        .last = (const uint8_t *)m->data + (size_t)(m->rows - 1) * rb,
+        .rb = rb,
+        .pfo = (ahead + rbk - 1) / rbk * rbk * rb,
+        .scale = m->scale,
+        .cols = cols,
+        .nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK,
+    };
+    /* each thread a contiguous range of whole tiles, walked in chunks that
+     * stay in cache across the passes of SMALL_NT tokens */
+    const int ntile = (nrows + rbk - 1) / rbk, chunk = 32 * rbk;
+#pragma omp parallel if (ds_worth_threads((long)nrows * cols))
+    {
+        const int nth = omp_get_num_threads(), id = omp_get_thread_num();
+        const int a = (int)((long)ntile * id / nth) * rbk, e = (int)((long)ntile * (id + 1) / nth) * rbk;
+        const int end = e < nrows ? e : nrows;
+        for (int i = a; i < end; i += chunk) {
+            const int nr = end - i < chunk ? end - i : chunk;
+            for (int t0 = 0; t0 < n; t0 += SMALL_NT)
+                small_block(&sm, dt, r0 + i, nr, n - t0 < SMALL_NT ? n - t0 : SMALL_NT, xb + (size_t)t0 * ldb, ldb,
+                            xs + (size_t)t0 * lds, lds, Y + (size_t)t0 * ldy + i, ldy);
         }
     }
     return 1;
