@@ -120,7 +120,7 @@ INL __m256 span_dot(ds_dtype dt, const void *w, const float *x, int n)
 
 INL const void *row_ptr(const ds_mat *m, int r)
 {
-    return (const uint8_t *)m->data + (size_t)r * ds_dtype_row_bytes(m->dtype, m->cols);
+    return (const uint8_t *)m->data + (size_t)r * ds_mat_row_bytes(m);
 }
 
 /* ---- Q8_0 / Q4_K -------------------------------------------------------- */

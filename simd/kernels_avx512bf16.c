@@ -72,7 +72,7 @@ INL float f16c_at(const uint8_t *p)
 
 INL const uint8_t *row_ptr(const ds_mat *m, int r)
 {
-    return (const uint8_t *)m->data + (size_t)r * ds_dtype_row_bytes(m->dtype, m->cols);
+    return (const uint8_t *)m->data + (size_t)r * ds_mat_row_bytes(m);
 }
 
 /* Columns c0 .. c0+31 of row r as 32 bf16 codes (zeros past the last

@@ -7,6 +7,7 @@
 
 #include "cpu.h"
 #include "kernels.h"
+#include "quant.h"
 
 typedef struct ds_kernels {
     const char *name;
@@ -91,6 +92,22 @@ const ds_kernels *ds_kernels_active(void);
 /* Rows are split across OpenMP threads only past this many weight elements
  * (the same rule as the scalar reference): below it thread start-up costs
  * more than the product. */
+/* Bytes per row of a matrix the kernels accept (a valid dtype, whole
+ * blocks): ds_dtype_row_bytes without its checks, a division by a constant
+ * at most, since the kernels ask once per row. */
+static inline size_t ds_mat_row_bytes(const ds_mat *m)
+{
+    const size_t c = (size_t)m->cols;
+    switch (m->dtype) {
+    case DS_DT_F32: return 4 * c;
+    case DS_DT_F16:
+    case DS_DT_BF16: return 2 * c;
+    case DS_DT_Q8_0: return c / DS_Q8_0_BLOCK * DS_Q8_0_BYTES;
+    case DS_DT_Q4_K: return c / DS_Q4_K_BLOCK * DS_Q4_K_BYTES;
+    default: return c;
+    }
+}
+
 static inline int ds_worth_threads(long work) { return work >= (1L << 16); }
 
 /* Prefetches the weight bytes of rows [r, r + nr) x columns [c0, c0 + len)
