@@ -418,11 +418,21 @@ static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int l
 
 static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
 
-static void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+/* Short rows (an attention head's slice of kv_b) are prefetched GEMV_AHEAD
+ * rows ahead: the hardware prefetchers barely ramp up on them. */
+enum { GEMV_AHEAD = 8, GEMV_PF_MAX_BYTES = 2048 };
+
+NOINL void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
+    const size_t rb = ds_mat_row_bytes(m);
+    const int pf = rb <= GEMV_PF_MAX_BYTES;
 #pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
-    for (int i = 0; i < nrows; i++)
+    for (int i = 0; i < nrows; i++) {
+        if (pf && i + GEMV_AHEAD < nrows)
+            for (size_t b = 0; b < rb; b += 64)
+                __builtin_prefetch((const uint8_t *)row_ptr(m, r0 + i + GEMV_AHEAD) + b, 0, 3);
         y[i] = row_dot(m, r0 + i, x);
+    }
 }
 
 NOINL float avx512_dot(const float *a, const float *b, int n)
@@ -498,10 +508,58 @@ NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
     }
 }
 
+/* Columns [c0, c0 + 256) of the transposed product for FP8 / BF16 / F16
+ * weights, the 16 column vectors held in registers across the rows.  Each
+ * column is summed in row order from zero with the multipliers of
+ * row_axpy, so the result is row_axpy's to the bit. */
+
+INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *x, int c0, float *y)
+{
+    enum { NV = 16 };
+    __m512 acc[NV];
+    const int left = m->cols - c0;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; v++)
+        acc[v] = _mm512_setzero_ps();
+    const size_t rb = ds_mat_row_bytes(m);
+    for (int i = 0; i < nrows; i++) {
+        const uint8_t *w = row_ptr(m, r0 + i);
+        const float *s = dt == DS_DT_F8_E4M3 ? scale_row(m, r0 + i) : NULL;
+        if (c0 == 0 && rb <= GEMV_PF_MAX_BYTES && i + GEMV_AHEAD < nrows)   /* whole rows, first pass */
+            for (size_t b = 0; b < rb; b += 64)
+                __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
+        __m512 va[2];
+#pragma GCC unroll 2
+        for (int b = 0; b < 2; b++)
+            va[b] = _mm512_set1_ps(s ? x[i] * s[c0 / DS_QBLOCK + (b && left > DS_QBLOCK)] * 256.0f : x[i]);
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++) {
+            const int c = c0 + VW * v;
+            if (VW * v >= left)
+                break;
+            acc[v] = _mm512_fmadd_ps(va[v >= NV / 2], load_w(dt, w, c, tail_mask(left - VW * v)), acc[v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; v++)
+        if (VW * v < left)
+            _mm512_mask_storeu_ps(y + c0 + VW * v, tail_mask(left - VW * v), acc[v]);
+}
+
 /* Transposed product; serial like the reference because callers issue it
  * per attention head on small slices. */
-static void avx512_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+NOINL void avx512_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
+    const ds_dtype dt = m->dtype;
+    if (dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_F16) {
+        for (int c0 = 0; c0 < m->cols; c0 += 16 * VW)
+            switch (dt) {
+            case DS_DT_F8_E4M3: gemv_t_cols(DS_DT_F8_E4M3, m, r0, nrows, x, c0, y); break;
+            case DS_DT_BF16: gemv_t_cols(DS_DT_BF16, m, r0, nrows, x, c0, y); break;
+            default: gemv_t_cols(DS_DT_F16, m, r0, nrows, x, c0, y); break;
+            }
+        return;
+    }
     memset(y, 0, sizeof(float) * (size_t)m->cols);
     for (int i = 0; i < nrows; i++)
         row_axpy(m, r0 + i, x[i], y);
