@@ -46,30 +46,27 @@ int ds_dtype_from_name(const char *name)
 #define R64(c) R16(c), R16((c) + 16), R16((c) + 32), R16((c) + 48)
 const float ds_e4m3_table[256] = {R64(0), R64(64), R64(128), R64(192)};
 
+/* On the f32 bits: the three top mantissa bits rounded to nearest even
+ * by one carrying add, the exponent rebased from bias 127 to 7.  Below
+ * 2^-6 the e4m3 grid is the subnormal step 2^-9.  (Exhaustively equal,
+ * over all 2^32 inputs, to the frexpf formulation this replaced.) */
 uint8_t ds_f32_to_e4m3(float f)
 {
-    if (isnan(f))
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    u &= 0x7fffffffu;
+    if (u > 0x7f800000u)             /* NaN */
         return 0x7f;
-    uint8_t sign = signbit(f) ? 0x80 : 0;
-    float a = fabsf(f);
-    if (a >= 464.0f)                 /* 448 + half an ulp (32/2): ties go to even 448 below */
+    if (u >= 0x43e80000u)            /* 464 = 448 + half an ulp: ties go to even 448 below */
         return sign | 0x7e;
-    if (a < 0.015625f) {             /* below 2^-6: subnormal grid of 2^-9; code 8 is 2^-6 */
-        float q = nearbyintf(a * 512.0f);
-        return sign | (uint8_t)q;
+    if (u < 0x3c800000u) {           /* below 2^-6 */
+        float a;
+        memcpy(&a, &u, 4);
+        return sign | (uint8_t)nearbyintf(a * 512.0f);
     }
-    int e;
-    float m = frexpf(a, &e);         /* a = m * 2^e, m in [0.5, 1) */
-    float frac = nearbyintf((m * 2.0f - 1.0f) * 8.0f);
-    int exp = e - 1 + 7;
-    if (frac >= 8.0f) {
-        frac = 0.0f;
-        exp++;
-    }
-    unsigned code = ((unsigned)exp << 3) | (unsigned)frac;
-    if (code > 0x7e)
-        code = 0x7e;
-    return sign | (uint8_t)code;
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    return sign | (uint8_t)((u >> 20) - (120u << 3));
 }
 
 uint16_t ds_f32_to_bf16(float f)

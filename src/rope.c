@@ -2,6 +2,7 @@
  * the MLA softmax mscale, and the two layouts DeepSeek uses (interleaved
  * pairs (2i, 2i+1) for MLA, half-split pairs (i, i+d/2) for the indexer). */
 #include <math.h>
+#include <string.h>
 #include "internal.h"
 #include "model.h"
 
@@ -69,11 +70,44 @@ static void angle(int pos, float freq, float mscale, float *co, float *si)
     *si = (float)sin((double)a) * mscale;
 }
 
+/* The cos / sin of one position, kept per thread: every head of a token
+ * (and the key, and the indexer's heads) rotates by the same angles, so
+ * they are computed once per token and layer instead of once per head. */
+enum { ROPE_CACHE_MAX = 256 };
+static __thread struct {
+    float mscale;
+    int pos, half;
+    float freq[ROPE_CACHE_MAX];     /* by value: a freed model's table may be reused at the same address */
+    float co[ROPE_CACHE_MAX], si[ROPE_CACHE_MAX];
+} rope_cache;
+
+/* The angles of pos in co[] / si[] (NULL when half is too large). */
+static int rope_angles(int pos, int half, const float *freq, float mscale, const float **co, const float **si)
+{
+    if (half > ROPE_CACHE_MAX)
+        return 0;
+    if (rope_cache.pos != pos || rope_cache.half != half || rope_cache.mscale != mscale ||
+        memcmp(rope_cache.freq, freq, sizeof(float) * (size_t)half) != 0) {
+        for (int i = 0; i < half; i++)
+            angle(pos, freq[i], mscale, &rope_cache.co[i], &rope_cache.si[i]);
+        memcpy(rope_cache.freq, freq, sizeof(float) * (size_t)half);
+        rope_cache.pos = pos, rope_cache.half = half, rope_cache.mscale = mscale;
+    }
+    *co = rope_cache.co;
+    *si = rope_cache.si;
+    return 1;
+}
+
 void ds_rope_interleaved(float *x, int dim, int pos, const float *freq, float mscale)
 {
+    const float *cs, *sn;
+    const int cached = rope_angles(pos, dim / 2, freq, mscale, &cs, &sn);
     for (int i = 0; i < dim / 2; i++) {
         float co, si, a = x[2 * i], b = x[2 * i + 1];
-        angle(pos, freq[i], mscale, &co, &si);
+        if (cached)
+            co = cs[i], si = sn[i];
+        else
+            angle(pos, freq[i], mscale, &co, &si);
         x[2 * i] = a * co - b * si;
         x[2 * i + 1] = a * si + b * co;
     }
@@ -82,9 +116,14 @@ void ds_rope_interleaved(float *x, int dim, int pos, const float *freq, float ms
 void ds_rope_halves(float *x, int dim, int pos, const float *freq, float mscale)
 {
     const int half = dim / 2;
+    const float *cs, *sn;
+    const int cached = rope_angles(pos, half, freq, mscale, &cs, &sn);
     for (int i = 0; i < half; i++) {
         float co, si, a = x[i], b = x[i + half];
-        angle(pos, freq[i], mscale, &co, &si);
+        if (cached)
+            co = cs[i], si = sn[i];
+        else
+            angle(pos, freq[i], mscale, &co, &si);
         x[i] = a * co - b * si;
         x[i + half] = a * si + b * co;
     }
