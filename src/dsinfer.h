@@ -161,8 +161,9 @@ typedef enum ds_kv_type {
 /* Arithmetic of the weight products.  DS_PRECISION_F32 (the default) is
  * exact f32: weights dequantised exactly, activations unrounded.
  * DS_PRECISION_BF16 rounds the activations to bf16 in every product with
- * FP8, BF16, Q8_0 or Q4_K weights (attention projections, the dense MLP and
- * shared expert, routed experts, lm_head), decode included, and sums in f32;
+ * FP8, BF16, Q8_0 or Q4_K weights (attention and indexer projections, the
+ * dense MLP and shared expert, routed experts, lm_head), decode included,
+ * and sums in f32;
  * weights stay exact (their codes are exact in bf16, block scales applied
  * in f32).  Where the CPU has AVX512_BF16 (ds_precision_bf16_native) the
  * products run on its instructions: from DS_BF16_MIN_TOKENS rows about
@@ -171,8 +172,8 @@ typedef enum ds_kv_type {
  * and every product on other CPUs, round the activations and use the f32
  * kernels: the same products, so results
  * depend on how tokens are grouped into steps only through f32 summation
- * order, as with f32.  The MoE router, the DSA indexer and attention itself
- * stay exact. */
+ * order, as with f32.  The MoE router, the DSA indexer's scoring and
+ * selection, and attention itself (kv_b included) stay exact. */
 typedef enum ds_precision {
     DS_PRECISION_F32 = 0,
     DS_PRECISION_BF16 = 1

@@ -291,7 +291,7 @@ static int gpu_select(ds_context *c, int layer, const uint8_t *q8, const float *
 #endif
 
 ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
-                         int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err)
+                         int start, int32_t *sel, int *nsel, int sel_stride, int bf16, ds_error *err)
 {
     const ds_model *m = c->model;
     const ds_config *cfg = &m->cfg;
@@ -309,14 +309,20 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
         st = DS_ERR_NOMEM;
         goto out;
     }
+    /* The projections follow the step's precision like every other weight
+     * product: in bf16 the selection is the reference's up to the rounding
+     * of these activations, as the rest of the layer is. */
     /* Keys of this chunk first: queries may select any of them. */
-    for (int t = 0; t < T; t++)
-        ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, kbuf + (size_t)t * 2 * id);
+    if (bf16)
+        ds_matmul(&L->idx_wk, 0, id, x, H, T, kbuf, 2 * id, 1);
+    else
+        for (int t = 0; t < T; t++)
+            ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, kbuf + (size_t)t * 2 * id);
     for (int t = 0; t < T; t++)
         index_key(c, layer, kbuf + (size_t)t * 2 * id, start + t);
 
-    ds_gemm(&L->idx_wq_b, 0, ih * id, qr, ql, T, qbuf, ih * id);
-    ds_gemm(&L->idx_wproj, 0, ih, x, H, T, wbuf, ih);
+    ds_matmul(&L->idx_wq_b, 0, ih * id, qr, ql, T, qbuf, ih * id, bf16);
+    ds_matmul(&L->idx_wproj, 0, ih, x, H, T, wbuf, ih, bf16);
     const float head_scale = 1.0f / sqrtf((float)ih), dim_scale = 1.0f / sqrtf((float)id);
     for (int t = 0; t < T; t++) {
         for (int h = 0; h < ih; h++) {

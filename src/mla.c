@@ -391,7 +391,7 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, con
         st = DS_ERR_NOMEM;
     if (st == DS_OK && cfg->is_v32)
         st = ds_indexer_run(c, layer, x + (size_t)sq->off * d.H, qr + (size_t)sq->off * d.ql, T, start, sel, nsel,
-                            stride, err);
+                            stride, bf16, err);
     const float *qs = q + (size_t)sq->off * d.nh * d.qk;
     float *os = o + (size_t)sq->off * d.nh * d.vd;
     if (st == DS_OK)

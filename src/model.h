@@ -162,9 +162,10 @@ float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q);
 
 /* indexer.c: computes and caches the index keys of tokens [start, start+T)
  * and returns for each token the selected key positions (ascending) in
- * sel[t * topk ...] with counts nsel[t]. */
+ * sel[t * topk ...] with counts nsel[t]; its projections run in bf16 when
+ * bf16 != 0 (ds_matmul). */
 ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
-                         int start, int32_t *sel, int *nsel, int sel_stride, ds_error *err);
+                         int start, int32_t *sel, int *nsel, int sel_stride, int bf16, ds_error *err);
 /* The scoring and selection half of ds_indexer_run (keys of positions
  * < start + T already cached): q8 [T][heads][head_dim] e4m3 queries, w
  * [T][heads] their head weights with the query scales folded in.  Query t
