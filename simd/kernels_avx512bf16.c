@@ -482,6 +482,7 @@ SINL const uint8_t *small_pf(const small_mat *sm, const uint8_t *w)
 }
 
 static uint8_t e4m3_lut[2][128] __attribute__((aligned(64)));   /* low, high byte of bf16(|code|) */
+static uint8_t e4m3_lut_idx[2][128] __attribute__((aligned(64)));   /* the same with NaN read as 0 (indexer) */
 static uint16_t perm_ab[2][32] __attribute__((aligned(64)));    /* element of word w of A, of B */
 static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
 
@@ -495,6 +496,8 @@ static void lut_make(void)
         memcpy(&u, &v, 4);
         e4m3_lut[0][m] = (uint8_t)(u >> 16);
         e4m3_lut[1][m] = (uint8_t)(u >> 24);
+        e4m3_lut_idx[0][m] = m == 0x7f ? 0 : e4m3_lut[0][m];
+        e4m3_lut_idx[1][m] = m == 0x7f ? 0 : e4m3_lut[1][m];
     }
     for (int w = 0; w < 32; w++) {
         perm_ab[0][w] = (uint16_t)(16 * (w / 8) + w % 8);
@@ -858,6 +861,119 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
                             xs + (size_t)t0 * lds, lds, Y + (size_t)t0 * ldy + i, ldy);
         }
     }
+    return 1;
+}
+
+/* ---- the indexer's approximate scores ------------------------------------
+ * ds_index_scores_fp8_approx's contract on vdpbf16ps: queries and keys are
+ * FP8 values, exact in bf16, so each head's dot is the exact products
+ * summed in f32 (at most two roundings per instruction, within the bound's
+ * (dim + 2) u sum |q k|; no operand or partial sum is subnormal, as every
+ * product is a multiple of 2^-18).  Keys convert as in the decode kernel
+ * (NaN codes read as 0, as the exact scorer reads them), and each pair of
+ * adjacent key values is broadcast against the 16 heads' query pairs of
+ * the same two dimensions: 32 products an instruction, twice the f32
+ * kernel's.  Eight keys at a time keep eight dependency chains going. */
+enum { IDX_KEYS = 8, IDX_MAXHB = 4 };
+
+/* Pair P of the converted key words (A then B per 64 dimensions) holds
+ * dimensions idx_pair_dim(P) and idx_pair_dim(P) + 1. */
+static int idx_pair_dim(int P)
+{
+    const int c = P / 32, r = P % 32, b = r >= 16, m = r % 16;
+    return 64 * c + 16 * (m / 4) + 2 * (m % 4) + 8 * b;
+}
+
+/* Key k8 (dim codes) as npair bf16 pairs in kb; returns sum |k| (f32). */
+SINL float idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i tl[2], const __m512i th[2],
+                         uint32_t *kb)
+{
+    const __m512i mag = _mm512_set1_epi32(0x7fff7fff);
+    const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    __m512 l1 = _mm512_setzero_ps();
+    for (int c = 0; c < npair / 32; c++) {
+        const int left = dim - 64 * c;
+        const __mmask64 k = left >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << left) - 1;
+        __m512i a, b;
+        fp8_ab(_mm512_maskz_loadu_epi8(k, k8 + 64 * c), tl, th, &a, &b);
+        _mm512_store_si512((__m512i *)(void *)(kb + 32 * c), a);
+        _mm512_store_si512((__m512i *)(void *)(kb + 32 * c + 16), b);
+        l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(a, mag), ones);
+        l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(b, mag), ones);
+    }
+    return _mm512_reduce_add_ps(l1);
+}
+
+/* The query pairs, [head block][pair][16 heads]. */
+static __thread uint32_t idx_qp[IDX_MAXHB][DS_INDEX_MAXDIM / 2][16] __attribute__((aligned(64)));
+
+SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks, int n,
+                       float *score, float *bound)
+{
+    const int nhb = DS_INDEX_HSTRIDE(nh) / 16, npair = (dim + 63) / 64 * 32;
+    const float c = ds_index_bound_c(qt, nh, dim, w);
+    const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[0]),
+                           _mm512_load_si512((const __m512i *)(e4m3_lut_idx[0] + 64))};
+    const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[1]),
+                           _mm512_load_si512((const __m512i *)(e4m3_lut_idx[1] + 64))};
+    uint32_t kb[IDX_KEYS][DS_INDEX_MAXDIM / 2] __attribute__((aligned(64)));
+    for (int j0 = 0; j0 < n; j0 += IDX_KEYS) {
+        const int kn = n - j0 < IDX_KEYS ? n - j0 : IDX_KEYS;
+        float l1[IDX_KEYS], s[IDX_KEYS] = {0}, sabs[IDX_KEYS] = {0};
+        for (int g = 0; g < IDX_KEYS; g++)     /* missing keys repeat the first */
+            l1[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
+        for (int hb = 0; hb < nhb; hb++) {
+            __m512 acc[IDX_KEYS];
+#pragma GCC unroll 8
+            for (int g = 0; g < IDX_KEYS; g++)
+                acc[g] = _mm512_setzero_ps();
+            for (int P = 0; P < npair; P++) {
+                const __m512bh q = (__m512bh)_mm512_load_si512((const __m512i *)(const void *)idx_qp[hb][P]);
+#pragma GCC unroll 8
+                for (int g = 0; g < IDX_KEYS; g++)
+                    acc[g] = _mm512_dpbf16_ps(acc[g], q, (__m512bh)_mm512_set1_epi32((int)kb[g][P]));
+            }
+            const int left = nh - 16 * hb;
+            const __m512 wv = _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1),
+                                                    w + 16 * hb);
+#pragma GCC unroll 8
+            for (int g = 0; g < IDX_KEYS; g++) {
+                const __m512 p = _mm512_mul_ps(acc[g], wv);
+                s[g] += _mm512_reduce_add_ps(
+                    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[g], _mm512_setzero_ps(), _CMP_GT_OQ), p));
+                sabs[g] += _mm512_reduce_add_ps(_mm512_abs_ps(p));
+            }
+        }
+        for (int g = 0; g < kn; g++) {
+            const float sc = s[g] * ks[j0 + g];
+            score[j0 + g] = sc;
+            bound[j0 + g] = ds_index_bound(l1[g] * 1.0001f, c, sabs[g], sc, ks[j0 + g], nh, dim);
+        }
+    }
+}
+
+int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                                int n, float *score, float *bound)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh), npair = (dim + 63) / 64 * 32;
+    if (!ds_cpu_get_features()->avx512_vbmi || !ds_gemm_bf16_native() || hs / 16 > IDX_MAXHB || dim < 1 ||
+        dim > DS_INDEX_MAXDIM)
+        return 0;
+    pthread_once(&lut_once, lut_make);
+    for (int P = 0; P < npair; P++) {
+        const int d = idx_pair_dim(P);
+        for (int h = 0; h < hs; h++) {
+            uint32_t lo = 0, hi = 0;
+            if (d < dim)
+                memcpy(&lo, qt + (size_t)d * hs + h, 4);
+            if (d + 1 < dim)
+                memcpy(&hi, qt + (size_t)(d + 1) * hs + h, 4);
+            if ((lo | hi) & 0xffffu)    /* not exact in bf16 (not FP8): the f32 kernel's job */
+                return 0;
+            idx_qp[h / 16][P][h % 16] = (lo >> 16) | (hi & 0xffff0000u);
+        }
+    }
+    idx_scores(qt, nh, dim, w, k8, ks, n, score, bound);
     return 1;
 }
 #endif /* x86 */

@@ -214,6 +214,10 @@ int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w,
                                int n, float *score, float *bound)
 {
     const ds_kernels *k = ds_kernels_active();
+#if defined(__x86_64__) || defined(__i386__)
+    if (k == &ds_kernels_avx512 && ds_index_scores_approx_bf16(qt, nh, dim, w, k8, ks, n, score, bound))
+        return 1;
+#endif
     if (!k->index_scores_approx)
         return 0;
     k->index_scores_approx(qt, nh, dim, w, k8, ks, n, score, bound);

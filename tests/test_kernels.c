@@ -459,14 +459,31 @@ static int64_t e4m3_int(uint8_t c)
 /* The approximate score against the exact one (want, checked above): within
  * its bound, and the bound tight enough to be of use, at most 1e-4 of
  * ks * sum_h |w_h| max_d |q_hd| * sum_d |k_d| (computed here in double). */
-static void check_index_approx(const ds_kernels *k, const uint8_t *q8, const uint8_t *k8, const double *qt,
+/* bf16: the AVX512_BF16 form (ds_index_scores_approx_bf16) instead of
+ * table k's; skipped where it cannot run. */
+static int approx_bf16_ran;   /* shapes the AVX512_BF16 indexer form ran on */
+
+static void check_index_approx(const ds_kernels *k, int bf16, const uint8_t *q8, const uint8_t *k8, const double *qt,
                                const float *w, const float *ks, int nh, int dim, int n, int mode, const float *want)
 {
     const int hs = DS_INDEX_HSTRIDE(nh);
     float *qf = calloc((size_t)dim * hs, sizeof(float)), *sc = malloc(sizeof(float) * n), *bd = malloc(sizeof(float) * n);
+    const char *name = bf16 ? "avx512_bf16" : k->name;
     for (size_t i = 0; i < (size_t)dim * hs; i++)
         qf[i] = (float)qt[i];
-    k->index_scores_approx(qf, nh, dim, w, k8, ks, n, sc, bd);
+    int ran = 1;
+#if defined(__x86_64__) || defined(__i386__)
+    if (bf16)
+        ran = ds_index_scores_approx_bf16(qf, nh, dim, w, k8, ks, n, sc, bd);
+    else
+#endif
+        k->index_scores_approx(qf, nh, dim, w, k8, ks, n, sc, bd);
+    if (!ran) {
+        free(qf), free(sc), free(bd);
+        return;
+    }
+    if (bf16)
+        approx_bf16_ran++;
     double c = 0.0;
     for (int h = 0; h < nh; h++) {
         double mq = 0.0;
@@ -483,9 +500,9 @@ static void check_index_approx(const ds_kernels *k, const uint8_t *q8, const uin
         checks += 2;
         if (!(err <= bd[j]) && bad++ < 3)
             FAIL("%s: approximate index score heads %d dim %d keys %d mode %d key %d: %.9g, exact %.9g, bound %.3g",
-                 k->name, nh, dim, n, mode, j, sc[j], want[j], bd[j]);
+                 name, nh, dim, n, mode, j, sc[j], want[j], bd[j]);
         if (!(bd[j] <= use) && bad++ < 3)
-            FAIL("%s: approximate index score bound %.3g too loose (%.3g) heads %d dim %d mode %d", k->name, bd[j],
+            FAIL("%s: approximate index score bound %.3g too loose (%.3g) heads %d dim %d mode %d", name, bd[j],
                  use, nh, dim, mode);
     }
     free(qf), free(sc), free(bd);
@@ -563,7 +580,11 @@ static void check_index(const ds_kernels *k)
                          nh, dim, n, mode, j, got8[j], want);
             }
             if (k->index_scores_approx && dim <= DS_INDEX_MAXDIM)
-                check_index_approx(k, q8, k8, qt, w, ks, nh, dim, n, mode, got);
+                check_index_approx(k, 0, q8, k8, qt, w, ks, nh, dim, n, mode, got);
+#if defined(__x86_64__) || defined(__i386__)
+            if (k == &ds_kernels_avx512 && dim <= DS_INDEX_MAXDIM)
+                check_index_approx(k, 1, q8, k8, qt, w, ks, nh, dim, n, mode, got);
+#endif
             free(q8), free(k8), free(qt), free(kd), free(w), free(ks), free(got), free(got8);
         }
     }
@@ -618,6 +639,7 @@ int main(int argc, char **argv)
            : ds_cpu_get_features()->avx512_vbmi ? "avx512_bf16 panel kernel from 16 tokens, streaming kernel below"
                                                 : "avx512_bf16 panel kernel from 16 tokens, rounded copy below",
            failures == before ? "ok" : "FAIL");
+    printf("indexer approximate scores on avx512_bf16: %d shapes x modes checked\n", approx_bf16_ran);
     printf("%ld checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
