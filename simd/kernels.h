@@ -69,6 +69,13 @@ void ds_gemm_bf16_ref(const ds_mat *m, int r0, int nrows, const float *X, int ld
 /* Element-wise and reduction ops (f32). */
 float ds_dot(const float *a, const float *b, int n);
 void ds_axpy(float a, const float *x, float *y, int n);          /* y += a x */
+/* Y[t][c] = sum_k X[t][k] A[k][c] over k < n, for t < nt, c < cols: the
+ * product with an f32 matrix A (n x cols, row-major) on the left of its
+ * rows, in k order per output (attention's weighted sum of latents, with
+ * no transposed copy of them).  Returns 0 (nothing written) when the
+ * kernel level has no fast form: transpose A and use ds_gemm then. */
+int ds_gemm_tn_f32(const float *A, int n, int cols, const float *X, int ldx, int nt, float *Y, int ldy);
+int ds_gemm_tn_fast(void);     /* 1 when ds_gemm_tn_f32 runs */
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y);
 void ds_layernorm(const float *x, const float *w, const float *b, float eps, int n, float *y);
 void ds_softmax(float *x, int n);

@@ -890,6 +890,59 @@ NOINL void avx512_index_scores_approx(const float *qt, int nh, int dim, const fl
     }
 }
 
+/* ds_gemm_tn_f32 in tiles of TN_T tokens x TN_V column vectors, the
+ * accumulators in registers while the rows of A go by: each row's vectors
+ * are loaded once per tile and used by every token in it. */
+enum { TN_T = 4, TN_V = 4 };
+
+INL void tn_tile(const float *A, int n, int cols, const float *X, int ldx, int t0, int nt, int c0, float *Y, int ldy)
+{
+    __m512 acc[TN_T][TN_V];
+    __mmask16 k[TN_V];
+#pragma GCC unroll 4
+    for (int v = 0; v < TN_V; v++) {
+        const int left = cols - c0 - VW * v;
+        k[v] = left <= 0 ? 0 : tail_mask(left);
+#pragma GCC unroll 4
+        for (int t = 0; t < TN_T; t++)
+            acc[t][v] = _mm512_setzero_ps();
+    }
+    const float *x[TN_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < TN_T; t++)
+        x[t] = X + (size_t)(t0 + (t < nt ? t : 0)) * ldx;
+    for (int r = 0; r < n; r++) {
+        const float *a = A + (size_t)r * cols + c0;
+        __m512 av[TN_V];
+#pragma GCC unroll 4
+        for (int v = 0; v < TN_V; v++)
+            av[v] = _mm512_maskz_loadu_ps(k[v], a + VW * v);
+#pragma GCC unroll 4
+        for (int t = 0; t < TN_T; t++) {
+            const __m512 xv = _mm512_set1_ps(x[t][r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < TN_V; v++)
+                acc[t][v] = _mm512_fmadd_ps(xv, av[v], acc[t][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < TN_T; t++) {
+        if (t >= nt)
+            break;
+#pragma GCC unroll 4
+        for (int v = 0; v < TN_V; v++)
+            _mm512_mask_storeu_ps(Y + (size_t)(t0 + t) * ldy + c0 + VW * v, k[v], acc[t][v]);
+    }
+}
+
+NOINL void avx512_gemm_tn(const float *A, int n, int cols, const float *X, int ldx, int t0, int t1, float *Y,
+                          int ldy)
+{
+    for (int t = t0; t < t1; t += TN_T)
+        for (int c0 = 0; c0 < cols; c0 += TN_V * VW)
+            tn_tile(A, n, cols, X, ldx, t, t1 - t < TN_T ? t1 - t : TN_T, c0, Y, ldy);
+}
+
 const ds_kernels ds_kernels_avx512 = {
     .name = "avx512",
     .mat_row = avx512_mat_row,
@@ -902,6 +955,7 @@ const ds_kernels ds_kernels_avx512 = {
     .index_scores = avx512_index_scores,
     .index_scores_fp8 = avx512_index_scores_fp8,
     .index_scores_approx = avx512_index_scores_approx,
+    .gemm_tn = avx512_gemm_tn,
 };
 
 #endif /* x86 */

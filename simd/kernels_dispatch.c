@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include "kernels_isa.h"
 
 static const ds_kernels *active;
@@ -190,6 +191,47 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
     }
 #endif
     gemm_rounded(m, r0, nrows, X, ldx, n, Y, ldy);
+}
+
+int ds_gemm_tn_fast(void)
+{
+    const ds_kernels *k = ds_kernels_active();
+    return k->gemm_tn && k != &ds_kernels_scalar;   /* the scalar form is the reference, not a fast one */
+}
+
+/* The rows of A (keys) are split across the threads as a static
+ * schedule splits them, so each thread reads the rows it has just written
+ * in its own cache (attention's load_keys); the threads' partial products
+ * are then added in thread order, a fixed order for a given team size. */
+int ds_gemm_tn_f32(const float *A, int n, int cols, const float *X, int ldx, int nt, float *Y, int ldy)
+{
+    const ds_kernels *k = ds_kernels_active();
+    if (!ds_gemm_tn_fast())
+        return 0;
+    const int nth = ds_worth_threads((long)n * cols * nt) && n >= 64 ? omp_get_max_threads() : 1;
+    float *part = nth > 1 ? malloc(sizeof(float) * (size_t)(nth - 1) * nt * cols) : NULL;
+    if (!part) {
+        k->gemm_tn(A, n, cols, X, ldx, 0, nt, Y, ldy);
+        return 1;
+    }
+#pragma omp parallel num_threads(nth)
+    {
+        const int id = omp_get_thread_num(), team = omp_get_num_threads(), chunk = (n + team - 1) / team;
+        const int r0 = id * chunk < n ? id * chunk : n, r1 = r0 + chunk < n ? r0 + chunk : n;
+        float *y = id ? part + (size_t)(id - 1) * nt * cols : Y;
+        if (r1 > r0)
+            k->gemm_tn(A + (size_t)r0 * cols, r1 - r0, cols, X + r0, ldx, 0, nt, y, id ? cols : ldy);
+        else
+            for (int t = 0; t < nt; t++)
+                memset(y + (size_t)t * (id ? cols : ldy), 0, sizeof(float) * (size_t)cols);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int t = 0; t < nt; t++)
+            for (int i = 1; i < team; i++)
+                k->axpy(1.0f, part + ((size_t)(i - 1) * nt + t) * cols, Y + (size_t)t * ldy, cols);
+    }
+    free(part);
+    return 1;
 }
 
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }

@@ -26,6 +26,9 @@ typedef struct ds_kernels {
     /* NULL where the level has no fast form (see ds_index_scores_fp8_approx) */
     void (*index_scores_approx)(const float *qt, int nh, int dim, const float *w, const uint8_t *k8,
                                 const float *ks, int n, float *score, float *bound);
+    /* NULL where the level has no fast form (see ds_gemm_tn_f32); token
+     * rows [t0, t1) only, the caller splits the work */
+    void (*gemm_tn)(const float *A, int n, int cols, const float *X, int ldx, int t0, int t1, float *Y, int ldy);
 } ds_kernels;
 
 /* The scalar forms, shared by tables without a SIMD one (neon). */

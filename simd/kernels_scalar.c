@@ -342,6 +342,18 @@ static void scalar_index_scores_fp8(const double *qt, int nh, int dim, const flo
     ds_index_scores_fp8_with(&ds_kernels_scalar, qt, nh, dim, w, k8, ks, n, score);
 }
 
+static void scalar_gemm_tn(const float *A, int n, int cols, const float *X, int ldx, int t0, int t1, float *Y,
+                           int ldy)
+{
+    for (int t = t0; t < t1; t++)
+        for (int c = 0; c < cols; c++) {
+            float s = 0.0f;
+            for (int k = 0; k < n; k++)
+                s += X[(size_t)t * ldx + k] * A[(size_t)k * cols + c];
+            Y[(size_t)t * ldy + c] = s;
+        }
+}
+
 const ds_kernels ds_kernels_scalar = {
     .name = "scalar",
     .mat_row = scalar_mat_row,
@@ -354,6 +366,7 @@ const ds_kernels ds_kernels_scalar = {
     .index_scores = ds_index_scores_scalar,
     .index_scores_fp8 = scalar_index_scores_fp8,
     .index_scores_approx = scalar_index_scores_approx,
+    .gemm_tn = scalar_gemm_tn,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)

@@ -100,14 +100,20 @@ static void scores_softmax(float *p, const float *sr, int nh, int nk, float scal
 }
 
 /* olat[h] += sum_i p[h][k0 + i] * latent_i over the chunk's n keys, every
- * head at once: one product with the transposed latents ([kvl][n]) as the
- * matrix and the heads' probability rows as the tokens (the first chunk
- * writes olat, later ones go through tmp and are added). */
-static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_dims *d, const float *latT,
-                               float *tmp, float *olat, int first)
+ * head at once: the heads' probability rows times the latents ([n][kvl])
+ * in one product (ds_gemm_tn_f32, each thread over the keys it loaded);
+ * where the kernel level has no such form, the latents are transposed
+ * into latT ([kvl][n]) for ds_gemm with the heads as the tokens.  The
+ * first chunk writes olat, later ones go through tmp and are added. */
+static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_dims *d, const float *lat,
+                               float *latT, float *tmp, float *olat, int first)
 {
-    const ds_mat lt = {DS_DT_F32, d->kvl, n, latT, NULL, NULL, 0};
-    ds_gemm(&lt, 0, d->kvl, p + k0, nk, d->nh, first ? olat : tmp, d->kvl);
+    float *y = first ? olat : tmp;
+    if (!ds_gemm_tn_f32(lat, n, d->kvl, p + k0, nk, d->nh, y, d->kvl)) {
+        const ds_mat lt = {DS_DT_F32, d->kvl, n, latT, NULL, NULL, 0};
+        transpose_latents(lat, n, d->kvl, latT);
+        ds_gemm(&lt, 0, d->kvl, p + k0, nk, d->nh, y, d->kvl);
+    }
     if (first)
         return;
     for (size_t i = 0; i < (size_t)d->nh * d->kvl; i++)
@@ -129,17 +135,20 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     const int ch = nk < KEY_CHUNK ? nk : KEY_CHUNK;
-    float *qabs = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
-    float *p = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
-    float *sr = ds_calloc((size_t)d.nh * nk, sizeof(float), err);
-    float *olat = ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err);
-    float *tmp = nk > ch ? ds_calloc((size_t)d.nh * d.kvl, sizeof(float), err) : NULL;
-    float *lat = ds_calloc((size_t)ch * d.kvl, sizeof(float), err);
-    float *latT = ds_calloc((size_t)ch * d.kvl, sizeof(float), err);
-    float *kr = ds_calloc((size_t)ch * d.rope, sizeof(float), err);
-    if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || !latT || !kr) {
+    /* every buffer is written before it is read: no zeroing (a few hundred
+     * KiB per layer and token at 2K keys) */
+    const int tn = ds_gemm_tn_fast();
+    float *qabs = malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    float *p = malloc(sizeof(float) * (size_t)d.nh * nk);
+    float *sr = malloc(sizeof(float) * (size_t)d.nh * nk);
+    float *olat = malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    float *tmp = nk > ch ? malloc(sizeof(float) * (size_t)d.nh * d.kvl) : NULL;
+    float *lat = malloc(sizeof(float) * (size_t)ch * d.kvl);
+    float *latT = tn ? NULL : malloc(sizeof(float) * (size_t)ch * d.kvl);
+    float *kr = malloc(sizeof(float) * (size_t)ch * d.rope);
+    if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || (!tn && !latT) || !kr) {
         free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
-        return DS_ERR_NOMEM;
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)
@@ -154,8 +163,7 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
         const int n = nk - k0 < ch ? nk - k0 : ch;
         if (nk > ch)                      /* one chunk: its latents are still there */
             load_keys(c, layer, sel, k0, n, &d, lat, NULL);
-        transpose_latents(lat, n, d.kvl, latT);
-        chunk_weighted_sum(p, nk, k0, n, &d, latT, tmp, olat, k0 == 0);
+        chunk_weighted_sum(p, nk, k0, n, &d, lat, latT, tmp, olat, k0 == 0);
     }
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < d.nh; h++)

@@ -590,6 +590,59 @@ static void check_index(const ds_kernels *k)
     }
 }
 
+/* gemm_tn against the scalar reference (sums in k order there, fused or
+ * not in the SIMD forms): odd sizes, column tails, strided X and Y, token
+ * ranges that do not start at 0; the gap after each Y row stays as is.
+ * Then ds_gemm_tn_f32, whose threads add partial sums over row ranges. */
+static void check_gemm_tn_one(const ds_kernels *k, int n, int cols, int nt, int whole)
+{
+    const int ldx = n + 3, ldy = cols + 2, t0 = whole || nt <= 4 ? 0 : 1;
+    float *A = rand_vec((size_t)n * cols), *X = rand_vec((size_t)nt * ldx);
+    float *Y = malloc(sizeof(float) * (size_t)nt * ldy), *W = malloc(sizeof(float) * (size_t)nt * ldy);
+    for (size_t i = 0; i < (size_t)nt * ldy; i++)
+        Y[i] = W[i] = -777.0f;
+    if (whole && !ds_gemm_tn_f32(A, n, cols, X, ldx, nt, Y, ldy))
+        goto out;
+    if (!whole)
+        k->gemm_tn(A, n, cols, X, ldx, t0, nt, Y, ldy);
+    ds_kernels_scalar.gemm_tn(A, n, cols, X, ldx, t0, nt, W, ldy);
+    int bad = 0;
+    for (int t = 0; t < nt; t++)
+        for (int j = 0; j < ldy; j++) {
+            const size_t at = (size_t)t * ldy + j;
+            checks++;
+            if (t < t0 || j >= cols) {
+                if (Y[at] != -777.0f && bad++ < 3)
+                    FAIL("%s: gemm_tn n=%d cols=%d nt=%d wrote outside its rows at %d,%d", k->name, n, cols, nt, t, j);
+                continue;
+            }
+            double mag = 0.0;
+            for (int r = 0; r < n; r++)
+                mag += fabs((double)X[(size_t)t * ldx + r] * A[(size_t)r * cols + j]);
+            if (!close_enough(Y[at], W[at], mag) && bad++ < 3)
+                FAIL("%s: gemm_tn%s n=%d cols=%d nt=%d at %d,%d: %.9g vs %.9g", k->name, whole ? " (threaded)" : "",
+                     n, cols, nt, t, j, Y[at], W[at]);
+        }
+out:
+    free(A), free(X), free(Y), free(W);
+}
+
+static void check_gemm_tn(const ds_kernels *k)
+{
+    if (!k->gemm_tn)
+        return;
+    static const int ns[] = {1, 7, 64, 256, 301}, colss[] = {1, 15, 16, 17, 64, 100, 512, 576};
+    static const int nts[] = {1, 3, 4, 5, 16, 17};
+    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+        for (size_t b = 0; b < sizeof colss / sizeof *colss; b++)
+            for (size_t c = 0; c < sizeof nts / sizeof *nts; c++)
+                check_gemm_tn_one(k, ns[a], colss[b], nts[c], 0);
+    if (k == ds_kernels_active())
+        for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+            for (size_t c = 0; c < sizeof nts / sizeof *nts; c++)
+                check_gemm_tn_one(k, ns[a], 512, nts[c], 1);
+}
+
 /* The chosen level honours DSINFER_ISA when the CPU has it, else is the best. */
 static void check_selection(void)
 {
@@ -629,6 +682,7 @@ int main(int argc, char **argv)
         check_dot_axpy(k);
         check_matrices(k);
         check_index(k);
+        check_gemm_tn(k);
         printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
         fflush(stdout);
     }
