@@ -26,6 +26,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
@@ -943,6 +944,59 @@ NOINL void avx512_gemm_tn(const float *A, int n, int cols, const float *X, int l
             tn_tile(A, n, cols, X, ldx, t, t1 - t < TN_T ? t1 - t : TN_T, c0, Y, ldy);
 }
 
+/* e^x for 16 lanes, within about 2 ulp of expf: x = n ln2 + r with
+ * |r| <= ln2 / 2 (ln2 in two parts, so r is exact to f32), e^r by its
+ * Taylor polynomial to r^7 (truncation below 1e-8 relative), times 2^n by
+ * vscalefps.  Inputs below -88 give 0 (as expf's subnormals would, near
+ * enough for a softmax), above 88 are clamped. */
+INL __m512 exp16(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512 e = _mm512_scalef_ps(p, n);
+    return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0f), _CMP_LE_OQ), _mm512_setzero_ps());
+}
+
+/* The scalar softmax's steps (max, e^(x - max), sum, divide), 16 lanes at a
+ * time: attention takes one per head per token over up to 2048 keys. */
+NOINL void avx512_softmax(float *x, int n)
+{
+    if (n <= 0)
+        return;
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += VW)
+        mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), x + i));
+    const float mx = _mm512_reduce_max_ps(mv);
+    if (!(mx > -INFINITY && mx < INFINITY)) {   /* all -inf, or inf / NaN: the scalar form's answer */
+        ds_kernels_scalar.softmax(x, n);
+        return;
+    }
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 sv = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += VW) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(k, e));
+    }
+    const __m512 inv = _mm512_set1_ps(_mm512_reduce_add_ps(sv));
+    for (int i = 0; i < n; i += VW) {
+        const __mmask16 k = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+    }
+}
+
 const ds_kernels ds_kernels_avx512 = {
     .name = "avx512",
     .mat_row = avx512_mat_row,
@@ -956,6 +1010,7 @@ const ds_kernels ds_kernels_avx512 = {
     .index_scores_fp8 = avx512_index_scores_fp8,
     .index_scores_approx = avx512_index_scores_approx,
     .gemm_tn = avx512_gemm_tn,
+    .softmax = avx512_softmax,
 };
 
 #endif /* x86 */

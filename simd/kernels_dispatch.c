@@ -234,6 +234,12 @@ int ds_gemm_tn_f32(const float *A, int n, int cols, const float *X, int ldx, int
     return 1;
 }
 
+void ds_softmax(float *x, int n)
+{
+    const ds_kernels *k = ds_kernels_active();
+    (k->softmax ? k->softmax : ds_kernels_scalar.softmax)(x, n);
+}
+
 float ds_dot(const float *a, const float *b, int n) { return ds_kernels_active()->dot(a, b, n); }
 
 void ds_axpy(float a, const float *x, float *y, int n) { ds_kernels_active()->axpy(a, x, y, n); }

@@ -29,6 +29,8 @@ typedef struct ds_kernels {
     /* NULL where the level has no fast form (see ds_gemm_tn_f32); token
      * rows [t0, t1) only, the caller splits the work */
     void (*gemm_tn)(const float *A, int n, int cols, const float *X, int ldx, int t0, int t1, float *Y, int ldy);
+    /* NULL where the level has none: the scalar one serves (ds_softmax) */
+    void (*softmax)(float *x, int n);
 } ds_kernels;
 
 /* The scalar forms, shared by tables without a SIMD one (neon). */

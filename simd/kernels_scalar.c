@@ -354,6 +354,21 @@ static void scalar_gemm_tn(const float *A, int n, int cols, const float *X, int 
         }
 }
 
+static void scalar_softmax(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    for (int i = 0; i < n; i++)
+        x[i] /= s;
+}
+
 const ds_kernels ds_kernels_scalar = {
     .name = "scalar",
     .mat_row = scalar_mat_row,
@@ -367,6 +382,7 @@ const ds_kernels ds_kernels_scalar = {
     .index_scores_fp8 = scalar_index_scores_fp8,
     .index_scores_approx = scalar_index_scores_approx,
     .gemm_tn = scalar_gemm_tn,
+    .softmax = scalar_softmax,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)
@@ -391,21 +407,6 @@ void ds_layernorm(const float *x, const float *w, const float *b, float eps, int
     float r = 1.0f / sqrtf((float)var + eps);
     for (int i = 0; i < n; i++)
         y[i] = (float)(x[i] - mean) * r * w[i] + b[i];
-}
-
-void ds_softmax(float *x, int n)
-{
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (x[i] > mx)
-            mx = x[i];
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        s += x[i];
-    }
-    for (int i = 0; i < n; i++)
-        x[i] /= s;
 }
 
 void ds_hadamard(float *x, int n)

@@ -643,6 +643,37 @@ static void check_gemm_tn(const ds_kernels *k)
                 check_gemm_tn_one(k, ns[a], 512, nts[c], 1);
 }
 
+/* softmax against the scalar reference (expf): each probability within a
+ * few ulp relative, over sizes with tails, wide and narrow spreads, and
+ * -inf entries (masked keys), which must come out exactly 0. */
+static void check_softmax(const ds_kernels *k)
+{
+    if (!k->softmax)
+        return;
+    static const int sizes[] = {1, 2, 7, 16, 17, 100, 2048, 2049};
+    static const float spread[] = {0.01f, 3.0f, 30.0f, 200.0f};
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (size_t b = 0; b < sizeof spread / sizeof *spread; b++) {
+            const int n = sizes[a];
+            float *x = rand_vec((size_t)n), *y = malloc(sizeof(float) * (size_t)n);
+            for (int i = 0; i < n; i++) {
+                x[i] *= spread[b];
+                if (n > 2 && i % 5 == 3)
+                    x[i] = -INFINITY;
+            }
+            memcpy(y, x, sizeof(float) * (size_t)n);
+            k->softmax(y, n);
+            ds_kernels_scalar.softmax(x, n);
+            int bad = 0;
+            for (int i = 0; i < n; i++) {
+                checks++;
+                if (!(fabs((double)y[i] - x[i]) <= 2e-6 * x[i] + 1e-37) && bad++ < 3)
+                    FAIL("%s: softmax n=%d spread %g [%d]: %.9g vs %.9g", k->name, n, spread[b], i, y[i], x[i]);
+            }
+            free(x), free(y);
+        }
+}
+
 /* The chosen level honours DSINFER_ISA when the CPU has it, else is the best. */
 static void check_selection(void)
 {
@@ -683,6 +714,7 @@ int main(int argc, char **argv)
         check_matrices(k);
         check_index(k);
         check_gemm_tn(k);
+        check_softmax(k);
         printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
         fflush(stdout);
     }
