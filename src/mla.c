@@ -131,7 +131,7 @@ static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_
  * spread over the threads in whole tiles; memory stays bounded for V3's
  * dense attention over long contexts. */
 static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int pos, const int32_t *sel,
-                                 int nk, float *o, ds_error *err)
+                                 int nk, float *o, float *olat_out, ds_error *err)
 {
     const ds_model *m = c->model;
     const ds_layer_w *L = &m->layers[layer];
@@ -167,9 +167,13 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
             load_keys(c, layer, sel, k0, n, &d, lat, NULL);
         chunk_weighted_sum(p, nk, k0, n, &d, lat, latT, tmp, olat, k0 == 0);
     }
+    if (olat_out) {            /* the caller projects several sequences' at once */
+        memcpy(olat_out, olat, sizeof(float) * (size_t)d.nh * d.kvl);
+    } else {
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < d.nh; h++)
-        ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
+        for (int h = 0; h < d.nh; h++)
+            ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
+    }
     report_rows(c, layer, pos, nk);
     free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
     return DS_OK;
@@ -387,7 +391,7 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
 
 /* Indexer selection and attention of one sequence's rows. */
 static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, const float *q, const float *qr,
-                            int bf16, float *o, ds_error *err)
+                            int bf16, float *o, float *olat_out, ds_error *err)
 {
     ds_context *c = sq->ctx;
     const ds_config *cfg = &c->model->cfg;
@@ -405,7 +409,7 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, con
     const float *qs = q + (size_t)sq->off * d.nh * d.qk;
     float *os = o + (size_t)sq->off * d.nh * d.vd;
     if (st == DS_OK)
-        st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, err)
+        st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, olat_out, err)
                     : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, bf16, os, err);
     free(sel);
     free(nsel);
@@ -428,8 +432,33 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         goto out;
     }
     project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva);
-    for (int i = 0; i < n_seqs && st == DS_OK; i++)
-        st = attend_seq(&seqs[i], layer, x, q, qr, bf16, o, err);
+    /* Decoding sequences (one token each) leave their weighted latents in
+     * olat; their value projections through kv_b then run as one product
+     * per head for all of them, kv_b read once per step instead of once
+     * per sequence. */
+    int nd = 0;
+    for (int i = 0; i < n_seqs; i++)
+        nd += seqs[i].n == 1;
+    float *olat = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
+    float *ov = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.vd) : NULL;
+    if (nd > 1 && (!olat || !ov))
+        nd = 0;                 /* no room: each sequence projects its own */
+    for (int i = 0, j = 0; i < n_seqs && st == DS_OK; i++) {
+        float *ol = nd > 1 && seqs[i].n == 1 ? olat + (size_t)j++ * d.nh * d.kvl : NULL;
+        st = attend_seq(&seqs[i], layer, x, q, qr, bf16, o, ol, err);
+    }
+    if (st == DS_OK && nd > 1) {
+#pragma omp parallel for schedule(static)
+        for (int h = 0; h < d.nh; h++)
+            ds_gemm(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, d.nh * d.kvl, nd,
+                    ov + (size_t)h * d.vd, d.nh * d.vd);
+        for (int i = 0, j = 0; i < n_seqs; i++)
+            if (seqs[i].n == 1)
+                memcpy(o + (size_t)seqs[i].off * d.nh * d.vd, ov + (size_t)j++ * d.nh * d.vd,
+                       sizeof(float) * (size_t)d.nh * d.vd);
+    }
+    free(olat);
+    free(ov);
     if (st == DS_OK)
         ds_matmul(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H, bf16);
 out:
