@@ -423,9 +423,22 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
         }
     if (nc)
         ds_index_scores_fp8(qt, ih, id, w, kc, ksc, nc, sc);
-    for (int i = 0; i < nc; i++)
-        score[at[i]] = sc[i];
-    *nsel = ds_topk_positions(score, nkeys, topk, sel);
+    /* Keys above hi are in, those below lo out; the rest of the places go
+     * to the close keys by exact score, the lowest positions first among
+     * equals (as ds_topk_positions over every key would have it: no key
+     * outside [lo, hi] scores exactly the k-th score). */
+    int above = 0;
+    for (int j = 0; j < nkeys; j++)
+        above += (double)score[j] > hi;
+    int32_t pick[CLOSE_MAX];
+    const int np = ds_topk_positions(sc, nc, topk - above, pick);
+    int m = 0;
+    for (int j = 0, ci = 0; j < nkeys; j++)
+        if ((double)score[j] > hi)
+            sel[m++] = j;
+        else if (ci < np && at[pick[ci]] == j)
+            sel[m++] = j, ci++;
+    *nsel = m;
     return 1;
 }
 

@@ -528,6 +528,43 @@ static void test_index_select(void)
         free(q8), free(w), free(tr.scores), free(tr.topk), free(tr.ntopk), free(sel), free(want_sel), free(nsel);
         free(ref);
     }
+    /* Many exact ties at the k-th score: keys 0..999 are 125 copies each
+     * of 8 keys, so the decode's close keys (rescored exactly) are a whole
+     * group of copies and the lowest positions among them must be picked. */
+    for (int j = 8; j < 1000; j++) {
+        memcpy(c->kv[layer].idx_k + (size_t)j * id, c->kv[layer].idx_k + (size_t)(j % 8) * id, (size_t)id);
+        c->kv[layer].idx_s[j] = c->kv[layer].idx_s[j % 8];
+    }
+    for (int rep = 0; rep < 4; rep++) {
+        const int n = 1000;
+        uint8_t *q8 = malloc((size_t)ih * id);
+        float *w = malloc(sizeof(float) * ih), *ref = malloc(sizeof(float) * n);
+        int32_t *sel = malloc(sizeof(int32_t) * topk), *want_sel = malloc(sizeof(int32_t) * topk);
+        for (int i = 0; i < ih * id; i++)
+            do
+                q8[i] = (uint8_t)rand();
+            while ((q8[i] & 0x7f) == 0x7f);
+        for (int i = 0; i < ih; i++)
+            w[i] = ((float)rand() / RAND_MAX - 0.3f) * 0.01f;
+        for (int j = 0; j < n; j++) {
+            float sc = 0.0f;
+            for (int h = 0; h < ih; h++) {
+                float d = ds_index_dot_ref(q8 + (size_t)h * id, kv->idx_k + (size_t)j * id, id);
+                if (d > 0.0f) {
+                    volatile float pr = w[h] * d;
+                    sc += pr;
+                }
+            }
+            ref[j] = sc * kv->idx_s[j];
+        }
+        const int k = ds_topk_positions(ref, n, topk, want_sel);
+        int nsel = -1;
+        ds_status st = ds_indexer_select(c, layer, q8, w, 1, n - 1, sel, &nsel, topk, &err);
+        calls_fast++;
+        if ((st != DS_OK || nsel != k || memcmp(sel, want_sel, sizeof(int32_t) * k) != 0) && bad_sel++ < 5)
+            printf("untraced index selection over 125-fold ties (rep %d) differs\n", rep);
+        free(q8), free(w), free(ref), free(sel), free(want_sel);
+    }
     CHECK(bad == 0, "%d of %d indexer scores differ from the exact reference", bad, calls);
     printf("indexer: %d scores checked in %d cases\n", calls, (int)(sizeof cases / sizeof cases[0]));
     CHECK(bad_sel == 0, "%d indexer selections differ from the top-k of the reference scores", bad_sel);
