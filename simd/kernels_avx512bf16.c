@@ -874,7 +874,7 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * adjacent key values is broadcast against the 16 heads' query pairs of
  * the same two dimensions: 32 products an instruction, twice the f32
  * kernel's.  Eight keys at a time keep eight dependency chains going. */
-enum { IDX_KEYS = 8, IDX_MAXHB = 4 };
+enum { IDX_KEYS = 8, IDX_MAXHB = 4, IDX_PF_GROUPS = 4 };
 
 /* Pair P of the converted key words (A then B per 64 dimensions) holds
  * dimensions idx_pair_dim(P) and idx_pair_dim(P) + 1. */
@@ -920,6 +920,9 @@ SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const u
     for (int j0 = 0; j0 < n; j0 += IDX_KEYS) {
         const int kn = n - j0 < IDX_KEYS ? n - j0 : IDX_KEYS;
         float l1[IDX_KEYS], s[IDX_KEYS] = {0}, sabs[IDX_KEYS] = {0};
+        if (j0 + IDX_PF_GROUPS * IDX_KEYS < n)  /* the keys a few groups on, from memory meanwhile */
+            for (int b = 0; b < IDX_KEYS * dim; b += 64)
+                __builtin_prefetch(k8 + (size_t)(j0 + IDX_PF_GROUPS * IDX_KEYS) * dim + b, 0, 3);
         for (int g = 0; g < IDX_KEYS; g++)     /* missing keys repeat the first */
             l1[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
         for (int hb = 0; hb < nhb; hb++) {
