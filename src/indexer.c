@@ -309,10 +309,10 @@ ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *
         st = DS_ERR_NOMEM;
         goto out;
     }
-    /* The projections follow the step's precision like every other weight
-     * product: in bf16 the selection is the reference's up to the rounding
-     * of these activations, as the rest of the layer is. */
-    /* Keys of this chunk first: queries may select any of them. */
+    /* Keys of this chunk first: queries may select any of them.  The
+     * projections follow the step's precision like every other weight
+     * product (in bf16 the selection is the reference's up to the rounding
+     * of these activations, as the rest of the layer is). */
     if (bf16)
         ds_matmul(&L->idx_wk, 0, id, x, H, T, kbuf, 2 * id, 1);
     else
@@ -406,9 +406,11 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
         return 0;
     const double tau = (double)kth_score(score, nkeys, topk), lo = tau - 2.0 * (double)bmax,
                  hi = tau + 2.0 * (double)bmax;
-    int close = 0;
-    for (int j = 0; j < nkeys; j++)
+    int close = 0, above = 0;
+    for (int j = 0; j < nkeys; j++) {
         close += (double)score[j] >= lo && (double)score[j] <= hi;
+        above += (double)score[j] > hi;
+    }
     if (close > CLOSE_MAX)
         return 0;   /* flat scores: many keys to rescore */
     /* the close keys, packed, rescored exactly in one call */
@@ -427,9 +429,6 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
      * to the close keys by exact score, the lowest positions first among
      * equals (as ds_topk_positions over every key would have it: no key
      * outside [lo, hi] scores exactly the k-th score). */
-    int above = 0;
-    for (int j = 0; j < nkeys; j++)
-        above += (double)score[j] > hi;
     int32_t pick[CLOSE_MAX];
     const int np = ds_topk_positions(sc, nc, topk - above, pick);
     int m = 0;

@@ -143,13 +143,14 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     float *qabs = malloc(sizeof(float) * (size_t)d.nh * d.kvl);
     float *p = malloc(sizeof(float) * (size_t)d.nh * nk);
     float *sr = malloc(sizeof(float) * (size_t)d.nh * nk);
-    float *olat = malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    float *olat = olat_out ? olat_out : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
     float *tmp = nk > ch ? malloc(sizeof(float) * (size_t)d.nh * d.kvl) : NULL;
     float *lat = malloc(sizeof(float) * (size_t)ch * d.kvl);
     float *latT = tn ? NULL : malloc(sizeof(float) * (size_t)ch * d.kvl);
     float *kr = malloc(sizeof(float) * (size_t)ch * d.rope);
+    float *own = olat_out ? NULL : olat;     /* olat_out is the caller's */
     if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || (!tn && !latT) || !kr) {
-        free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
+        free(qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
 #pragma omp parallel for schedule(static)
@@ -167,15 +168,12 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
             load_keys(c, layer, sel, k0, n, &d, lat, NULL);
         chunk_weighted_sum(p, nk, k0, n, &d, lat, latT, tmp, olat, k0 == 0);
     }
-    if (olat_out) {            /* the caller projects several sequences' at once */
-        memcpy(olat_out, olat, sizeof(float) * (size_t)d.nh * d.kvl);
-    } else {
+    if (!olat_out)             /* else the caller projects several sequences' at once */
 #pragma omp parallel for schedule(static)
         for (int h = 0; h < d.nh; h++)
             ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
-    }
     report_rows(c, layer, pos, nk);
-    free(qabs), free(p), free(sr), free(olat), free(tmp), free(lat), free(latT), free(kr);
+    free(qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
     return DS_OK;
 }
 

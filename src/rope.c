@@ -81,7 +81,8 @@ static __thread struct {
     float co[ROPE_CACHE_MAX], si[ROPE_CACHE_MAX];
 } rope_cache;
 
-/* The angles of pos in co[] / si[] (NULL when half is too large). */
+/* Points co / si at the angles of pos; 0 (nothing cached) when half is
+ * too large for the cache. */
 static int rope_angles(int pos, int half, const float *freq, float mscale, const float **co, const float **si)
 {
     if (half > ROPE_CACHE_MAX)
