@@ -208,7 +208,7 @@ int ds_gemm_tn_f32(const float *A, int n, int cols, const float *X, int ldx, int
     const ds_kernels *k = ds_kernels_active();
     if (!ds_gemm_tn_fast())
         return 0;
-    const int nth = ds_worth_threads((long)n * cols * nt) && n >= 64 ? omp_get_max_threads() : 1;
+    const int nth = ds_worth_threads((long)n * cols * nt) && n >= 64 && !omp_in_parallel() ? omp_get_max_threads() : 1;
     float *part = nth > 1 ? malloc(sizeof(float) * (size_t)(nth - 1) * nt * cols) : NULL;
     if (!part) {
         k->gemm_tn(A, n, cols, X, ldx, 0, nt, Y, ldy);

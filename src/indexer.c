@@ -290,55 +290,68 @@ static int gpu_select(ds_context *c, int layer, const uint8_t *q8, const float *
 }
 #endif
 
-ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
-                         int start, int32_t *sel, int *nsel, int sel_stride, int bf16, ds_error *err)
+ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const float *qr, int T, int bf16,
+                             ds_index_proj *p, ds_error *err)
 {
-    const ds_model *m = c->model;
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
     const int H = cfg->hidden_size, id = cfg->index_head_dim, ih = cfg->index_n_heads;
-    const int ql = cfg->q_lora_rank;
-    ds_status st = DS_OK;
-    pthread_once(&e4m3_int_once, fill_e4m3_int);
-
-    float *kbuf = ds_calloc((size_t)T * 2 * id, sizeof(float), err);
-    float *qbuf = ds_calloc((size_t)T * ih * id, sizeof(float), err);
-    float *wbuf = ds_calloc((size_t)T * ih, sizeof(float), err);
-    uint8_t *q8 = ds_calloc((size_t)T * ih * id, 1, err);
-    if (!kbuf || !qbuf || !wbuf || !q8) {
-        st = DS_ERR_NOMEM;
-        goto out;
+    p->k = ds_calloc((size_t)T * 2 * id, sizeof(float), err);
+    p->q = ds_calloc((size_t)T * ih * id, sizeof(float), err);
+    p->w = ds_calloc((size_t)T * ih, sizeof(float), err);
+    if (!p->k || !p->q || !p->w) {
+        ds_index_proj_free(p);
+        return DS_ERR_NOMEM;
     }
-    /* Keys of this chunk first: queries may select any of them.  The
-     * projections follow the step's precision like every other weight
+    /* The projections follow the step's precision like every other weight
      * product (in bf16 the selection is the reference's up to the rounding
-     * of these activations, as the rest of the layer is). */
+     * of these activations, as the rest of the layer is).  In f32 the keys
+     * go one row at a time: an FP8 key must not depend on the rows it was
+     * computed with. */
     if (bf16)
-        ds_matmul(&L->idx_wk, 0, id, x, H, T, kbuf, 2 * id, 1);
+        ds_matmul(&L->idx_wk, 0, id, x, H, T, p->k, 2 * id, 1);
     else
         for (int t = 0; t < T; t++)
-            ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, kbuf + (size_t)t * 2 * id);
-    for (int t = 0; t < T; t++)
-        index_key(c, layer, kbuf + (size_t)t * 2 * id, start + t);
+            ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, p->k + (size_t)t * 2 * id);
+    ds_matmul(&L->idx_wq_b, 0, ih * id, qr, cfg->q_lora_rank, T, p->q, ih * id, bf16);
+    ds_matmul(&L->idx_wproj, 0, ih, x, H, T, p->w, ih, bf16);
+    return DS_OK;
+}
 
-    ds_matmul(&L->idx_wq_b, 0, ih * id, qr, ql, T, qbuf, ih * id, bf16);
-    ds_matmul(&L->idx_wproj, 0, ih, x, H, T, wbuf, ih, bf16);
+void ds_index_proj_free(ds_index_proj *p)
+{
+    free(p->k);
+    free(p->q);
+    free(p->w);
+    p->k = p->q = p->w = NULL;
+}
+
+ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, int T, int start, int32_t *sel,
+                         int *nsel, int sel_stride, ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_config *cfg = &m->cfg;
+    const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
+    pthread_once(&e4m3_int_once, fill_e4m3_int);
+    uint8_t *q8 = ds_calloc((size_t)T * ih * id, 1, err);
+    if (!q8)
+        return DS_ERR_NOMEM;
+    /* Keys of these rows first: queries may select any of them. */
+    for (int t = 0; t < T; t++)
+        index_key(c, layer, p->k + (size_t)(row + t) * 2 * id, start + t);
+    float *wrow = p->w + (size_t)row * ih;
     const float head_scale = 1.0f / sqrtf((float)ih), dim_scale = 1.0f / sqrtf((float)id);
     for (int t = 0; t < T; t++) {
         for (int h = 0; h < ih; h++) {
-            float *q = qbuf + ((size_t)t * ih + h) * id;
+            float *q = p->q + ((size_t)(row + t) * ih + h) * id;
             ds_rope_halves(q, cfg->qk_rope_head_dim, start + t, m->rope_freq, m->rope_mscale);
             ds_hadamard(q, id);
             float qs = ds_quant_e4m3_block(q, id, cfg->scale_ue8m0, q8 + ((size_t)t * ih + h) * id);
-            float *w = wbuf + (size_t)t * ih + h;
+            float *w = wrow + (size_t)t * ih + h;
             *w = *w * head_scale * qs * dim_scale;
         }
     }
-    st = ds_indexer_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride, err);
-out:
-    free(kbuf);
-    free(qbuf);
-    free(wbuf);
+    ds_status st = ds_indexer_select(c, layer, q8, wrow, T, start, sel, nsel, sel_stride, err);
     free(q8);
     return st;
 }

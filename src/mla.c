@@ -130,8 +130,8 @@ static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_
  * (transposed latents as the matrix, heads as the tokens), so the work is
  * spread over the threads in whole tiles; memory stays bounded for V3's
  * dense attention over long contexts. */
-static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int pos, const int32_t *sel,
-                                 int nk, float *o, float *olat_out, ds_error *err)
+static ds_status attend_absorbed(ds_context *c, int layer, const float *q, const float *qabs_in, int pos,
+                                 const int32_t *sel, int nk, float *o, float *olat_out, ds_error *err)
 {
     const ds_model *m = c->model;
     const ds_layer_w *L = &m->layers[layer];
@@ -140,7 +140,8 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     /* every buffer is written before it is read: no zeroing (a few hundred
      * KiB per layer and token at 2K keys) */
     const int tn = ds_gemm_tn_fast();
-    float *qabs = malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    float *own_qabs = qabs_in ? NULL : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    const float *qabs = qabs_in ? qabs_in : own_qabs;
     float *p = malloc(sizeof(float) * (size_t)d.nh * nk);
     float *sr = malloc(sizeof(float) * (size_t)d.nh * nk);
     float *olat = olat_out ? olat_out : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
@@ -150,12 +151,13 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
     float *kr = malloc(sizeof(float) * (size_t)ch * d.rope);
     float *own = olat_out ? NULL : olat;     /* olat_out is the caller's */
     if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || (!tn && !latT) || !kr) {
-        free(qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
+        free(own_qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
+    if (own_qabs)
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < d.nh; h++)
-        ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, qabs + (size_t)h * d.kvl);
+        for (int h = 0; h < d.nh; h++)
+            ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, own_qabs + (size_t)h * d.kvl);
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         load_keys(c, layer, sel, k0, n, &d, lat, kr);
@@ -173,7 +175,7 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, int p
         for (int h = 0; h < d.nh; h++)
             ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
     report_rows(c, layer, pos, nk);
-    free(qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
+    free(own_qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
     return DS_OK;
 }
 
@@ -388,7 +390,7 @@ static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_
 }
 
 /* Indexer selection and attention of one sequence's rows. */
-static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, const float *q, const float *qr,
+static ds_status attend_seq(const ds_mla_seq *sq, int layer, ds_index_proj *ip, const float *q, const float *qabs,
                             int bf16, float *o, float *olat_out, ds_error *err)
 {
     ds_context *c = sq->ctx;
@@ -402,16 +404,41 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, const float *x, con
     if (cfg->is_v32 && (!sel || !nsel))
         st = DS_ERR_NOMEM;
     if (st == DS_OK && cfg->is_v32)
-        st = ds_indexer_run(c, layer, x + (size_t)sq->off * d.H, qr + (size_t)sq->off * d.ql, T, start, sel, nsel,
-                            stride, bf16, err);
+        st = ds_indexer_run(c, layer, ip, sq->off, T, start, sel, nsel, stride, err);
     const float *qs = q + (size_t)sq->off * d.nh * d.qk;
     float *os = o + (size_t)sq->off * d.nh * d.vd;
     if (st == DS_OK)
-        st = T == 1 ? attend_absorbed(c, layer, qs, start, sel, sel ? nsel[0] : start + 1, os, olat_out, err)
+        st = T == 1 ? attend_absorbed(c, layer, qs, qabs, start, sel, sel ? nsel[0] : start + 1, os, olat_out, err)
                     : attend_expanded(c, layer, qs, T, start, sel, nsel, stride, bf16, os, err);
     free(sel);
     free(nsel);
     return st;
+}
+
+/* From this many decoding sequences their queries absorb together: the f32
+ * W_UK is four times kv_b's FP8 bytes, and one query through kv_b (ds_gemv_t,
+ * kv_b in cache after the first) costs about a quarter of the joint pass. */
+#define ABSORB_MIN_SEQS 4
+
+/* The absorbed queries (q_nope through W_UK) of nd decoding sequences,
+ * whose rows of q are listed in rows[], into qabs [nd][heads * kvl]: one
+ * product per head through the f32 W_UK for all of them, so it is read
+ * once per step rather than once per sequence; the same products, in the
+ * same order, as ds_gemv_t through kv_b.  qd: [nd][heads * qk] scratch.
+ * Returns 0 where the kernel level has no ds_gemm_tn_f32. */
+static int absorb_queries(const ds_layer_w *L, const mla_dims *d, const float *q, const int *rows, int nd,
+                          float *qd, float *qabs)
+{
+    if (!ds_gemm_tn_fast())
+        return 0;
+    const size_t qw = (size_t)d->nh * d->qk, aw = (size_t)d->nh * d->kvl;
+    for (int j = 0; j < nd; j++)
+        memcpy(qd + j * qw, q + (size_t)rows[j] * qw, sizeof(float) * qw);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < d->nh; h++)
+        ds_gemm_tn_f32(L->w_uk + (size_t)h * d->nope * d->kvl, d->nope, d->kvl, qd + (size_t)h * d->qk, (int)qw,
+                       nd, qabs + (size_t)h * d->kvl, (int)aw);
+    return 1;
 }
 
 ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, int bf16,
@@ -421,6 +448,7 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     ds_status st = DS_OK;
+    ds_index_proj ip = {NULL, NULL, NULL};
     float *q = ds_calloc((size_t)T * d.nh * d.qk, sizeof(float), err);
     float *qr = ds_calloc((size_t)T * d.ql, sizeof(float), err);
     float *kva = ds_calloc((size_t)T * (d.kvl + d.rope), sizeof(float), err);
@@ -430,6 +458,8 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         goto out;
     }
     project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva);
+    if (m->cfg.is_v32 && (st = ds_indexer_project(m, layer, x, qr, T, bf16, &ip, err)) != DS_OK)
+        goto out;
     /* Decoding sequences (one token each) leave their weighted latents in
      * olat; their value projections through kv_b then run as one product
      * per head for all of them, kv_b read once per step instead of once
@@ -439,11 +469,24 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         nd += seqs[i].n == 1;
     float *olat = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
     float *ov = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.vd) : NULL;
-    if (nd > 1 && (!olat || !ov))
-        nd = 0;                 /* no room: each sequence projects its own */
+    int absorb = nd >= ABSORB_MIN_SEQS && ds_gemm_tn_fast();
+    float *qabs = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
+    float *qd = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.qk) : NULL;
+    int *rows = absorb ? malloc(sizeof(int) * (size_t)nd) : NULL;
+    if (nd > 1 && (!olat || !ov || (absorb && (!qabs || !qd || !rows))))
+        nd = 0;                 /* no room: each sequence on its own */
+    if (nd > 1 && absorb) {
+        for (int i = 0, j = 0; i < n_seqs; i++)
+            if (seqs[i].n == 1)
+                rows[j++] = seqs[i].off;
+        absorb = absorb_queries(L, &d, q, rows, nd, qd, qabs);
+    }
     for (int i = 0, j = 0; i < n_seqs && st == DS_OK; i++) {
-        float *ol = nd > 1 && seqs[i].n == 1 ? olat + (size_t)j++ * d.nh * d.kvl : NULL;
-        st = attend_seq(&seqs[i], layer, x, q, qr, bf16, o, ol, err);
+        const int dec = nd > 1 && seqs[i].n == 1;
+        float *ol = dec ? olat + (size_t)j * d.nh * d.kvl : NULL;
+        const float *qa = dec && absorb ? qabs + (size_t)j * d.nh * d.kvl : NULL;
+        j += dec;
+        st = attend_seq(&seqs[i], layer, m->cfg.is_v32 ? &ip : NULL, q, qa, bf16, o, ol, err);
     }
     if (st == DS_OK && nd > 1) {
 #pragma omp parallel for schedule(static)
@@ -457,9 +500,13 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
     }
     free(olat);
     free(ov);
+    free(qabs);
+    free(qd);
+    free(rows);
     if (st == DS_OK)
         ds_matmul(&L->o, 0, d.H, o, d.nh * d.vd, T, out, d.H, bf16);
 out:
+    ds_index_proj_free(&ip);
     free(q);
     free(qr);
     free(kva);

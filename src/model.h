@@ -20,6 +20,7 @@ typedef struct ds_layer_w {
     float *attn_norm, *ffn_norm;
     /* MLA */
     ds_mat q_a, q_b, kv_a, kv_b, o;
+    float *w_uk;           /* kv_b's W_UK rows in f32, [heads][nope][kvl] (weights.c) */
     float *q_a_norm, *kv_a_norm;
     /* DSA lightning indexer (V3.2 only) */
     ds_mat idx_wq_b, idx_wk, idx_wproj;
@@ -160,12 +161,23 @@ const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp);
  * of two with ue8m0), q = e4m3(clamp(v / s)).  n <= 128. */
 float ds_quant_e4m3_block(const float *v, int n, int ue8m0, uint8_t *q);
 
-/* indexer.c: computes and caches the index keys of tokens [start, start+T)
- * and returns for each token the selected key positions (ascending) in
- * sel[t * topk ...] with counts nsel[t]; its projections run in bf16 when
- * bf16 != 0 (ds_matmul). */
-ds_status ds_indexer_run(ds_context *c, int layer, const float *x, const float *qr, int T,
-                         int start, int32_t *sel, int *nsel, int sel_stride, int bf16, ds_error *err);
+/* indexer.c: the indexer's projections of all T rows of a step (x: the
+ * normed hidden rows, qr: the normed q_a outputs), in bf16 when bf16 != 0
+ * (ds_matmul): one product per weight for every sequence of the step. */
+typedef struct ds_index_proj {
+    float *k;      /* [T][2 * head_dim]: the key, then scratch */
+    float *q;      /* [T][heads * head_dim] */
+    float *w;      /* [T][heads] head weights */
+} ds_index_proj;
+ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const float *qr, int T, int bf16,
+                             ds_index_proj *p, ds_error *err);
+void ds_index_proj_free(ds_index_proj *p);
+/* One sequence's rows [row, row + T) of p (used up: rotated and scaled in
+ * place), at cache positions [start, start + T): caches their index keys
+ * and returns for each row the selected key positions (ascending) in
+ * sel[t * sel_stride ...] with counts nsel[t]. */
+ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, int T, int start, int32_t *sel,
+                         int *nsel, int sel_stride, ds_error *err);
 /* The scoring and selection half of ds_indexer_run (keys of positions
  * < start + T already cached): q8 [T][heads][head_dim] e4m3 queries, w
  * [T][heads] their head weights with the query scales folded in.  Query t
