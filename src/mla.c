@@ -423,8 +423,9 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, ds_index_proj *ip, 
 /* The absorbed queries (q_nope through W_UK) of nd decoding sequences,
  * whose rows of q are listed in rows[], into qabs [nd][heads * kvl]: one
  * product per head through the f32 W_UK for all of them, so it is read
- * once per step rather than once per sequence; the same products, in the
- * same order, as ds_gemv_t through kv_b.  qd: [nd][heads * qk] scratch.
+ * once per step rather than once per sequence.  f32 like ds_gemv_t through
+ * kv_b (which folds the block scale into the query instead), so the two
+ * agree to f32 rounding.  qd: [nd][heads * qk] scratch.
  * Returns 0 where the kernel level has no ds_gemm_tn_f32. */
 static int absorb_queries(const ds_layer_w *L, const mla_dims *d, const float *q, const int *rows, int nd,
                           float *qd, float *qabs)

@@ -182,8 +182,8 @@ ds_status ds_weights_bind_expert(ds_model *m, int l, int e, ds_ffn_w *w, ds_erro
 
 /* w_uk: the W_UK rows of kv_b (each head's first nope rows) dequantized
  * to f32, [heads][nope][kvl], so the queries of several decoding sequences
- * absorb through it as one product per head (mla.c), with the same exact
- * products as ds_gemv_t through kv_b.  Four bytes a weight: 4 MiB a layer
+ * absorb through it as one product per head (mla.c), in f32 like
+ * ds_gemv_t through kv_b.  Four bytes a weight: 4 MiB a layer
  * at mid's shapes, 32 MiB at V3's (2 GiB over 61 layers). */
 static ds_status dequant_w_uk(ds_model *m, ds_layer_w *L, ds_error *err)
 {
