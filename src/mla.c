@@ -426,18 +426,20 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, ds_index_proj *ip, 
  * once per step rather than once per sequence.  f32 like ds_gemv_t through
  * kv_b (which folds the block scale into the query instead), so the two
  * agree to f32 rounding.  qd: [nd][heads * qk] scratch.
- * Returns 0 where the kernel level has no ds_gemm_tn_f32. */
-static int absorb_queries(const ds_layer_w *L, const mla_dims *d, const float *q, const int *rows, int nd,
+ * Returns 0 where the kernel level has no ds_gemm_tn_f32 or there is no
+ * memory for W_UK in f32. */
+static int absorb_queries(ds_model *m, int layer, const mla_dims *d, const float *q, const int *rows, int nd,
                           float *qd, float *qabs)
 {
-    if (!ds_gemm_tn_fast())
+    const float *w_uk = ds_gemm_tn_fast() ? ds_weights_w_uk(m, layer) : NULL;
+    if (!w_uk)
         return 0;
     const size_t qw = (size_t)d->nh * d->qk, aw = (size_t)d->nh * d->kvl;
     for (int j = 0; j < nd; j++)
         memcpy(qd + j * qw, q + (size_t)rows[j] * qw, sizeof(float) * qw);
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < d->nh; h++)
-        ds_gemm_tn_f32(L->w_uk + (size_t)h * d->nope * d->kvl, d->nope, d->kvl, qd + (size_t)h * d->qk, (int)qw,
+        ds_gemm_tn_f32(w_uk + (size_t)h * d->nope * d->kvl, d->nope, d->kvl, qd + (size_t)h * d->qk, (int)qw,
                        nd, qabs + (size_t)h * d->kvl, (int)aw);
     return 1;
 }
@@ -480,7 +482,7 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         for (int i = 0, j = 0; i < n_seqs; i++)
             if (seqs[i].n == 1)
                 rows[j++] = seqs[i].off;
-        absorb = absorb_queries(L, &d, q, rows, nd, qd, qabs);
+        absorb = absorb_queries(seqs[0].ctx->model, layer, &d, q, rows, nd, qd, qabs);
     }
     for (int i = 0, j = 0; i < n_seqs && st == DS_OK; i++) {
         const int dec = nd > 1 && seqs[i].n == 1;

@@ -180,25 +180,6 @@ ds_status ds_weights_bind_expert(ds_model *m, int l, int e, ds_ffn_w *w, ds_erro
     return bind_ffn(m, prefix, m->cfg.moe_intermediate_size, w, err);
 }
 
-/* w_uk: the W_UK rows of kv_b (each head's first nope rows) dequantized
- * to f32, [heads][nope][kvl], so the queries of several decoding sequences
- * absorb through it as one product per head (mla.c), in f32 like
- * ds_gemv_t through kv_b.  Four bytes a weight: 4 MiB a layer
- * at mid's shapes, 32 MiB at V3's (2 GiB over 61 layers). */
-static ds_status dequant_w_uk(ds_model *m, ds_layer_w *L, ds_error *err)
-{
-    const ds_config *c = &m->cfg;
-    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, kvl = c->kv_lora_rank;
-    float *w = ds_model_own(m, sizeof(float) * (size_t)nh * nope * kvl, err);
-    if (!w)
-        return DS_ERR_NOMEM;
-    for (int h = 0; h < nh; h++)
-        for (int d = 0; d < nope; d++)
-            ds_mat_row(&L->kv_b, h * (nope + c->v_head_dim) + d, w + ((size_t)h * nope + d) * kvl);
-    L->w_uk = w;
-    return DS_OK;
-}
-
 static ds_status bind_layer(ds_model *m, int l, ds_layer_w *L, ds_error *err)
 {
     const ds_config *c = &m->cfg;
@@ -216,7 +197,6 @@ static ds_status bind_layer(ds_model *m, int l, ds_layer_w *L, ds_error *err)
     TRY(bind_vec(m, NAME("%s.self_attn.kv_a_layernorm.weight", p), c->kv_lora_rank, &L->kv_a_norm, err));
     TRY(bind_mat(m, NAME("%s.self_attn.kv_b_proj.weight", p), nh * (c->qk_nope_head_dim + c->v_head_dim),
                  c->kv_lora_rank, &L->kv_b, err));
-    TRY(dequant_w_uk(m, L, err));
     TRY(bind_mat(m, NAME("%s.self_attn.o_proj.weight", p), H, nh * c->v_head_dim, &L->o, err));
     if (c->is_v32) {
         int ih = c->index_n_heads, id = c->index_head_dim;
@@ -264,6 +244,34 @@ ds_status ds_weights_bind(ds_model *m, ds_error *err)
     for (int l = 0; l < c->num_hidden_layers; l++)
         TRY(bind_layer(m, l, &m->layers[l], err));
     return DS_OK;
+}
+
+/* w_uk: the W_UK rows of kv_b (each head's first nope rows) dequantized
+ * to f32, [heads][nope][kvl], so the queries of several decoding sequences
+ * absorb through it as one product per head (mla.c), in f32 like
+ * ds_gemv_t through kv_b.  Four bytes a weight (4 MiB a layer at mid's
+ * shapes, 32 MiB at V3's, 2 GiB over its 61 layers), so it is made on the
+ * first step that needs it: a model never batched never holds it.  Under
+ * w_uk_mu; ds_model_own is otherwise only called while loading. */
+const float *ds_weights_w_uk(ds_model *m, int l)
+{
+    ds_layer_w *L = &m->layers[l];
+    const float *w = __atomic_load_n(&L->w_uk, __ATOMIC_ACQUIRE);
+    if (w)
+        return w;
+    pthread_mutex_lock(&m->w_uk_mu);
+    if (!L->w_uk) {
+        const ds_config *c = &m->cfg;
+        const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, kvl = c->kv_lora_rank;
+        float *b = ds_model_own(m, sizeof(float) * (size_t)nh * nope * kvl, NULL);
+        for (int h = 0; b && h < nh; h++)
+            for (int d = 0; d < nope; d++)
+                ds_mat_row(&L->kv_b, h * (nope + c->v_head_dim) + d, b + ((size_t)h * nope + d) * kvl);
+        __atomic_store_n(&L->w_uk, b, __ATOMIC_RELEASE);
+    }
+    w = L->w_uk;
+    pthread_mutex_unlock(&m->w_uk_mu);
+    return w;
 }
 
 /* The dense matrices of the model: everything but the routed experts (owned
