@@ -472,13 +472,14 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         nd += seqs[i].n == 1;
     float *olat = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
     float *ov = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.vd) : NULL;
-    int absorb = nd >= ABSORB_MIN_SEQS && ds_gemm_tn_fast();
+    int absorb = nd >= ABSORB_MIN_SEQS;
     float *qabs = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
     float *qd = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.qk) : NULL;
     int *rows = absorb ? malloc(sizeof(int) * (size_t)nd) : NULL;
-    if (nd > 1 && (!olat || !ov || (absorb && (!qabs || !qd || !rows))))
+    if (nd > 1 && (!olat || !ov))
         nd = 0;                 /* no room: each sequence on its own */
-    if (nd > 1 && absorb) {
+    absorb = absorb && nd > 1 && qabs && qd && rows;   /* else each query absorbs alone */
+    if (absorb) {
         for (int i = 0, j = 0; i < n_seqs; i++)
             if (seqs[i].n == 1)
                 rows[j++] = seqs[i].off;
