@@ -884,8 +884,11 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * (NaN codes read as 0, as the exact scorer reads them), and each pair of
  * adjacent key values is broadcast against the 16 heads' query pairs of
  * the same two dimensions: 32 products an instruction, twice the f32
- * kernel's.  Eight keys at a time keep eight dependency chains going. */
-enum { IDX_KEYS = 8, IDX_MAXHB = 4, IDX_PF_GROUPS = 4 };
+ * kernel's.  Sixteen keys at a time: sixteen dependency chains keep both
+ * of a Zen 5's (or a Sapphire Rapids') dot units busy, and the sixteen
+ * head sums, sums of |w d| and key norms come out of one transposing
+ * reduction each (sum16) instead of a horizontal sum per key. */
+enum { IDX_KEYS = 16, IDX_MAXHB = 4, IDX_PF_GROUPS = 2 };
 
 /* Pair P of the converted key words (A then B per 64 dimensions) holds
  * dimensions idx_pair_dim(P) and idx_pair_dim(P) + 1. */
@@ -895,9 +898,10 @@ static int idx_pair_dim(int P)
     return 64 * c + 16 * (m / 4) + 2 * (m % 4) + 8 * b;
 }
 
-/* Key k8 (dim codes) as npair bf16 pairs in kb; returns sum |k| (f32). */
-SINL float idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i tl[2], const __m512i th[2],
-                         uint32_t *kb)
+/* Key k8 (dim codes) as npair bf16 pairs in kb; returns the lanes of
+ * sum |k| (f32). */
+SINL __m512 idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i tl[2], const __m512i th[2],
+                          uint32_t *kb)
 {
     const __m512i mag = _mm512_set1_epi32(0x7fff7fff);
     const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
@@ -912,7 +916,28 @@ SINL float idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i tl
         l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(a, mag), ones);
         l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(b, mag), ones);
     }
-    return _mm512_reduce_add_ps(l1);
+    return l1;
+}
+
+/* Lane g of the result: the sum of v[g]'s lanes, for 16 vectors at once.
+ * Four halving steps (256-bit halves, 128-bit quarters, then pairs and
+ * single lanes within 128 bits) leave v[j + 4 m] in lane 4 j + m; reading
+ * the inputs in that transposed order puts v[g] in lane g. */
+SINL __m512 sum16(const __m512 v[16])
+{
+    __m512 r1[8], r2[4], r3[2];
+    for (int i = 0; i < 8; i++) {
+        const int g0 = 2 * i, g1 = 2 * i + 1;
+        const __m512 a = v[4 * (g0 % 4) + g0 / 4], b = v[4 * (g1 % 4) + g1 / 4];
+        r1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    }
+    for (int i = 0; i < 4; i++)
+        r2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], 0x88),
+                              _mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; i++)
+        r3[i] = _mm512_add_ps(_mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], 0x44),
+                              _mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], 0xee));
+    return _mm512_add_ps(_mm512_shuffle_ps(r3[0], r3[1], 0x88), _mm512_shuffle_ps(r3[0], r3[1], 0xdd));
 }
 
 /* The query pairs, [head block][pair][16 heads]. */
@@ -930,38 +955,45 @@ SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const u
     uint32_t kb[IDX_KEYS][DS_INDEX_MAXDIM / 2] __attribute__((aligned(64)));
     for (int j0 = 0; j0 < n; j0 += IDX_KEYS) {
         const int kn = n - j0 < IDX_KEYS ? n - j0 : IDX_KEYS;
-        float l1[IDX_KEYS], s[IDX_KEYS] = {0}, sabs[IDX_KEYS] = {0};
+        __m512 v[IDX_KEYS];
         if (j0 + IDX_PF_GROUPS * IDX_KEYS < n)  /* the keys a few groups on, from memory meanwhile */
             for (int b = 0; b < IDX_KEYS * dim; b += 64)
                 __builtin_prefetch(k8 + (size_t)(j0 + IDX_PF_GROUPS * IDX_KEYS) * dim + b, 0, 3);
         for (int g = 0; g < IDX_KEYS; g++)     /* missing keys repeat the first */
-            l1[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
+            v[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
+        const __m512 l1 = sum16(v);
+        __m512 s = _mm512_setzero_ps(), sabs = _mm512_setzero_ps();
         for (int hb = 0; hb < nhb; hb++) {
             __m512 acc[IDX_KEYS];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int g = 0; g < IDX_KEYS; g++)
                 acc[g] = _mm512_setzero_ps();
             for (int P = 0; P < npair; P++) {
                 const __m512bh q = (__m512bh)_mm512_load_si512((const __m512i *)(const void *)idx_qp[hb][P]);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
                 for (int g = 0; g < IDX_KEYS; g++)
                     acc[g] = _mm512_dpbf16_ps(acc[g], q, (__m512bh)_mm512_set1_epi32((int)kb[g][P]));
             }
             const int left = nh - 16 * hb;
             const __m512 wv = _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1),
                                                     w + 16 * hb);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int g = 0; g < IDX_KEYS; g++) {
                 const __m512 p = _mm512_mul_ps(acc[g], wv);
-                s[g] += _mm512_reduce_add_ps(
-                    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[g], _mm512_setzero_ps(), _CMP_GT_OQ), p));
-                sabs[g] += _mm512_reduce_add_ps(_mm512_abs_ps(p));
+                v[g] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[g], _mm512_setzero_ps(), _CMP_GT_OQ), p);
+                acc[g] = _mm512_abs_ps(p);
             }
+            s = _mm512_add_ps(s, sum16(v));
+            sabs = _mm512_add_ps(sabs, sum16(acc));
         }
+        float sv[IDX_KEYS], av[IDX_KEYS], lv[IDX_KEYS];
+        _mm512_storeu_ps(sv, s);
+        _mm512_storeu_ps(av, sabs);
+        _mm512_storeu_ps(lv, l1);
         for (int g = 0; g < kn; g++) {
-            const float sc = s[g] * ks[j0 + g];
+            const float sc = sv[g] * ks[j0 + g];
             score[j0 + g] = sc;
-            bound[j0 + g] = ds_index_bound(l1[g] * 1.0001f, c, sabs[g], sc, ks[j0 + g], nh, dim);
+            bound[j0 + g] = ds_index_bound(lv[g] * 1.0001f, c, av[g], sc, ks[j0 + g], nh, dim);
         }
     }
 }
