@@ -376,80 +376,164 @@ static float kth_score(const float *score, int n, int k)
  * are exactly above tau and those below exactly below it, so the top k of
  * the mixed scores is the exact top k, ties included.  Returns 0 when the
  * kernel level has no fast approximate scorer or when more than CLOSE_MAX
- * keys are that close (then the caller scores exactly). */
-enum { CLOSE_MAX = 256 };
+ * keys are that close (then the caller scores exactly).
+ *
+ * Finding tau~ and the keys near it must not cost a serial pass per step
+ * over every key (at 32K keys that was as long as the scoring): each
+ * thread histograms the top HIST_BITS of its own scores' keys while they
+ * are in cache, every thread reads the merged histogram to find the bucket
+ * of the k-th largest, and keeps the positions of its keys from the bucket
+ * below that one up (the candidates, in position order).  The k-th largest
+ * of all is the k-th largest candidate, and the keys within 2B of it are
+ * candidates too unless tau~ - 2B falls below those buckets (then every
+ * key is looked at). */
+enum { CLOSE_MAX = 256, HIST_BITS = 12 };
+
+typedef struct {        /* the keys above hi and the close ones, by position */
+    int32_t *above;
+    int nabove, nclose;
+    int close[CLOSE_MAX];
+} approx_split;
+
+/* Splits positions pos[0 .. n) (all of [0, n) when pos is NULL) by
+ * approximate score against [lo, hi]; 0 when more than CLOSE_MAX are in. */
+static int split_close(const float *score, const int32_t *pos, int n, double lo, double hi, approx_split *sp)
+{
+    sp->nabove = sp->nclose = 0;
+    for (int i = 0; i < n; i++) {
+        const int j = pos ? pos[i] : i;
+        const double v = (double)score[j];
+        if (v > hi)
+            sp->above[sp->nabove++] = j;
+        else if (v >= lo) {
+            if (sp->nclose == CLOSE_MAX)
+                return 0;
+            sp->close[sp->nclose++] = j;
+        }
+    }
+    return 1;
+}
+
+/* The lowest key of the histogram bucket below the one that holds the k-th
+ * largest of the scores counted in hist[nt][1 << HIST_BITS] (a bucket's
+ * margin: tau~ - 2B nearly always stays above it). */
+static uint32_t bucket_floor(const uint32_t *hist, int nt, int k)
+{
+    const int nb = 1 << HIST_BITS;
+    uint32_t rank = (uint32_t)k;
+    for (int b = nb - 1; b > 0; b--) {
+        uint32_t h = 0;
+        for (int t = 0; t < nt; t++)
+            h += hist[(size_t)t * nb + b];
+        if (h >= rank)
+            return (uint32_t)(b - 1) << (32 - HIST_BITS);
+        rank -= h;
+    }
+    return 0;
+}
+
 static int select_approx(ds_context *c, int layer, const uint8_t *q8, const float *w, int nkeys, int32_t *sel,
                          int *nsel, ds_error *err, int *nomem)
 {
     const ds_config *cfg = &c->model->cfg;
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads, hs = DS_INDEX_HSTRIDE(ih), topk = cfg->index_topk;
-    if (id > DS_INDEX_MAXDIM)
+    if (id > DS_INDEX_MAXDIM || topk <= 0 || topk >= nkeys)
         return 0;
     const int nt = nkeys >= 16 * KEY_BLOCK ? omp_get_max_threads() : 1;
     const size_t b_score = align64(sizeof(float) * (size_t)nkeys), b_qt = align64(sizeof(double) * (size_t)hs * id);
     const size_t b_qd = align64(sizeof(double) * (size_t)ih * id), b_qf = align64(sizeof(float) * (size_t)hs * id);
-    char *p = idx_scratch(c, 2 * b_score + b_qt + b_qd + b_qf, err);
+    const size_t b_hist = align64(sizeof(uint32_t) << HIST_BITS) * (size_t)nt, b_t = align64(2 * sizeof(int) * (size_t)nt);
+    char *p = idx_scratch(c, 4 * b_score + b_qt + b_qd + b_qf + b_hist + b_t, err);
     if (!p) {
         *nomem = 1;
         return 0;
     }
     float *score = (float *)p, *bound = (float *)(p + b_score);
-    double *qt = (double *)(p + 2 * b_score), *qd = (double *)(p + 2 * b_score + b_qt);
-    float *qf = (float *)(p + 2 * b_score + b_qt + b_qd);
+    int32_t *cand = (int32_t *)(p + 2 * b_score);
+    float *cscore = (float *)(p + 3 * b_score);   /* later the keys above hi */
+    double *qt = (double *)(p + 4 * b_score), *qd = (double *)(p + 4 * b_score + b_qt);
+    float *qf = (float *)(p + 4 * b_score + b_qt + b_qd);
+    uint32_t *hist = (uint32_t *)(p + 4 * b_score + b_qt + b_qd + b_qf);
+    int *ncand_t = (int *)(p + 4 * b_score + b_qt + b_qd + b_qf + b_hist), *j0_t = ncand_t + nt;
+    memset(ncand_t, 0, 2 * sizeof(int) * (size_t)nt);
     query_transposed(q8, ih, id, qd, qt);
     for (int i = 0; i < hs * id; i++)
         qf[i] = (float)qt[i];   /* FP8 values: exact */
     const ds_kv_layer *kv = &c->kv[layer];
     const int nb = (nkeys + KEY_BLOCK - 1) / KEY_BLOCK;
-    int ok = 1;
+    int ok = 1, nact = 1;
     float bmax = 0.0f;
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(& : ok) reduction(max : bmax)
     {
         const int n = omp_get_num_threads(), t = omp_get_thread_num();
         const int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
         const int j0 = b0 * KEY_BLOCK, j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
+        uint32_t *h = hist + ((size_t)t << HIST_BITS);
+        if (t == 0)
+            nact = n;
+        memset(h, 0, sizeof(uint32_t) << HIST_BITS);
         if (j1 > j0) {
             ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0,
                                             score + j0, bound + j0);
-            for (int j = j0; ok && j < j1; j++)
+            for (int j = j0; ok && j < j1; j++) {
                 bmax = bound[j] > bmax ? bound[j] : bmax;
+                h[score_key(score[j]) >> (32 - HIST_BITS)]++;
+            }
         }
+#pragma omp barrier
+        /* every thread finds the same bucket; each keeps its own candidates */
+        const uint32_t floor_key = bucket_floor(hist, n, topk);
+        int m = 0;
+        for (int j = j0; j < j1; j++)
+            if (score_key(score[j]) >= floor_key)
+                cand[j0 + m++] = j;
+        ncand_t[t] = m;
+        j0_t[t] = j0;
     }
     if (!ok)
         return 0;
-    const double tau = (double)kth_score(score, nkeys, topk), lo = tau - 2.0 * (double)bmax,
-                 hi = tau + 2.0 * (double)bmax;
-    int close = 0, above = 0;
-    for (int j = 0; j < nkeys; j++) {
-        close += (double)score[j] >= lo && (double)score[j] <= hi;
-        above += (double)score[j] > hi;
+    int ncand = 0;
+    for (int t = 0; t < nact; t++) {
+        memmove(cand + ncand, cand + j0_t[t], sizeof(int32_t) * (size_t)ncand_t[t]);
+        ncand += ncand_t[t];
     }
-    if (close > CLOSE_MAX)
+    for (int i = 0; i < ncand; i++)
+        cscore[i] = score[cand[i]];
+    const double tau = (double)kth_score(cscore, ncand, topk), lo = tau - 2.0 * (double)bmax,
+                 hi = tau + 2.0 * (double)bmax;
+    /* every key at or above lo a candidate? (lo rounded down to a float) */
+    float lo_f = (float)lo;
+    if ((double)lo_f > lo)
+        lo_f = nextafterf(lo_f, -INFINITY);
+    const int all_in = score_key(lo_f) >= bucket_floor(hist, nact, topk);
+    approx_split sp;
+    sp.above = (int32_t *)cscore;
+    if (!split_close(score, all_in ? cand : NULL, all_in ? ncand : nkeys, lo, hi, &sp))
         return 0;   /* flat scores: many keys to rescore */
     /* the close keys, packed, rescored exactly in one call */
     uint8_t kc[CLOSE_MAX * DS_INDEX_MAXDIM];
     float ksc[CLOSE_MAX], sc[CLOSE_MAX];
-    int at[CLOSE_MAX], nc = 0;
-    for (int j = 0; j < nkeys; j++)
-        if ((double)score[j] >= lo && (double)score[j] <= hi) {
-            memcpy(kc + (size_t)nc * id, kv->idx_k + (size_t)j * id, (size_t)id);
-            ksc[nc] = kv->idx_s[j];
-            at[nc++] = j;
-        }
-    if (nc)
-        ds_index_scores_fp8(qt, ih, id, w, kc, ksc, nc, sc);
+    for (int i = 0; i < sp.nclose; i++) {
+        memcpy(kc + (size_t)i * id, kv->idx_k + (size_t)sp.close[i] * id, (size_t)id);
+        ksc[i] = kv->idx_s[sp.close[i]];
+    }
+    if (sp.nclose)
+        ds_index_scores_fp8(qt, ih, id, w, kc, ksc, sp.nclose, sc);
     /* Keys above hi are in, those below lo out; the rest of the places go
      * to the close keys by exact score, the lowest positions first among
      * equals (as ds_topk_positions over every key would have it: no key
-     * outside [lo, hi] scores exactly the k-th score). */
+     * outside [lo, hi] scores exactly the k-th score).  Both lists are in
+     * position order: merged, so is the selection. */
     int32_t pick[CLOSE_MAX];
-    const int np = ds_topk_positions(sc, nc, topk - above, pick);
-    int m = 0;
-    for (int j = 0, ci = 0; j < nkeys; j++)
-        if ((double)score[j] > hi)
-            sel[m++] = j;
-        else if (ci < np && at[pick[ci]] == j)
-            sel[m++] = j, ci++;
+    const int np = ds_topk_positions(sc, sp.nclose, topk - sp.nabove, pick);
+    int m = 0, a = 0, ci = 0;
+    while (a < sp.nabove || ci < np) {
+        const int32_t cj = ci < np ? sp.close[pick[ci]] : INT32_MAX;
+        if (a < sp.nabove && sp.above[a] < cj)
+            sel[m++] = sp.above[a++];
+        else
+            sel[m++] = cj, ci++;
+    }
     *nsel = m;
     return 1;
 }
