@@ -9,7 +9,10 @@
  * scored by ds_index_scores (simd/, one register tile of 8 keys x 16 heads
  * at a time, exact and bit-identical to the int64 reference); a decode
  * step splits the key blocks across the threads, prefill decodes each key
- * block once for a block of queries. */
+ * block once for a block of queries.  An untraced decode step scores in
+ * f32 with an error bound first and rescores exactly only the keys near
+ * the k-th score (select_approx): the same selection, at a fraction of
+ * the cost. */
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
