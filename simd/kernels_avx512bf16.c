@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "kernels_sum16.h"
 #include "quant.h"
 
 #define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma")))
@@ -887,7 +888,7 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * kernel's.  Sixteen keys at a time: sixteen dependency chains keep both
  * of a Zen 5's (or a Sapphire Rapids') dot units busy, and the sixteen
  * head sums, sums of |w d| and key norms come out of one transposing
- * reduction each (sum16) instead of a horizontal sum per key. */
+ * reduction each (ds_sum16) instead of a horizontal sum per key. */
 enum { IDX_KEYS = 16, IDX_MAXHB = 4, IDX_PF_GROUPS = 2 };
 
 /* Pair P of the converted key words (A then B per 64 dimensions) holds
@@ -919,27 +920,6 @@ SINL __m512 idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i t
     return l1;
 }
 
-/* Lane g of the result: the sum of v[g]'s lanes, for 16 vectors at once.
- * Four halving steps (256-bit halves, 128-bit quarters, then pairs and
- * single lanes within 128 bits) leave v[j + 4 m] in lane 4 j + m; reading
- * the inputs in that transposed order puts v[g] in lane g. */
-SINL __m512 sum16(const __m512 v[16])
-{
-    __m512 r1[8], r2[4], r3[2];
-    for (int i = 0; i < 8; i++) {
-        const int g0 = 2 * i, g1 = 2 * i + 1;
-        const __m512 a = v[4 * (g0 % 4) + g0 / 4], b = v[4 * (g1 % 4) + g1 / 4];
-        r1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-    }
-    for (int i = 0; i < 4; i++)
-        r2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], 0x88),
-                              _mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], 0xdd));
-    for (int i = 0; i < 2; i++)
-        r3[i] = _mm512_add_ps(_mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], 0x44),
-                              _mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], 0xee));
-    return _mm512_add_ps(_mm512_shuffle_ps(r3[0], r3[1], 0x88), _mm512_shuffle_ps(r3[0], r3[1], 0xdd));
-}
-
 /* The query pairs, [head block][pair][16 heads]. */
 static __thread uint32_t idx_qp[IDX_MAXHB][DS_INDEX_MAXDIM / 2][16] __attribute__((aligned(64)));
 
@@ -961,7 +941,7 @@ SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const u
                 __builtin_prefetch(k8 + (size_t)(j0 + IDX_PF_GROUPS * IDX_KEYS) * dim + b, 0, 3);
         for (int g = 0; g < IDX_KEYS; g++)     /* missing keys repeat the first */
             v[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
-        const __m512 l1 = sum16(v);
+        const __m512 l1 = DS_SUM16(v);
         __m512 s = _mm512_setzero_ps(), sabs = _mm512_setzero_ps();
         for (int hb = 0; hb < nhb; hb++) {
             __m512 acc[IDX_KEYS];
@@ -983,8 +963,8 @@ SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const u
                 v[g] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[g], _mm512_setzero_ps(), _CMP_GT_OQ), p);
                 acc[g] = _mm512_abs_ps(p);
             }
-            s = _mm512_add_ps(s, sum16(v));
-            sabs = _mm512_add_ps(sabs, sum16(acc));
+            s = _mm512_add_ps(s, DS_SUM16(v));
+            sabs = _mm512_add_ps(sabs, DS_SUM16(acc));
         }
         float sv[IDX_KEYS], av[IDX_KEYS], lv[IDX_KEYS];
         _mm512_storeu_ps(sv, s);
