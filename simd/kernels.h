@@ -115,4 +115,48 @@ void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, cons
 int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
                                int n, float *score, float *bound);
 
+/* ---- absorbed decode attention straight over the cached keys ----------
+ * One decode query of nh heads against n cached keys, without first
+ * expanding the keys to an f32 matrix: the scores, a softmax per head, and
+ * the probability-weighted sum of the latents.  Heads go in blocks of
+ * DS_ATTN_HB, one per vector lane; the query and the outputs are in
+ * chunk-interleaved layouts (below) so every access is at a constant
+ * offset.  Every level computes the same sums in f32, in its own order.
+ *
+ * The keys of one layer: the latent as f32 or as e4m3 with one f32 scale
+ * per 128 values (value = code * scale, rounded once, as ds_kv_load_latent
+ * has it; NaN codes are not used), and the rope key as f32 or bf16. */
+#define DS_ATTN_HB 16
+typedef struct ds_attn_keys {
+    int kvl, rope;               /* latent and rope key widths */
+    const float *lat_f32;        /* [pos][kvl], or NULL for lat_q + lat_s */
+    const uint8_t *lat_q;        /* [pos][kvl] e4m3 codes */
+    const float *lat_s;          /* [pos][(kvl + 127) / 128] */
+    const float *rope_f32;       /* [pos][rope], or NULL for rope_bf16 */
+    const uint16_t *rope_bf16;   /* [pos][rope] */
+} ds_attn_keys;
+
+/* Floats of a packed query: per head block, the latent columns in chunks
+ * of 16 then the rope columns in chunks of 16, each chunk [16 heads][16
+ * columns]; missing heads and columns are 0. */
+size_t ds_attn_q_floats(int nh, int kvl, int rope);
+/* Packs qabs[h * ldqa + c] (c < kvl) and qr[h * ldqr + r] (r < rope). */
+void ds_attn_pack_q(const float *qabs, int ldqa, const float *qr, int ldqr, int nh, int kvl, int rope, float *qp);
+/* 1 when the active level has a fast form of the three below (else they
+ * run the scalar reference, slower than gathering the keys for ds_gemm). */
+int ds_attn_fast(void);
+/* s[(b * lds + i) * 16 + h] = sum over the latent and rope columns of
+ * query head 16 b + h times key pos[i] (base + i when pos is NULL), i < n,
+ * for the nhb head blocks of the packed query qp. */
+void ds_attn_scores(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *qp, int nhb, float *s,
+                    int lds);
+/* s[(b * lds + i) * 16 + h] = softmax over i < n of scale * s[...], for
+ * every lane h of every block b (the steps of ds_softmax). */
+void ds_attn_softmax(float *s, int n, int nhb, int lds, float scale);
+/* o[((b * nc + c / 16) * 16 + h) * 16 + c % 16] = sum over i < n of
+ * p[(b * ldp + i) * 16 + h] * latent c of key pos[i] (base + i when pos is
+ * NULL), c < kvl, nc = (kvl + 15) / 16, padding columns 0; overwritten. */
+void ds_attn_wsum(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *p, int nhb, int ldp,
+                  float *o);
+
 #endif

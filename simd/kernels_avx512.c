@@ -1,7 +1,8 @@
 /* kernels_avx512.c — the AVX-512 (F+BW+VL+DQ) kernel table ds_kernels_avx512:
  * row dot products, row dequantisation, GEMV, transposed GEMV, a register-
  * tiled GEMM and dot/axpy over F32, BF16, F16 and FP8 e4m3 (128x128 block
- * scales) weights.
+ * scales) weights; the indexer's exact scorer, softmax, and the absorbed
+ * decode attention straight over the cached keys (ds_attn_*).
  *
  * Only the functions carry target attributes, so the file builds in a
  * generic x86-64 compile and is entered only after cpu.c has checked that
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "kernels_sum16.h"
 #include "quant.h"
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -997,6 +999,173 @@ NOINL void avx512_softmax(float *x, int n)
     }
 }
 
+
+/* ---- absorbed decode attention over cached keys ------------------------
+ * ds_attn_scores / ds_attn_softmax / ds_attn_wsum (kernels.h): each key's
+ * latent is decoded 16 values at a time in registers (e4m3 through the f16
+ * route, times its block scale and the 2^8) and multiplied against the 16
+ * heads of a block at once, the packed query chunks at constant offsets.
+ * Selected keys are scattered over the cache: the scores prefetch the
+ * rows a few keys ahead; the sums read them again (from L2) in blocks. */
+enum { AK_AHEAD = 8, AK_BLOCK = 8 };
+
+/* 16 latent values of key j from column c (lanes of m; the rest 0). */
+INL __m512 ak_lat(const ds_attn_keys *k, int f32, int j, int c, __mmask16 m)
+{
+    if (f32)
+        return _mm512_maskz_loadu_ps(m, k->lat_f32 + (size_t)j * k->kvl + c);
+    const int nb = (k->kvl + 127) / 128;
+    const __m512 v = e4m3x16(_mm_maskz_loadu_epi8(m, k->lat_q + (size_t)j * k->kvl + c));
+    return _mm512_mul_ps(v, _mm512_set1_ps(k->lat_s[(size_t)j * nb + c / 128] * 256.0f));
+}
+
+INL __m512 ak_rope(const ds_attn_keys *k, int f32, int j, int r, __mmask16 m)
+{
+    if (f32)
+        return _mm512_maskz_loadu_ps(m, k->rope_f32 + (size_t)j * k->rope + r);
+    const __m256i u = _mm256_maskz_loadu_epi16(m, k->rope_bf16 + (size_t)j * k->rope + r);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(u), 16));
+}
+
+INL void ak_prefetch(const ds_attn_keys *k, int j)
+{
+    const char *lat = k->lat_f32 ? (const char *)(k->lat_f32 + (size_t)j * k->kvl)
+                                 : (const char *)(k->lat_q + (size_t)j * k->kvl);
+    const size_t lb = k->lat_f32 ? 4 * (size_t)k->kvl : (size_t)k->kvl;
+    for (size_t b = 0; b < lb; b += 64)
+        _mm_prefetch(lat + b, _MM_HINT_T0);
+    if (!k->lat_f32)
+        _mm_prefetch((const char *)(k->lat_s + (size_t)j * ((k->kvl + 127) / 128)), _MM_HINT_T0);
+    const char *rp = k->rope_f32 ? (const char *)(k->rope_f32 + (size_t)j * k->rope)
+                                 : (const char *)(k->rope_bf16 + (size_t)j * k->rope);
+    const size_t rb = (size_t)k->rope * (k->rope_f32 ? 4 : 2);
+    for (size_t b = 0; b < rb; b += 64)
+        _mm_prefetch(rp + b, _MM_HINT_T0);
+}
+
+INL void ak_scores(const ds_attn_keys *k, int lf32, int rf32, const int32_t *pos, int base, int n, const float *qp,
+                   int nhb, float *s, int lds)
+{
+    const int ncl = (k->kvl + 15) / 16, ncr = (k->rope + 15) / 16;
+    for (int i = 0; i < n; i++) {
+        const int j = pos ? pos[i] : base + i;
+        if (i + AK_AHEAD < n)
+            ak_prefetch(k, pos ? pos[i + AK_AHEAD] : base + i + AK_AHEAD);
+        for (int b = 0; b < nhb; b++) {
+            const float *q = qp + (size_t)b * (ncl + ncr) * 256;
+            __m512 acc[16];
+#pragma GCC unroll 16
+            for (int h = 0; h < 16; h++)
+                acc[h] = _mm512_setzero_ps();
+            for (int cc = 0; cc < ncl; cc++, q += 256) {
+                const __m512 x = ak_lat(k, lf32, j, 16 * cc, tail_mask(k->kvl - 16 * cc));
+#pragma GCC unroll 16
+                for (int h = 0; h < 16; h++)
+                    acc[h] = _mm512_fmadd_ps(_mm512_load_ps(q + 16 * h), x, acc[h]);
+            }
+            for (int cc = 0; cc < ncr; cc++, q += 256) {
+                const __m512 x = ak_rope(k, rf32, j, 16 * cc, tail_mask(k->rope - 16 * cc));
+#pragma GCC unroll 16
+                for (int h = 0; h < 16; h++)
+                    acc[h] = _mm512_fmadd_ps(_mm512_load_ps(q + 16 * h), x, acc[h]);
+            }
+            _mm512_storeu_ps(s + ((size_t)b * lds + i) * 16, DS_SUM16(acc));
+        }
+    }
+}
+
+NOINL void avx512_attn_scores(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *qp, int nhb,
+                              float *s, int lds)
+{
+    if ((uintptr_t)qp % 64) {   /* the packed query is read with aligned loads */
+        ds_kernels_scalar.attn_scores(k, pos, base, n, qp, nhb, s, lds);
+        return;
+    }
+    const int lf32 = k->lat_f32 != NULL, rf32 = k->rope_f32 != NULL;
+    if (lf32 && rf32)
+        ak_scores(k, 1, 1, pos, base, n, qp, nhb, s, lds);
+    else if (!lf32 && rf32)
+        ak_scores(k, 0, 1, pos, base, n, qp, nhb, s, lds);
+    else if (!lf32)
+        ak_scores(k, 0, 0, pos, base, n, qp, nhb, s, lds);
+    else
+        ak_scores(k, 1, 0, pos, base, n, qp, nhb, s, lds);
+}
+
+/* ds_softmax's steps, with all 16 heads of a block in the lanes. */
+NOINL void avx512_attn_softmax(float *s, int n, int nhb, int lds, float scale)
+{
+    if (n <= 0)
+        return;
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int b = 0; b < nhb; b++) {
+        float *x = s + (size_t)b * lds * 16;
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        for (int i = 0; i < n; i++) {
+            const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + (size_t)i * 16), sc);
+            _mm512_storeu_ps(x + (size_t)i * 16, v);
+            mv = _mm512_max_ps(mv, v);
+        }
+        /* all -inf, inf or NaN in a lane: the scalar form's answer */
+        if (_mm512_cmp_ps_mask(_mm512_abs_ps(mv), _mm512_set1_ps(INFINITY), _CMP_LT_OQ) != 0xffff) {
+            ds_kernels_scalar.attn_softmax(x, n, 1, lds, 1.0f);
+            continue;
+        }
+        __m512 sv = _mm512_setzero_ps();
+        for (int i = 0; i < n; i++) {
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + (size_t)i * 16), mv));
+            _mm512_storeu_ps(x + (size_t)i * 16, e);
+            sv = _mm512_add_ps(sv, e);
+        }
+        for (int i = 0; i < n; i++)
+            _mm512_storeu_ps(x + (size_t)i * 16, _mm512_div_ps(_mm512_loadu_ps(x + (size_t)i * 16), sv));
+    }
+}
+
+INL void ak_wsum(const ds_attn_keys *k, int lf32, const int32_t *pos, int base, int n, const float *p, int nhb,
+                 int ldp, float *o)
+{
+    const int nc = (k->kvl + 15) / 16;
+    for (int b = 0; b < nhb; b++)
+        for (int i0 = 0; i0 < n; i0 += AK_BLOCK) {
+            const int nb = n - i0 < AK_BLOCK ? n - i0 : AK_BLOCK;
+            int j[AK_BLOCK];
+            for (int t = 0; t < nb; t++)
+                j[t] = pos ? pos[i0 + t] : base + i0 + t;
+            for (int cc = 0; cc < nc; cc++) {
+                float *ob = o + ((size_t)b * nc + cc) * 256;
+                const __mmask16 m = tail_mask(k->kvl - 16 * cc);
+                __m512 acc[16];
+#pragma GCC unroll 16
+                for (int h = 0; h < 16; h++)
+                    acc[h] = i0 ? _mm512_load_ps(ob + 16 * h) : _mm512_setzero_ps();
+                for (int t = 0; t < nb; t++) {
+                    const __m512 x = ak_lat(k, lf32, j[t], 16 * cc, m);
+                    const float *pr = p + ((size_t)b * ldp + i0 + t) * 16;
+#pragma GCC unroll 16
+                    for (int h = 0; h < 16; h++)
+                        acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(pr[h]), x, acc[h]);
+                }
+#pragma GCC unroll 16
+                for (int h = 0; h < 16; h++)
+                    _mm512_store_ps(ob + 16 * h, acc[h]);
+            }
+        }
+}
+
+NOINL void avx512_attn_wsum(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *p, int nhb,
+                            int ldp, float *o)
+{
+    if ((uintptr_t)o % 64 || n <= 0) {   /* aligned stores below; n == 0 writes zeros */
+        ds_kernels_scalar.attn_wsum(k, pos, base, n, p, nhb, ldp, o);
+        return;
+    }
+    if (k->lat_f32)
+        ak_wsum(k, 1, pos, base, n, p, nhb, ldp, o);
+    else
+        ak_wsum(k, 0, pos, base, n, p, nhb, ldp, o);
+}
+
 const ds_kernels ds_kernels_avx512 = {
     .name = "avx512",
     .mat_row = avx512_mat_row,
@@ -1011,6 +1180,9 @@ const ds_kernels ds_kernels_avx512 = {
     .index_scores_approx = avx512_index_scores_approx,
     .gemm_tn = avx512_gemm_tn,
     .softmax = avx512_softmax,
+    .attn_scores = avx512_attn_scores,
+    .attn_softmax = avx512_attn_softmax,
+    .attn_wsum = avx512_attn_wsum,
 };
 
 #endif /* x86 */

@@ -271,3 +271,51 @@ int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w,
     k->index_scores_approx(qt, nh, dim, w, k8, ks, n, score, bound);
     return 1;
 }
+
+size_t ds_attn_q_floats(int nh, int kvl, int rope)
+{
+    const size_t nhb = (size_t)(nh + DS_ATTN_HB - 1) / DS_ATTN_HB;
+    return nhb * (size_t)((kvl + 15) / 16 + (rope + 15) / 16) * 256;
+}
+
+void ds_attn_pack_q(const float *qabs, int ldqa, const float *qr, int ldqr, int nh, int kvl, int rope, float *qp)
+{
+    const int ncl = (kvl + 15) / 16, ncr = (rope + 15) / 16;
+    memset(qp, 0, sizeof(float) * ds_attn_q_floats(nh, kvl, rope));
+    for (int h = 0; h < nh; h++) {
+        float *qb = qp + (size_t)(h / 16) * (ncl + ncr) * 256 + (h % 16) * 16;
+        for (int c = 0; c < kvl; c++)
+            qb[(size_t)(c / 16) * 256 + c % 16] = qabs[(size_t)h * ldqa + c];
+        for (int r = 0; r < rope; r++)
+            qb[(size_t)(ncl + r / 16) * 256 + r % 16] = qr[(size_t)h * ldqr + r];
+    }
+}
+
+int ds_attn_fast(void)
+{
+    const ds_kernels *k = ds_kernels_active();
+    return k->attn_scores && k != &ds_kernels_scalar;   /* the scalar form is the reference */
+}
+
+static const ds_kernels *attn_table(void)
+{
+    const ds_kernels *k = ds_kernels_active();
+    return k->attn_scores ? k : &ds_kernels_scalar;
+}
+
+void ds_attn_scores(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *qp, int nhb, float *s,
+                    int lds)
+{
+    attn_table()->attn_scores(k, pos, base, n, qp, nhb, s, lds);
+}
+
+void ds_attn_softmax(float *s, int n, int nhb, int lds, float scale)
+{
+    attn_table()->attn_softmax(s, n, nhb, lds, scale);
+}
+
+void ds_attn_wsum(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *p, int nhb, int ldp,
+                  float *o)
+{
+    attn_table()->attn_wsum(k, pos, base, n, p, nhb, ldp, o);
+}

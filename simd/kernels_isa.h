@@ -31,6 +31,13 @@ typedef struct ds_kernels {
     void (*gemm_tn)(const float *A, int n, int cols, const float *X, int ldx, int t0, int t1, float *Y, int ldy);
     /* NULL where the level has none: the scalar one serves (ds_softmax) */
     void (*softmax)(float *x, int n);
+    /* NULL where the level has no fast form: the scalar ones serve (see
+     * ds_attn_fast) */
+    void (*attn_scores)(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *qp, int nhb,
+                        float *s, int lds);
+    void (*attn_softmax)(float *s, int n, int nhb, int lds, float scale);
+    void (*attn_wsum)(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *p, int nhb, int ldp,
+                      float *o);
 } ds_kernels;
 
 /* The scalar forms, shared by tables without a SIMD one (neon). */

@@ -369,6 +369,83 @@ static void scalar_softmax(float *x, int n)
         x[i] /= s;
 }
 
+
+/* ---- absorbed decode attention over cached keys (reference) ---------- */
+
+static float attn_lat(const ds_attn_keys *k, int j, int c)
+{
+    if (k->lat_f32)
+        return k->lat_f32[(size_t)j * k->kvl + c];
+    const int nb = (k->kvl + 127) / 128;
+    return ds_e4m3_to_f32(k->lat_q[(size_t)j * k->kvl + c]) * k->lat_s[(size_t)j * nb + c / 128];
+}
+
+static float attn_rope(const ds_attn_keys *k, int j, int r)
+{
+    if (k->rope_f32)
+        return k->rope_f32[(size_t)j * k->rope + r];
+    const uint32_t u = (uint32_t)k->rope_bf16[(size_t)j * k->rope + r] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void scalar_attn_scores(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *qp, int nhb,
+                               float *s, int lds)
+{
+    const int ncl = (k->kvl + 15) / 16, ncr = (k->rope + 15) / 16;
+    for (int b = 0; b < nhb; b++) {
+        const float *qb = qp + (size_t)b * (ncl + ncr) * 256;
+        for (int i = 0; i < n; i++) {
+            const int j = pos ? pos[i] : base + i;
+            for (int h = 0; h < DS_ATTN_HB; h++) {
+                float a = 0.0f;
+                for (int c = 0; c < k->kvl; c++)
+                    a += qb[((size_t)(c / 16) * 16 + h) * 16 + c % 16] * attn_lat(k, j, c);
+                for (int r = 0; r < k->rope; r++)
+                    a += qb[((size_t)(ncl + r / 16) * 16 + h) * 16 + r % 16] * attn_rope(k, j, r);
+                s[((size_t)b * lds + i) * 16 + h] = a;
+            }
+        }
+    }
+}
+
+static void scalar_attn_softmax(float *s, int n, int nhb, int lds, float scale)
+{
+    for (int b = 0; b < nhb; b++)
+        for (int h = 0; h < DS_ATTN_HB; h++) {
+            float *x = s + (size_t)b * lds * 16 + h;
+            float mx = -INFINITY, sum = 0.0f;
+            for (int i = 0; i < n; i++) {
+                x[(size_t)i * 16] *= scale;
+                if (x[(size_t)i * 16] > mx)
+                    mx = x[(size_t)i * 16];
+            }
+            for (int i = 0; i < n; i++) {
+                x[(size_t)i * 16] = expf(x[(size_t)i * 16] - mx);
+                sum += x[(size_t)i * 16];
+            }
+            for (int i = 0; i < n; i++)
+                x[(size_t)i * 16] /= sum;
+        }
+}
+
+static void scalar_attn_wsum(const ds_attn_keys *k, const int32_t *pos, int base, int n, const float *p, int nhb,
+                             int ldp, float *o)
+{
+    const int nc = (k->kvl + 15) / 16;
+    memset(o, 0, sizeof(float) * (size_t)nhb * nc * 256);
+    for (int b = 0; b < nhb; b++)
+        for (int i = 0; i < n; i++) {
+            const int j = pos ? pos[i] : base + i;
+            for (int h = 0; h < DS_ATTN_HB; h++) {
+                const float pr = p[((size_t)b * ldp + i) * 16 + h];
+                for (int c = 0; c < k->kvl; c++)
+                    o[(((size_t)b * nc + c / 16) * 16 + h) * 16 + c % 16] += pr * attn_lat(k, j, c);
+            }
+        }
+}
+
 const ds_kernels ds_kernels_scalar = {
     .name = "scalar",
     .mat_row = scalar_mat_row,
@@ -383,6 +460,9 @@ const ds_kernels ds_kernels_scalar = {
     .index_scores_approx = scalar_index_scores_approx,
     .gemm_tn = scalar_gemm_tn,
     .softmax = scalar_softmax,
+    .attn_scores = scalar_attn_scores,
+    .attn_softmax = scalar_attn_softmax,
+    .attn_wsum = scalar_attn_wsum,
 };
 
 void ds_rmsnorm(const float *x, const float *w, float eps, int n, float *y)

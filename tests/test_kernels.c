@@ -691,6 +691,122 @@ static void check_selection(void)
         FAIL("scalar level must always be available");
 }
 
+
+/* The absorbed decode attention over cached keys (ds_attn_*), every level's
+ * form (the scalar one included) against the definitions computed here in
+ * double from the unpacked query: latents as f32 or e4m3 with a scale per
+ * 128 (widths that are not multiples of 16 or 128), rope keys as f32 or
+ * bf16, scattered positions or a run from a base, 1 to 3 head blocks. */
+static float attn_key_lat(const ds_attn_keys *k, int j, int c)
+{
+    if (k->lat_f32)
+        return k->lat_f32[(size_t)j * k->kvl + c];
+    return ds_e4m3_to_f32(k->lat_q[(size_t)j * k->kvl + c]) * k->lat_s[(size_t)j * ((k->kvl + 127) / 128) + c / 128];
+}
+
+static float attn_key_rope(const ds_attn_keys *k, int j, int r)
+{
+    if (k->rope_f32)
+        return k->rope_f32[(size_t)j * k->rope + r];
+    uint32_t u = (uint32_t)k->rope_bf16[(size_t)j * k->rope + r] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void check_attn_one(const ds_kernels *k, int nh, int kvl, int rope, int n, int fmt, int scattered)
+{
+    const int npool = 3 * n + 5, nb = (kvl + 127) / 128, nhb = (nh + 15) / 16, nc = (kvl + 15) / 16;
+    float *latf = rand_vec((size_t)npool * kvl), *ls = malloc(sizeof(float) * (size_t)npool * nb);
+    uint8_t *lq = malloc((size_t)npool * kvl);
+    float *rf = rand_vec((size_t)npool * rope);
+    uint16_t *rb = malloc(sizeof(uint16_t) * ((size_t)npool * rope + 1));
+    for (size_t i = 0; i < (size_t)npool * kvl; i++)
+        do
+            lq[i] = (uint8_t)rnd();
+        while ((lq[i] & 0x7f) == 0x7f);     /* the cache never holds NaN codes */
+    for (int i = 0; i < npool * nb; i++)
+        ls[i] = ldexpf(1.0f + (float)(rnd() & 7) / 8.0f, (int)(rnd() % 9) - 8);
+    for (int i = 0; i < npool * rope; i++)
+        rb[i] = (uint16_t)(0x3c00 + (rnd() & 0x03ff)) ^ (uint16_t)(rnd() & 0x8000);
+    ds_attn_keys keys = {kvl, rope, fmt & 1 ? NULL : latf, lq, ls, fmt & 2 ? NULL : rf, rb};
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        pos[i] = (int32_t)(rnd() % (unsigned)npool);
+    const int base = scattered ? 0 : (int)(rnd() % (unsigned)(npool - n + 1));
+    float *qa = rand_vec((size_t)nh * kvl), *qr = rand_vec((size_t)nh * (rope + 3));
+    float *qp = aligned_alloc(64, (sizeof(float) * ds_attn_q_floats(nh, kvl, rope) + 63) / 64 * 64);
+    ds_attn_pack_q(qa, kvl, qr, rope + 3, nh, kvl, rope, qp);
+    const int lds = n + 2;
+    float *sc = malloc(sizeof(float) * (size_t)nhb * lds * 16);
+    float *o = aligned_alloc(64, sizeof(float) * (size_t)nhb * nc * 256);
+    for (size_t i = 0; i < (size_t)nhb * lds * 16; i++)
+        sc[i] = 12345.0f;
+    k->attn_scores(&keys, scattered ? pos : NULL, base, n, qp, nhb, sc, lds);
+    for (int i = 0; i < n; i++) {
+        const int j = scattered ? pos[i] : base + i;
+        for (int h = 0; h < nhb * 16; h++) {
+            double want = 0.0, mag = 0.0;
+            for (int c = 0; h < nh && c < kvl; c++) {
+                want += (double)qa[(size_t)h * kvl + c] * attn_key_lat(&keys, j, c);
+                mag += fabs((double)qa[(size_t)h * kvl + c] * attn_key_lat(&keys, j, c));
+            }
+            for (int r = 0; h < nh && r < rope; r++) {
+                want += (double)qr[(size_t)h * (rope + 3) + r] * attn_key_rope(&keys, j, r);
+                mag += fabs((double)qr[(size_t)h * (rope + 3) + r] * attn_key_rope(&keys, j, r));
+            }
+            const float got = sc[((size_t)(h / 16) * lds + i) * 16 + h % 16];
+            checks++;
+            if (!(fabs(got - want) <= (kvl + rope + 16) * 6e-8 * mag + 1e-30))
+                FAIL("%s: attn_scores nh %d kvl %d rope %d n %d fmt %d key %d head %d: %.9g, want %.9g", k->name, nh,
+                     kvl, rope, n, fmt, i, h, got, want);
+        }
+    }
+    /* softmax against the scalar steps on the same scores */
+    float *sm = malloc(sizeof(float) * (size_t)nhb * lds * 16);
+    memcpy(sm, sc, sizeof(float) * (size_t)nhb * lds * 16);
+    ds_kernels_scalar.attn_softmax(sm, n, nhb, lds, 0.37f);
+    k->attn_softmax(sc, n, nhb, lds, 0.37f);
+    for (int b = 0; b < nhb; b++)
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < 16; h++) {
+                const size_t at = ((size_t)b * lds + i) * 16 + h;
+                checks++;
+                if (!(fabsf(sc[at] - sm[at]) <= 1e-5f * sm[at] + 1e-7f))
+                    FAIL("%s: attn_softmax n %d block %d key %d head %d: %.9g, want %.9g", k->name, n, b, i, h, sc[at],
+                         sm[at]);
+            }
+    k->attn_wsum(&keys, scattered ? pos : NULL, base, n, sc, nhb, lds, o);
+    for (int h = 0; h < nhb * 16; h++)
+        for (int c = 0; c < nc * 16; c++) {
+            double want = 0.0, mag = 0.0;
+            for (int i = 0; c < kvl && i < n; i++) {
+                const double t = (double)sc[((size_t)(h / 16) * lds + i) * 16 + h % 16] *
+                                 attn_key_lat(&keys, scattered ? pos[i] : base + i, c);
+                want += t;
+                mag += fabs(t);
+            }
+            const float got = o[(((size_t)(h / 16) * nc + c / 16) * 16 + h % 16) * 16 + c % 16];
+            checks++;
+            if (!(fabs(got - want) <= (n + 16) * 6e-8 * mag + 1e-30))
+                FAIL("%s: attn_wsum nh %d kvl %d n %d fmt %d head %d column %d: %.9g, want %.9g", k->name, nh, kvl, n,
+                     fmt, h, c, got, want);
+        }
+    free(latf), free(ls), free(lq), free(rf), free(rb), free(pos), free(qa), free(qr), free(qp), free(sc), free(o);
+    free(sm);
+}
+
+static void check_attn(const ds_kernels *k)
+{
+    if (!k->attn_scores)
+        return;
+    static const int shapes[][4] = {   /* heads, kvl, rope, keys */
+        {16, 512, 64, 37}, {4, 512, 64, 5}, {20, 200, 40, 19}, {1, 17, 3, 1}, {33, 128, 64, 9}, {16, 130, 16, 64}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int fmt = 0; fmt < 4; fmt++)
+            check_attn_one(k, shapes[si][0], shapes[si][1], shapes[si][2], shapes[si][3], fmt, (int)(si + fmt) % 2);
+}
+
 int main(int argc, char **argv)
 {
     const int selection_only = argc > 1 && strcmp(argv[1], "--selection") == 0;
@@ -715,6 +831,7 @@ int main(int argc, char **argv)
         check_index(k);
         check_gemm_tn(k);
         check_softmax(k);
+        check_attn(k);
         printf(" %s(%s)", k->name, failures == before ? "ok" : "FAIL");
         fflush(stdout);
     }
