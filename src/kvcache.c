@@ -164,6 +164,22 @@ void ds_kv_prefetch(const ds_context *c, int layer, int pos)
         __builtin_prefetch(rp + b, 0, 3);
 }
 
+void ds_kv_attn_keys(const ds_context *c, int layer, ds_attn_keys *k)
+{
+    const ds_kv_layer *kv = &c->kv[layer];
+    memset(k, 0, sizeof *k);
+    k->kvl = c->model->cfg.kv_lora_rank;
+    k->rope = c->model->cfg.qk_rope_head_dim;
+    if (c->kv_type == DS_KV_F32)
+        k->lat_f32 = kv->latent_f32;
+    else
+        k->lat_q = kv->latent_q, k->lat_s = kv->latent_s;
+    if (c->kv_type == DS_KV_FP8_COMPACT)
+        k->rope_bf16 = kv->kpe_bf16;
+    else
+        k->rope_f32 = kv->kpe;
+}
+
 /* bf16 with round-to-nearest-even (finite inputs). */
 static uint16_t f32_to_bf16(float f)
 {

@@ -5,6 +5,7 @@
  * decode in the absorbed form directly over the cached latent.  Only
  * selected keys are ever touched. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -122,61 +123,129 @@ static void chunk_weighted_sum(const float *p, int nk, int k0, int n, const mla_
         olat[i] += tmp[i];
 }
 
-/* Absorbed attention of one query over nk keys: q_nope is folded through
- * W_UK so scores are taken against the latent itself, and the weighted
- * latent sum is expanded through W_UV once per head.  Keys go in chunks:
- * scores for all heads are two GEMMs (latent and rope parts, keys as the
- * matrix rows, heads as the tokens), the weighted sums one GEMM per chunk
- * (transposed latents as the matrix, heads as the tokens), so the work is
- * spread over the threads in whole tiles; memory stays bounded for V3's
- * dense attention over long contexts. */
-static ds_status attend_absorbed(ds_context *c, int layer, const float *q, const float *qabs_in, int pos,
-                                 const int32_t *sel, int nk, float *o, float *olat_out, ds_error *err)
+/* olat[h] = sum over the nk keys of softmax(scores)[h][i] * latent_i for
+ * every head, the keys gathered in chunks: scores for all heads are two
+ * GEMMs (latent and rope parts, keys as the matrix rows, heads as the
+ * tokens), the weighted sums one GEMM per chunk (transposed latents as the
+ * matrix, heads as the tokens), so the work is spread over the threads in
+ * whole tiles; memory stays bounded for V3's dense attention over long
+ * contexts.  The form for kernel levels without ds_attn_fast. */
+static ds_status latent_sum_gathered(ds_context *c, int layer, const mla_dims *dp, const float *q, const float *qabs,
+                                     const int32_t *sel, int nk, float *olat, ds_error *err)
 {
-    const ds_model *m = c->model;
-    const ds_layer_w *L = &m->layers[layer];
-    const mla_dims d = dims_of(&m->cfg);
+    const mla_dims d = *dp;
     const int ch = nk < KEY_CHUNK ? nk : KEY_CHUNK;
     /* every buffer is written before it is read: no zeroing (a few hundred
      * KiB per layer and token at 2K keys) */
     const int tn = ds_gemm_tn_fast();
-    float *own_qabs = qabs_in ? NULL : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
-    const float *qabs = qabs_in ? qabs_in : own_qabs;
     float *p = malloc(sizeof(float) * (size_t)d.nh * nk);
     float *sr = malloc(sizeof(float) * (size_t)d.nh * nk);
-    float *olat = olat_out ? olat_out : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
     float *tmp = nk > ch ? malloc(sizeof(float) * (size_t)d.nh * d.kvl) : NULL;
     float *lat = malloc(sizeof(float) * (size_t)ch * d.kvl);
     float *latT = tn ? NULL : malloc(sizeof(float) * (size_t)ch * d.kvl);
     float *kr = malloc(sizeof(float) * (size_t)ch * d.rope);
-    float *own = olat_out ? NULL : olat;     /* olat_out is the caller's */
-    if (!qabs || !p || !sr || !olat || (nk > ch && !tmp) || !lat || (!tn && !latT) || !kr) {
-        free(own_qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
+    if (!p || !sr || (nk > ch && !tmp) || !lat || (!tn && !latT) || !kr) {
+        free(p), free(sr), free(tmp), free(lat), free(latT), free(kr);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
-    if (own_qabs)
-#pragma omp parallel for schedule(static)
-        for (int h = 0; h < d.nh; h++)
-            ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, own_qabs + (size_t)h * d.kvl);
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         load_keys(c, layer, sel, k0, n, &d, lat, kr);
         chunk_scores(qabs, q, &d, lat, kr, k0, n, nk, p, sr);
     }
-    scores_softmax(p, sr, d.nh, nk, m->attn_scale);
+    scores_softmax(p, sr, d.nh, nk, c->model->attn_scale);
     for (int k0 = 0; k0 < nk; k0 += ch) {
         const int n = nk - k0 < ch ? nk - k0 : ch;
         if (nk > ch)                      /* one chunk: its latents are still there */
             load_keys(c, layer, sel, k0, n, &d, lat, NULL);
         chunk_weighted_sum(p, nk, k0, n, &d, lat, latT, tmp, olat, k0 == 0);
     }
-    if (!olat_out)             /* else the caller projects several sequences' at once */
+    free(p), free(sr), free(tmp), free(lat), free(latT), free(kr);
+    return DS_OK;
+}
+
+/* The same straight over the cache (ds_attn_scores / _softmax / _wsum):
+ * no f32 copy of the keys.  Each thread scores a contiguous share of the
+ * keys, one thread per head block takes the softmax, and each thread sums
+ * the latents of the keys it scored (still in its cache) into its own
+ * partial, added in thread order. */
+static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, const float *q, const float *qabs,
+                                  const int32_t *sel, int nk, float *olat, ds_error *err)
+{
+    ds_attn_keys keys;
+    ds_kv_attn_keys(c, layer, &keys);
+    const int nhb = (d->nh + DS_ATTN_HB - 1) / DS_ATTN_HB, nc = (d->kvl + 15) / 16;
+    const int nt = nk >= 64 ? omp_get_max_threads() : 1;
+    const size_t part_floats = (size_t)nhb * nc * 256;
+    float *qp = ds_alloc_aligned(sizeof(float) * ds_attn_q_floats(d->nh, d->kvl, d->rope), err);
+    float *s = malloc(sizeof(float) * (size_t)nhb * nk * 16);
+    float *part = ds_alloc_aligned(sizeof(float) * part_floats * (size_t)nt, err);
+    if (!qp || !s || !part) {
+        free(qp), free(s), free(part);
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+    }
+    ds_attn_pack_q(qabs, d->kvl, q + d->nope, d->qk, d->nh, d->kvl, d->rope, qp);
+    const float scale = c->model->attn_scale;
+    int team = 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int i0 = (int)((long)nk * t / n), i1 = (int)((long)nk * (t + 1) / n);
+        if (t == 0)
+            team = n;
+        ds_attn_scores(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, qp, nhb, s + (size_t)i0 * 16, nk);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int b = 0; b < nhb; b++)
+            ds_attn_softmax(s + (size_t)b * nk * 16, nk, 1, nk, scale);
+        ds_attn_wsum(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, s + (size_t)i0 * 16, nhb, nk,
+                     part + (size_t)t * part_floats);
+    }
+    for (int h = 0; h < d->nh; h++)   /* 16 contiguous columns of head h from each partial */
+        for (int cc = 0; cc < nc; cc++) {
+            const float *src = part + (((size_t)(h / 16) * nc + cc) * 16 + h % 16) * 16;
+            float *dst = olat + (size_t)h * d->kvl + 16 * cc;
+            const int w = d->kvl - 16 * cc < 16 ? d->kvl - 16 * cc : 16;
+            memcpy(dst, src, sizeof(float) * (size_t)w);
+            for (int t = 1; t < team; t++)
+                for (int x = 0; x < w; x++)
+                    dst[x] += src[(size_t)t * part_floats + x];
+        }
+    free(qp), free(s), free(part);
+    return DS_OK;
+}
+
+/* Absorbed attention of one query over nk keys: q_nope is folded through
+ * W_UK so scores are taken against the latent itself, and the weighted
+ * latent sum is expanded through W_UV once per head. */
+static ds_status attend_absorbed(ds_context *c, int layer, const float *q, const float *qabs_in, int pos,
+                                 const int32_t *sel, int nk, float *o, float *olat_out, ds_error *err)
+{
+    const ds_model *m = c->model;
+    const ds_layer_w *L = &m->layers[layer];
+    const mla_dims d = dims_of(&m->cfg);
+    float *own_qabs = qabs_in ? NULL : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    const float *qabs = qabs_in ? qabs_in : own_qabs;
+    float *olat = olat_out ? olat_out : malloc(sizeof(float) * (size_t)d.nh * d.kvl);
+    float *own = olat_out ? NULL : olat;     /* olat_out is the caller's */
+    if (!qabs || !olat) {
+        free(own_qabs), free(own);
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+    }
+    if (own_qabs)
+#pragma omp parallel for schedule(static)
+        for (int h = 0; h < d.nh; h++)
+            ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, own_qabs + (size_t)h * d.kvl);
+    ds_status st = ds_attn_fast() ? latent_sum_fused(c, layer, &d, q, qabs, sel, nk, olat, err)
+                                  : latent_sum_gathered(c, layer, &d, q, qabs, sel, nk, olat, err);
+    if (st == DS_OK && !olat_out)   /* else the caller projects several sequences' at once */
 #pragma omp parallel for schedule(static)
         for (int h = 0; h < d.nh; h++)
             ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
-    report_rows(c, layer, pos, nk);
-    free(own_qabs), free(p), free(sr), free(own), free(tmp), free(lat), free(latT), free(kr);
-    return DS_OK;
+    if (st == DS_OK)
+        report_rows(c, layer, pos, nk);
+    free(own_qabs), free(own);
+    return st;
 }
 
 /* The expanded attention as two GEMMs per head when most (query, key)

@@ -157,6 +157,8 @@ void ds_kv_store_rope(ds_context *c, int layer, int pos, const float *kpe);
  * cache (sparse attention gathers scattered positions; without it each
  * row arrives at memory latency). */
 void ds_kv_prefetch(const ds_context *c, int layer, int pos);
+/* The layer's cached keys as ds_attn_scores / ds_attn_wsum read them. */
+void ds_kv_attn_keys(const ds_context *c, int layer, ds_attn_keys *k);
 /* The rope key at pos: a pointer into the arena, or (bf16 layout) tmp[rope]
  * filled with its f32 values. */
 const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp);
