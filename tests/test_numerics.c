@@ -442,6 +442,44 @@ static void on_trace(void *user, ds_trace_kind kind, int layer, int pos, const v
     }
 }
 
+/* Random e4m3 codes, never NaN. */
+static void rand_codes(uint8_t *q, int n)
+{
+    for (int i = 0; i < n; i++)
+        do
+            q[i] = (uint8_t)rand();
+        while ((q[i] & 0x7f) == 0x7f);
+}
+
+/* An untraced decode selection over keys 0 .. n - 1 of the layer (query q8,
+ * weights w) against the top-k of the reference scores; 1 when it differs. */
+static int untraced_select_differs(ds_context *c, int layer, const uint8_t *q8, const float *w, int n)
+{
+    const ds_config *cfg = &c->model->cfg;
+    const int ih = cfg->index_n_heads, id = cfg->index_head_dim, topk = cfg->index_topk;
+    const ds_kv_layer *kv = &c->kv[layer];
+    float *ref = malloc(sizeof(float) * n);
+    int32_t *sel = malloc(sizeof(int32_t) * topk), *want_sel = malloc(sizeof(int32_t) * topk);
+    for (int j = 0; j < n; j++) {
+        float sc = 0.0f;
+        for (int h = 0; h < ih; h++) {
+            float d = ds_index_dot_ref(q8 + (size_t)h * id, kv->idx_k + (size_t)j * id, id);
+            if (d > 0.0f) {
+                volatile float pr = w[h] * d;
+                sc += pr;
+            }
+        }
+        ref[j] = sc * kv->idx_s[j];
+    }
+    const int k = ds_topk_positions(ref, n, topk, want_sel);
+    int nsel = -1;
+    ds_error err;
+    ds_status st = ds_indexer_select(c, layer, q8, w, 1, n - 1, sel, &nsel, topk, &err);
+    const int differs = st != DS_OK || nsel != k || memcmp(sel, want_sel, sizeof(int32_t) * k) != 0;
+    free(ref), free(sel), free(want_sel);
+    return differs;
+}
+
 static void test_index_select(void)
 {
     const char *top = getenv("top_srcdir");
@@ -536,34 +574,15 @@ static void test_index_select(void)
         c->kv[layer].idx_s[j] = c->kv[layer].idx_s[j % 8];
     }
     for (int rep = 0; rep < 4; rep++) {
-        const int n = 1000;
         uint8_t *q8 = malloc((size_t)ih * id);
-        float *w = malloc(sizeof(float) * ih), *ref = malloc(sizeof(float) * n);
-        int32_t *sel = malloc(sizeof(int32_t) * topk), *want_sel = malloc(sizeof(int32_t) * topk);
-        for (int i = 0; i < ih * id; i++)
-            do
-                q8[i] = (uint8_t)rand();
-            while ((q8[i] & 0x7f) == 0x7f);
+        float *w = malloc(sizeof(float) * ih);
+        rand_codes(q8, ih * id);
         for (int i = 0; i < ih; i++)
             w[i] = ((float)rand() / RAND_MAX - 0.3f) * 0.01f;
-        for (int j = 0; j < n; j++) {
-            float sc = 0.0f;
-            for (int h = 0; h < ih; h++) {
-                float d = ds_index_dot_ref(q8 + (size_t)h * id, kv->idx_k + (size_t)j * id, id);
-                if (d > 0.0f) {
-                    volatile float pr = w[h] * d;
-                    sc += pr;
-                }
-            }
-            ref[j] = sc * kv->idx_s[j];
-        }
-        const int k = ds_topk_positions(ref, n, topk, want_sel);
-        int nsel = -1;
-        ds_status st = ds_indexer_select(c, layer, q8, w, 1, n - 1, sel, &nsel, topk, &err);
         calls_fast++;
-        if ((st != DS_OK || nsel != k || memcmp(sel, want_sel, sizeof(int32_t) * k) != 0) && bad_sel++ < 5)
+        if (untraced_select_differs(c, layer, q8, w, 1000) && bad_sel++ < 5)
             printf("untraced index selection over 125-fold ties (rep %d) differs\n", rep);
-        free(q8), free(w), free(ref), free(sel), free(want_sel);
+        free(q8), free(w);
     }
     /* The k-th largest score next to zero, far inside the largest bound:
      * every weight is negative, so scores are <= 0; twenty keys get tiny
@@ -571,41 +590,18 @@ static void test_index_select(void)
      * falls below the histogram buckets the decode's candidates come from,
      * and its selection must look at every key. */
     for (int rep = 0; rep < 3; rep++) {
-        const int n = 1000;
         uint8_t *q8 = malloc((size_t)ih * id);
-        float *w = malloc(sizeof(float) * ih), *ref = malloc(sizeof(float) * n);
-        int32_t *sel = malloc(sizeof(int32_t) * topk), *want_sel = malloc(sizeof(int32_t) * topk);
-        for (int i = 0; i < ih * id; i++)
-            do
-                q8[i] = (uint8_t)rand();
-            while ((q8[i] & 0x7f) == 0x7f);
-        for (int j = 0; j < n; j++) {
-            for (int i = 0; i < id; i++)
-                do
-                    c->kv[layer].idx_k[(size_t)j * id + i] = (uint8_t)rand();
-                while ((c->kv[layer].idx_k[(size_t)j * id + i] & 0x7f) == 0x7f);
+        float *w = malloc(sizeof(float) * ih);
+        rand_codes(q8, ih * id);
+        rand_codes(c->kv[layer].idx_k, 1000 * id);
+        for (int j = 0; j < 1000; j++)
             c->kv[layer].idx_s[j] = j % 50 == 7 ? ldexpf(1.0f, -40 - rand() % 8) : 1.0f;
-        }
         for (int i = 0; i < ih; i++)
             w[i] = -((float)rand() / RAND_MAX + 0.1f) * 0.01f;
-        for (int j = 0; j < n; j++) {
-            float sc = 0.0f;
-            for (int h = 0; h < ih; h++) {
-                float d = ds_index_dot_ref(q8 + (size_t)h * id, kv->idx_k + (size_t)j * id, id);
-                if (d > 0.0f) {
-                    volatile float pr = w[h] * d;
-                    sc += pr;
-                }
-            }
-            ref[j] = sc * kv->idx_s[j];
-        }
-        const int k = ds_topk_positions(ref, n, topk, want_sel);
-        int nsel = -1;
-        ds_status st = ds_indexer_select(c, layer, q8, w, 1, n - 1, sel, &nsel, topk, &err);
         calls_fast++;
-        if ((st != DS_OK || nsel != k || memcmp(sel, want_sel, sizeof(int32_t) * k) != 0) && bad_sel++ < 5)
+        if (untraced_select_differs(c, layer, q8, w, 1000) && bad_sel++ < 5)
             printf("untraced index selection with the k-th score next to 0 (rep %d) differs\n", rep);
-        free(q8), free(w), free(ref), free(sel), free(want_sel);
+        free(q8), free(w);
     }
     CHECK(bad == 0, "%d of %d indexer scores differ from the exact reference", bad, calls);
     printf("indexer: %d scores checked in %d cases\n", calls, (int)(sizeof cases / sizeof cases[0]));
