@@ -885,10 +885,11 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * (NaN codes read as 0, as the exact scorer reads them), and each pair of
  * adjacent key values is broadcast against the 16 heads' query pairs of
  * the same two dimensions: 32 products an instruction, twice the f32
- * kernel's.  Sixteen keys at a time: sixteen dependency chains keep both
- * of a Zen 5's (or a Sapphire Rapids') dot units busy, and the sixteen
- * head sums, sums of |w d| and key norms come out of one transposing
- * reduction each (ds_sum16) instead of a horizontal sum per key. */
+ * kernel's.  Sixteen keys at a time: sixteen dependency chains cover the
+ * instruction's latency at two a cycle (this host's Zen 5 issues that
+ * many), and the sixteen head sums, sums of |w d| and key norms come out
+ * of one transposing reduction each (ds_sum16) instead of a horizontal sum
+ * per key. */
 enum { IDX_KEYS = 16, IDX_MAXHB = 4, IDX_PF_GROUPS = 2 };
 
 /* Pair P of the converted key words (A then B per 64 dimensions) holds
