@@ -465,6 +465,7 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
     const ds_kv_layer *kv = &c->kv[layer];
     const int nb = (nkeys + KEY_BLOCK - 1) / KEY_BLOCK;
     int ok = 1, nact = 1;
+    uint32_t floor_key = 0;   /* every thread finds the same; thread 0 keeps it */
     float bmax = 0.0f;
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(& : ok) reduction(max : bmax)
     {
@@ -485,10 +486,12 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
         }
 #pragma omp barrier
         /* every thread finds the same bucket; each keeps its own candidates */
-        const uint32_t floor_key = bucket_floor(hist, n, topk);
+        const uint32_t fk = bucket_floor(hist, n, topk);
+        if (t == 0)
+            floor_key = fk;
         int m = 0;
         for (int j = j0; j < j1; j++)
-            if (score_key(score[j]) >= floor_key)
+            if (score_key(score[j]) >= fk)
                 cand[j0 + m++] = j;
         ncand_t[t] = m;
         j0_t[t] = j0;
@@ -508,7 +511,7 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
     float lo_f = (float)lo;
     if ((double)lo_f > lo)
         lo_f = nextafterf(lo_f, -INFINITY);
-    const int all_in = score_key(lo_f) >= bucket_floor(hist, nact, topk);
+    const int all_in = score_key(lo_f) >= floor_key;
     approx_split sp;
     sp.above = (int32_t *)cscore;
     if (!split_close(score, all_in ? cand : NULL, all_in ? ncand : nkeys, lo, hi, &sp))
