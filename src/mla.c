@@ -177,9 +177,11 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
     const int nhb = (d->nh + DS_ATTN_HB - 1) / DS_ATTN_HB, nc = (d->kvl + 15) / 16;
     const int nt = nk >= 64 ? omp_get_max_threads() : 1;
     const size_t part_floats = (size_t)nhb * nc * 256;
-    float *qp = ds_alloc_aligned(sizeof(float) * ds_attn_q_floats(d->nh, d->kvl, d->rope), err);
+    /* 64-byte aligned, not zeroed: ds_attn_pack_q and ds_attn_wsum write
+     * every float (both are multiples of 256 floats) */
+    float *qp = aligned_alloc(64, sizeof(float) * ds_attn_q_floats(d->nh, d->kvl, d->rope));
     float *s = malloc(sizeof(float) * (size_t)nhb * nk * 16);
-    float *part = ds_alloc_aligned(sizeof(float) * part_floats * (size_t)nt, err);
+    float *part = aligned_alloc(64, sizeof(float) * part_floats * (size_t)nt);
     if (!qp || !s || !part) {
         free(qp), free(s), free(part);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
