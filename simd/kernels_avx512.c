@@ -28,9 +28,11 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "worksplit.h"
 #include "kernels_sum16.h"
 #include "quant.h"
 
@@ -409,14 +411,22 @@ NOINL void rows_block(const ds_mat *m, int r, int nr, const float *X, int ldx, i
 static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const int rb = 4, nblk = (nrows + rb - 1) / rb;
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
-    for (int b = 0; b < nblk; b++) {
-        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
-        for (int t0 = 0; t0 < n; t0 += MAXNT) {
-            const int nt = n - t0 < MAXNT ? n - t0 : MAXNT;
-            rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, nt, Y + (size_t)t0 * ldy + i, ldy);
+    const int nth = ds_worth_threads((long)nrows * m->cols * n) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    ds_split *split = ds_split_begin(nth, nblk);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    for (int b0, k; split ? (k = ds_split_next(split, omp_get_thread_num(), 8, &b0)) > 0 : 0;)
+        for (int b = b0; b < b0 + k; b++) {
+            const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
+            for (int t0 = 0; t0 < n; t0 += MAXNT) {
+                const int nt = n - t0 < MAXNT ? n - t0 : MAXNT;
+                rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, nt, Y + (size_t)t0 * ldy + i, ldy);
+            }
         }
-    }
+    if (!split)   /* no memory for the split: one thread does it all */
+        for (int b = 0; b < nblk; b++)
+            for (int t0 = 0, i = b * rb, nr = nrows - i < rb ? nrows - i : rb; t0 < n; t0 += MAXNT)
+                rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, n - t0 < MAXNT ? n - t0 : MAXNT,
+                           Y + (size_t)t0 * ldy + i, ldy);
 }
 
 static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
@@ -425,17 +435,29 @@ static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m,
  * rows ahead: the hardware prefetchers barely ramp up on them. */
 enum { GEMV_AHEAD = 8, GEMV_PF_MAX_BYTES = 2048 };
 
-NOINL void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+NOINL void gemv_rows(const ds_mat *m, int r0, int i0, int i1, int nrows, const float *x, float *y)
 {
     const size_t rb = ds_mat_row_bytes(m);
     const int pf = rb <= GEMV_PF_MAX_BYTES;
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
-    for (int i = 0; i < nrows; i++) {
+    for (int i = i0; i < i1; i++) {
         if (pf && i + GEMV_AHEAD < nrows)
             for (size_t b = 0; b < rb; b += 64)
                 __builtin_prefetch((const uint8_t *)row_ptr(m, r0 + i + GEMV_AHEAD) + b, 0, 3);
         y[i] = row_dot(m, r0 + i, x);
     }
+}
+
+NOINL void avx512_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
+{
+    const int nth = ds_worth_threads((long)nrows * m->cols) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    ds_split *split = nth > 1 ? ds_split_begin(nth, nrows) : NULL;
+    if (!split) {
+        gemv_rows(m, r0, 0, nrows, nrows, x, y);
+        return;
+    }
+#pragma omp parallel num_threads(nth)
+    for (int i0, k; (k = ds_split_next(split, omp_get_thread_num(), 32, &i0)) > 0;)
+        gemv_rows(m, r0, i0, i0 + k, nrows, x, y);
 }
 
 NOINL float avx512_dot(const float *a, const float *b, int n)

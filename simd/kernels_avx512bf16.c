@@ -38,6 +38,7 @@
 #include "kernels_isa.h"
 #include "kernels_sum16.h"
 #include "quant.h"
+#include "worksplit.h"
 
 #define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma")))
 #define INL static inline __attribute__((always_inline)) TBF
@@ -847,30 +848,36 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
         .cols = cols,
         .nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK,
     };
-    /* each thread a contiguous range of whole tiles, walked in chunks that
-     * stay in cache across the passes of SMALL_NT tokens */
-    const int ntile = (nrows + rbk - 1) / rbk, chunk = 32 * rbk;
-#pragma omp parallel if (ds_worth_threads((long)nrows * cols))
+    /* each thread a contiguous range of whole tiles (worksplit.h: one that
+     * finishes early takes tiles from the back of another's), walked in
+     * chunks that stay in cache across the passes of SMALL_NT tokens */
+    const int ntile = (nrows + rbk - 1) / rbk, ctile = 32, chunk = ctile * rbk;
+    const int nth = ds_worth_threads((long)nrows * cols) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    ds_split *split = nth > 1 ? ds_split_begin(nth, ntile) : NULL;
+#pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        const int nth = omp_get_num_threads(), id = omp_get_thread_num();
-        const int a = (int)((long)ntile * id / nth) * rbk, e = (int)((long)ntile * (id + 1) / nth) * rbk;
-        const int end = e < nrows ? e : nrows;
-        /* the tiles prefetch sm.pfo bytes ahead of the row they read: fetch
-         * the start of this thread's rows now, or each short matrix (an
-         * expert's) would begin with that much read on demand (single-stream
-         * FP8 decode on mid +3 %, seven pairs; Q4_K, bound by its unpacking,
-         * measured no gain) */
-        if (dt != DS_DT_Q4_K && end > a) {
-            const uint8_t *first = sm.data + (size_t)(r0 + a) * rb;
-            const size_t span = (size_t)(end - a) * rb, pre = sm.pfo < span ? sm.pfo : span;
-            for (size_t b = 0; b < pre; b += 64)
-                __builtin_prefetch(first + b, 0, 3);
-        }
-        for (int i = a; i < end; i += chunk) {
-            const int nr = end - i < chunk ? end - i : chunk;
-            for (int t0 = 0; t0 < n; t0 += SMALL_NT)
-                small_block(&sm, dt, r0 + i, nr, n - t0 < SMALL_NT ? n - t0 : SMALL_NT, xb + (size_t)t0 * ldb, ldb,
-                            xs + (size_t)t0 * lds, lds, Y + (size_t)t0 * ldy + i, ldy);
+        const int id = omp_get_thread_num(), team = omp_get_num_threads();
+        int t0 = (int)((long)ntile * id / team), k = split ? 0 : (int)((long)ntile * (id + 1) / team) - t0;
+        for (int next = -1; split ? (k = ds_split_next(split, id, ctile, &t0)) > 0 : k > 0; next = t0 + k, k = 0) {
+            const int a = t0 * rbk, end = (t0 + k) * rbk < nrows ? (t0 + k) * rbk : nrows;
+            /* the tiles prefetch sm.pfo bytes ahead of the row they read:
+             * fetch the start of a range now (unless it goes on from the
+             * last), or each short matrix (an expert's) would begin with
+             * that much read on demand (single-stream FP8 decode on mid
+             * +3 %, seven pairs; Q4_K, bound by its unpacking, measured no
+             * gain) */
+            if (dt != DS_DT_Q4_K && t0 != next) {
+                const uint8_t *first = sm.data + (size_t)(r0 + a) * rb;
+                const size_t span = (size_t)(end - a) * rb, pre = sm.pfo < span ? sm.pfo : span;
+                for (size_t b = 0; b < pre; b += 64)
+                    __builtin_prefetch(first + b, 0, 3);
+            }
+            for (int i = a; i < end; i += chunk) {
+                const int nr = end - i < chunk ? end - i : chunk;
+                for (int u = 0; u < n; u += SMALL_NT)
+                    small_block(&sm, dt, r0 + i, nr, n - u < SMALL_NT ? n - u : SMALL_NT, xb + (size_t)u * ldb, ldb,
+                                xs + (size_t)u * lds, lds, Y + (size_t)u * ldy + i, ldy);
+            }
         }
     }
     return 1;

@@ -3,13 +3,15 @@
  * level chosen once per process (ds_cpu_isa()).  It also owns the choice of
  * a matrix's NUMA-node copy (ds_mat.copies): a product over a replicated
  * matrix is split here into one row range per thread, each read from the
- * copy in the thread's own node. */
+ * copy in the thread's own node; and the work split of worksplit.h
+ * (its per-thread range buffers). */
 #include <omp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
+#include "worksplit.h"
 
 static const ds_kernels *active;
 static pthread_once_t pick_once = PTHREAD_ONCE_INIT;
@@ -318,4 +320,34 @@ void ds_attn_wsum(const ds_attn_keys *k, const int32_t *pos, int base, int n, co
                   float *o)
 {
     attn_table()->attn_wsum(k, pos, base, n, p, nhb, ldp, o);
+}
+
+/* ---- work split (worksplit.h) -------------------------------------------- */
+static __thread ds_split *split_buf;
+static __thread int split_cap;
+static pthread_key_t split_key;
+static pthread_once_t split_once = PTHREAD_ONCE_INIT;
+
+static void split_key_make(void) { pthread_key_create(&split_key, free); }
+
+ds_split *ds_split_begin(int nth, int n)
+{
+    if (nth < 1 || n < 0)
+        return NULL;
+    if (split_cap < nth + 1) {
+        pthread_once(&split_once, split_key_make);
+        free(split_buf);
+        split_cap = 0;
+        split_buf = aligned_alloc(64, sizeof(ds_split) * (size_t)(nth + 1));
+        pthread_setspecific(split_key, split_buf);   /* freed when the thread exits */
+        if (!split_buf)
+            return NULL;
+        split_cap = nth + 1;
+    }
+    split_buf[0].r = (uint64_t)nth;   /* slot 0 holds the count, the ranges follow */
+    for (int t = 0; t < nth; t++) {
+        const uint64_t lo = (uint64_t)((int64_t)n * t / nth), hi = (uint64_t)((int64_t)n * (t + 1) / nth);
+        split_buf[t + 1].r = lo | hi << 32;
+    }
+    return split_buf;
 }

@@ -14,6 +14,10 @@
 #include "cpu.h"
 #include "kernels_isa.h"
 #include "quant.h"
+#include "worksplit.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static int failures;
 static long checks;
@@ -347,7 +351,8 @@ out:
 
 static void check_gemm_bf16(void)
 {
-    static const int rows_list[] = {1, 17, 32, 33, 130};
+    /* 1000 x 129 and 600 x 300: past ds_worth_threads, the rows split across threads */
+    static const int rows_list[] = {1, 17, 32, 33, 130, 600, 1000};
     static const int cols_list[] = {1, 7, 33, 128, 129, 300};
     static const int q8_cols[] = {32, 96, 544};
     static const int q4_cols[] = {256, 768};
@@ -807,6 +812,73 @@ static void check_attn(const ds_kernels *k)
             check_attn_one(k, shapes[si][0], shapes[si][1], shapes[si][2], shapes[si][3], fmt, (int)(si + fmt) % 2);
 }
 
+/* The work split hands every unit out exactly once, in runs from some
+ * range's front or back, whatever the team: thread 0 dawdles after each
+ * chunk, so the others must take from the back of its range; a team
+ * smaller than asked for leaves ranges with no owner, which must be taken
+ * too. */
+static void check_worksplit(void)
+{
+    static const int n_list[] = {0, 1, 7, 64, 1000, 4099};
+    static const int chunk_list[] = {1, 3, 32};
+    for (int nth = 1; nth <= 4; nth++)
+        for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++)
+            for (size_t ci = 0; ci < sizeof chunk_list / sizeof *chunk_list; ci++) {
+                const int n = n_list[ni], chunk = chunk_list[ci];
+                int *owner = malloc(sizeof(int) * (size_t)(n + 1));
+                for (int u = 0; u < n; u++)
+                    owner[u] = -1;
+                int bad = 0, stolen = 0;
+                ds_split *sp = ds_split_begin(nth, n);
+                if (!sp) {
+                    FAIL("worksplit: no memory for %d threads", nth);
+                    free(owner);
+                    return;
+                }
+#ifdef _OPENMP
+                const int team = nth > 2 ? nth - 1 : nth;   /* one range with no thread of its own */
+#pragma omp parallel num_threads(team) reduction(+ : bad, stolen)
+#endif
+                {
+#ifdef _OPENMP
+                    const int id = omp_get_thread_num();
+#else
+                    const int id = 0;
+#endif
+                    const int own_lo = (int)((long)n * id / nth), own_hi = (int)((long)n * (id + 1) / nth);
+                    for (int lo, k; (k = ds_split_next(sp, id, chunk, &lo)) > 0;) {
+                        if (k > chunk || lo < 0 || lo + k > n)
+                            bad++;
+                        if (lo < own_lo || lo >= own_hi)
+                            stolen++;
+                        for (int u = lo; u < lo + k && u < n && u >= 0; u++) {
+                            if (__atomic_exchange_n(&owner[u], id, __ATOMIC_RELAXED) != -1)
+                                bad++;
+                        }
+                        if (id == 0) {
+                            volatile double x = 1.0;   /* a slow core */
+                            for (int i = 0; i < 20000; i++)
+                                x = x * 1.0000001 + 1e-9;
+                        }
+                    }
+                }
+                for (int u = 0; u < n; u++)
+                    if (owner[u] < 0)
+                        bad++;
+                checks++;
+                if (bad)
+                    FAIL("worksplit: %d threads, %d units, chunk %d: %d units lost, given twice or out of range", nth,
+                         n, chunk, bad);
+#ifdef _OPENMP
+                /* with a range left ownerless, someone must have taken from it */
+                if (nth > 2 && n >= nth && !stolen)
+                    FAIL("worksplit: %d threads (team %d), %d units, chunk %d: no unit was taken from another range",
+                         nth, team, n, chunk);
+#endif
+                free(owner);
+            }
+}
+
 int main(int argc, char **argv)
 {
     const int selection_only = argc > 1 && strcmp(argv[1], "--selection") == 0;
@@ -815,6 +887,7 @@ int main(int argc, char **argv)
            f->avx512, f->avx512_bf16, f->avx512_vnni, f->neon, ds_cpu_isa_name(),
            ds_cpu_isa_note() ? " — " : "", ds_cpu_isa_note() ? ds_cpu_isa_note() : "");
     check_selection();
+    check_worksplit();
     if (selection_only) {
         printf("%ld checks, %d failures\n", checks, failures);
         return failures ? 1 : 0;
