@@ -931,11 +931,10 @@ SINL __m512 idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i t
 /* The query pairs, [head block][pair][16 heads]. */
 static __thread uint32_t idx_qp[IDX_MAXHB][DS_INDEX_MAXDIM / 2][16] __attribute__((aligned(64)));
 
-SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks, int n,
+SNOINL void idx_scores(float c, int nh, int dim, const float *w, const uint8_t *k8, const float *ks, int n,
                        float *score, float *bound)
 {
     const int nhb = DS_INDEX_HSTRIDE(nh) / 16, npair = (dim + 63) / 64 * 32;
-    const float c = ds_index_bound_c(qt, nh, dim, w);
     const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[0]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut_idx[0] + 64))};
     const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[1]),
@@ -986,15 +985,25 @@ SNOINL void idx_scores(const float *qt, int nh, int dim, const float *w, const u
     }
 }
 
-int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
-                                int n, float *score, float *bound)
+/* The query of the last call, its packed pairs (idx_qp) and its bound
+ * constant: a decode step scores its keys in several calls (claims of a
+ * work split) with the same query, and packing it costs as much as
+ * scoring a few hundred keys. */
+static __thread struct {
+    int nh, dim, ok;
+    float c;
+    float q[IDX_MAXHB * 16 * DS_INDEX_MAXDIM], w[IDX_MAXHB * 16];
+} idx_last;
+
+static int idx_pack_query(const float *qt, int nh, int dim, const float *w)
 {
     const int hs = DS_INDEX_HSTRIDE(nh), npair = (dim + 63) / 64 * 32;
-    if (!ds_cpu_get_features()->avx512_vbmi || !ds_gemm_bf16_native() || hs / 16 > IDX_MAXHB || dim < 1 ||
-        dim > DS_INDEX_MAXDIM)
-        return 0;
-    pthread_once(&lut_once, lut_make);
-    for (int P = 0; P < npair; P++) {
+    const size_t qb = sizeof(float) * (size_t)hs * dim, wb = sizeof(float) * (size_t)nh;
+    if (idx_last.nh == nh && idx_last.dim == dim && !memcmp(idx_last.q, qt, qb) && !memcmp(idx_last.w, w, wb))
+        return idx_last.ok;
+    idx_last.nh = 0;   /* unless completed below */
+    int ok = 1;
+    for (int P = 0; P < npair && ok; P++) {
         const int d = idx_pair_dim(P);
         for (int h = 0; h < hs; h++) {
             uint32_t lo = 0, hi = 0;
@@ -1002,12 +1011,33 @@ int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w
                 memcpy(&lo, qt + (size_t)d * hs + h, 4);
             if (d + 1 < dim)
                 memcpy(&hi, qt + (size_t)(d + 1) * hs + h, 4);
-            if ((lo | hi) & 0xffffu)    /* not exact in bf16 (not FP8): the f32 kernel's job */
-                return 0;
+            if ((lo | hi) & 0xffffu) {   /* not exact in bf16 (not FP8): the f32 kernel's job */
+                ok = 0;
+                break;
+            }
             idx_qp[h / 16][P][h % 16] = (lo >> 16) | (hi & 0xffff0000u);
         }
     }
-    idx_scores(qt, nh, dim, w, k8, ks, n, score, bound);
+    idx_last.c = ok ? ds_index_bound_c(qt, nh, dim, w) : 0.0f;
+    idx_last.ok = ok;
+    memcpy(idx_last.q, qt, qb);
+    memcpy(idx_last.w, w, wb);
+    idx_last.dim = dim;
+    idx_last.nh = nh;
+    return ok;
+}
+
+int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
+                                int n, float *score, float *bound)
+{
+    const int hs = DS_INDEX_HSTRIDE(nh);
+    if (!ds_cpu_get_features()->avx512_vbmi || !ds_gemm_bf16_native() || hs / 16 > IDX_MAXHB || dim < 1 ||
+        dim > DS_INDEX_MAXDIM)
+        return 0;
+    pthread_once(&lut_once, lut_make);
+    if (!idx_pack_query(qt, nh, dim, w))
+        return 0;
+    idx_scores(idx_last.c, nh, dim, w, k8, ks, n, score, bound);
     return 1;
 }
 #endif /* x86 */

@@ -20,6 +20,7 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "worksplit.h"
 #include "dsconfig.h"
 #ifdef DS_HAVE_CUDA
 #include <stdio.h>
@@ -178,7 +179,7 @@ static void index_key(ds_context *c, int layer, float *k, int pos)
  * and queries decoded once and transposed to qt[d][head] (ds_index_scores
  * in simd/, bit-identical to ds_index_dot_ref per head); prefill scores a
  * block of queries against each decoded key block. */
-enum { KEY_BLOCK = 32, QUERY_BLOCK = 8 };
+enum { KEY_BLOCK = 32, QUERY_BLOCK = 8, SCORE_CLAIM = 32 };
 
 /* qt[d * hs + h] for the ih e4m3 vectors of one query, padding heads 0;
  * qd[ih * id] is scratch. */
@@ -467,6 +468,14 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
     int ok = 1, nact = 1;
     uint32_t floor_key = 0;   /* every thread finds the same; thread 0 keeps it */
     float bmax = 0.0f;
+    /* the scoring goes in claims of SCORE_CLAIM blocks (worksplit.h: a
+     * thread done early takes from the back of another's share); scores,
+     * bounds and histogram counts do not depend on who took what */
+    ds_split *split = ds_split_begin(nt, nb);
+    if (!split) {
+        *nomem = 1;
+        return 0;
+    }
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(& : ok) reduction(max : bmax)
     {
         const int n = omp_get_num_threads(), t = omp_get_thread_num();
@@ -476,10 +485,11 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
         if (t == 0)
             nact = n;
         memset(h, 0, sizeof(uint32_t) << HIST_BITS);
-        if (j1 > j0) {
-            ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0,
-                                            score + j0, bound + j0);
-            for (int j = j0; ok && j < j1; j++) {
+        for (int g, k; ok && (k = ds_split_next(split, t, SCORE_CLAIM, &g)) > 0;) {
+            const int js = g * KEY_BLOCK, je = (g + k) * KEY_BLOCK < nkeys ? (g + k) * KEY_BLOCK : nkeys;
+            ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k + (size_t)js * id, kv->idx_s + js, je - js,
+                                            score + js, bound + js);
+            for (int j = js; ok && j < je; j++) {
                 bmax = bound[j] > bmax ? bound[j] : bmax;
                 h[score_key(score[j]) >> (32 - HIST_BITS)]++;
             }
