@@ -10,6 +10,7 @@
 #include <string.h>
 #include "internal.h"
 #include "model.h"
+#include "worksplit.h"
 
 typedef struct mla_dims {
     int H, nh, nope, rope, vd, kvl, ql, qk, kvb_rows;
@@ -165,10 +166,15 @@ static ds_status latent_sum_gathered(ds_context *c, int layer, const mla_dims *d
 }
 
 /* The same straight over the cache (ds_attn_scores / _softmax / _wsum):
- * no f32 copy of the keys.  Each thread scores a contiguous share of the
- * keys, one thread per head block takes the softmax, and each thread sums
- * the latents of the keys it scored (still in its cache) into its own
- * partial, added in thread order. */
+ * no f32 copy of the keys.  The keys go in blocks: the threads claim
+ * blocks to score (worksplit.h: contiguous shares, a thread done early
+ * takes from another's), one thread per head block takes the softmax, and
+ * each thread sums the latents of the blocks it scored (still in its
+ * cache) into one partial per block.  The partials are added in block
+ * order, so the result does not depend on which thread took which block,
+ * and a slower core takes fewer. */
+enum { ATTN_BLOCK_MIN = 256, ATTN_BLOCKS_PER_THREAD = 4 };
+
 static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, const float *q, const float *qabs,
                                   const int32_t *sel, int nk, float *olat, ds_error *err)
 {
@@ -176,44 +182,58 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
     ds_kv_attn_keys(c, layer, &keys);
     const int nhb = (d->nh + DS_ATTN_HB - 1) / DS_ATTN_HB, nc = (d->kvl + 15) / 16;
     const int nt = nk >= 64 ? omp_get_max_threads() : 1;
+    /* blocks of at least ATTN_BLOCK_MIN keys, a few per thread (each one
+     * partial of nhb * nc * 256 floats) */
+    int nblk = (nk + ATTN_BLOCK_MIN - 1) / ATTN_BLOCK_MIN;
+    nblk = nblk < ATTN_BLOCKS_PER_THREAD * nt ? nblk : ATTN_BLOCKS_PER_THREAD * nt;
+    nblk = nblk > 0 ? nblk : 1;
+    const int bk = (nk + nblk - 1) / nblk;
     const size_t part_floats = (size_t)nhb * nc * 256;
     /* 64-byte aligned, not zeroed: ds_attn_pack_q and ds_attn_wsum write
      * every float (both are multiples of 256 floats) */
     float *qp = aligned_alloc(64, sizeof(float) * ds_attn_q_floats(d->nh, d->kvl, d->rope));
     float *s = malloc(sizeof(float) * (size_t)nhb * nk * 16);
-    float *part = aligned_alloc(64, sizeof(float) * part_floats * (size_t)nt);
-    if (!qp || !s || !part) {
-        free(qp), free(s), free(part);
+    float *part = aligned_alloc(64, sizeof(float) * part_floats * (size_t)nblk);
+    int *owner = malloc(sizeof(int) * (size_t)nblk);
+    ds_split *split = ds_split_begin(nt, nblk);
+    if (!qp || !s || !part || !owner || !split) {
+        free(qp), free(s), free(part), free(owner);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
     ds_attn_pack_q(qabs, d->kvl, q + d->nope, d->qk, d->nh, d->kvl, d->rope, qp);
     const float scale = c->model->attn_scale;
-    int team = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        const int i0 = (int)((long)nk * t / n), i1 = (int)((long)nk * (t + 1) / n);
-        if (t == 0)
-            team = n;
-        ds_attn_scores(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, qp, nhb, s + (size_t)i0 * 16, nk);
+        const int t = omp_get_thread_num();
+        for (int g, k; (k = ds_split_next(split, t, 1, &g)) > 0;) {
+            const int i0 = g * bk, i1 = i0 + bk < nk ? i0 + bk : nk;
+            if (i1 > i0)
+                ds_attn_scores(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, qp, nhb, s + (size_t)i0 * 16, nk);
+            owner[g] = t;
+        }
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (int b = 0; b < nhb; b++)
             ds_attn_softmax(s + (size_t)b * nk * 16, nk, 1, nk, scale);
-        ds_attn_wsum(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, s + (size_t)i0 * 16, nhb, nk,
-                     part + (size_t)t * part_floats);
-    }
-    for (int h = 0; h < d->nh; h++)   /* 16 contiguous columns of head h from each partial */
-        for (int cc = 0; cc < nc; cc++) {
-            const float *src = part + (((size_t)(h / 16) * nc + cc) * 16 + h % 16) * 16;
-            float *dst = olat + (size_t)h * d->kvl + 16 * cc;
-            const int w = d->kvl - 16 * cc < 16 ? d->kvl - 16 * cc : 16;
-            memcpy(dst, src, sizeof(float) * (size_t)w);
-            for (int t = 1; t < team; t++)
-                for (int x = 0; x < w; x++)
-                    dst[x] += src[(size_t)t * part_floats + x];
+        for (int g = 0; g < nblk; g++) {
+            const int i0 = g * bk, i1 = i0 + bk < nk ? i0 + bk : nk;
+            if (owner[g] == t)   /* an empty block's partial is written as zeros */
+                ds_attn_wsum(&keys, sel ? sel + i0 : NULL, i0, i1 > i0 ? i1 - i0 : 0, s + (size_t)i0 * 16, nhb, nk,
+                             part + (size_t)g * part_floats);
         }
-    free(qp), free(s), free(part);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (size_t x = 0; x < part_floats; x += 256)   /* the partials in block order, into block 0's */
+            for (int g = 1; g < nblk; g++)
+                ds_axpy(1.0f, part + (size_t)g * part_floats + x, part + x, 256);
+    }
+    for (int h = 0; h < d->nh; h++)   /* 16 contiguous columns of head h */
+        for (int cc = 0; cc < nc; cc++) {
+            const int w = d->kvl - 16 * cc < 16 ? d->kvl - 16 * cc : 16;
+            memcpy(olat + (size_t)h * d->kvl + 16 * cc, part + (((size_t)(h / 16) * nc + cc) * 16 + h % 16) * 16,
+                   sizeof(float) * (size_t)w);
+        }
+    free(qp), free(s), free(part), free(owner);
     return DS_OK;
 }
 
@@ -234,14 +254,16 @@ static ds_status attend_absorbed(ds_context *c, int layer, const float *q, const
         free(own_qabs), free(own);
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
+    /* heads one at a time to whichever thread is free: a slower core
+     * takes fewer */
     if (own_qabs)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
         for (int h = 0; h < d.nh; h++)
             ds_gemv_t(&L->kv_b, h * d.kvb_rows, d.nope, q + (size_t)h * d.qk, own_qabs + (size_t)h * d.kvl);
     ds_status st = ds_attn_fast() ? latent_sum_fused(c, layer, &d, q, qabs, sel, nk, olat, err)
                                   : latent_sum_gathered(c, layer, &d, q, qabs, sel, nk, olat, err);
     if (st == DS_OK && !olat_out)   /* else the caller projects several sequences' at once */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
         for (int h = 0; h < d.nh; h++)
             ds_gemv(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, o + (size_t)h * d.vd);
     if (st == DS_OK)
@@ -508,7 +530,7 @@ static int absorb_queries(ds_model *m, int layer, const mla_dims *d, const float
     const size_t qw = (size_t)d->nh * d->qk, aw = (size_t)d->nh * d->kvl;
     for (int j = 0; j < nd; j++)
         memcpy(qd + j * qw, q + (size_t)rows[j] * qw, sizeof(float) * qw);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int h = 0; h < d->nh; h++)
         ds_gemm_tn_f32(w_uk + (size_t)h * d->nope * d->kvl, d->nope, d->kvl, qd + (size_t)h * d->qk, (int)qw,
                        nd, qabs + (size_t)h * d->kvl, (int)aw);
@@ -564,7 +586,7 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         st = attend_seq(&seqs[i], layer, m->cfg.is_v32 ? &ip : NULL, q, qa, bf16, o, ol, err);
     }
     if (st == DS_OK && nd > 1) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
         for (int h = 0; h < d.nh; h++)
             ds_gemm(&L->kv_b, h * d.kvb_rows + d.nope, d.vd, olat + (size_t)h * d.kvl, d.nh * d.kvl, nd,
                     ov + (size_t)h * d.vd, d.nh * d.vd);
