@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 #include "dtype.h"
+#include "index_tiles.h"
 
 #define DS_QBLOCK 128  /* FP8 block-scale tile edge (weight_block_size) */
 
@@ -108,12 +109,14 @@ void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, cons
 /* The indexer score in f32, with a bound on its distance from the exact
  * one, for the decode step's selection (src/indexer.c recomputes exactly
  * the keys whose bounds straddle the top-k threshold).  qt as above but in
- * float (the FP8 values are exact there); for j < n:
- *   |score[j] - ds_index_scores_fp8's score[j]| <= bound[j]
+ * float (the FP8 values are exact there); the keys are positions j0 + i,
+ * i < n, of the cache's tiles (index_tiles.h), j0 a multiple of
+ * DS_INDEX_TILE, ks[i] their scales; for i < n:
+ *   |score[i] - ds_index_scores_fp8's score of key j0 + i| <= bound[i]
  * whatever the summation order.  Returns 0 (nothing written) when the
  * kernel level has no fast form: then the exact scorer is the fast one. */
-int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
-                               int n, float *score, float *bound);
+int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
+                               const float *ks, int n, float *score, float *bound);
 
 /* ---- absorbed decode attention straight over the cached keys ----------
  * One decode query of nh heads against n cached keys, without first

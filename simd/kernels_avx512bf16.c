@@ -36,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels_isa.h"
-#include "kernels_sum16.h"
+#include "index_tiles.h"
 #include "quant.h"
 #include "worksplit.h"
 
@@ -888,111 +888,110 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * FP8 values, exact in bf16, so each head's dot is the exact products
  * summed in f32 (at most two roundings per instruction, within the bound's
  * (dim + 2) u sum |q k|; no operand or partial sum is subnormal, as every
- * product is a multiple of 2^-18).  Keys convert as in the decode kernel
- * (NaN codes read as 0, as the exact scorer reads them), and each pair of
- * adjacent key values is broadcast against the 16 heads' query pairs of
- * the same two dimensions: 32 products an instruction, twice the f32
- * kernel's.  Sixteen keys at a time: sixteen dependency chains cover the
- * instruction's latency at two a cycle (this host's Zen 5 issues that
- * many), and the sixteen head sums, sums of |w d| and key norms come out
- * of one transposing reduction each (ds_sum16) instead of a horizontal sum
- * per key. */
-enum { IDX_KEYS = 16, IDX_MAXHB = 4, IDX_PF_GROUPS = 2 };
+ * product is a multiple of 2^-18).  The keys come in tiles of sixteen
+ * (index_tiles.h): one 64-byte load holds four dimensions of all sixteen,
+ * converted as in the decode kernel (NaN codes read as 0, as the exact
+ * scorer reads them) into two vectors of bf16 pairs, one key per lane, and
+ * each is multiplied against every head's query pair broadcast: sixteen
+ * dependency chains (one per head), the head sums, ReLU and weights taken
+ * lane-wise, no transposes.  More than 16 heads: the tile's converted
+ * pairs are kept in L1 for the other head blocks. */
+enum { IDX_MAXHB = 4, IDX_PF_TILES = 2 };
 
-/* Pair P of the converted key words (A then B per 64 dimensions) holds
- * dimensions idx_pair_dim(P) and idx_pair_dim(P) + 1. */
-static int idx_pair_dim(int P)
-{
-    const int c = P / 32, r = P % 32, b = r >= 16, m = r % 16;
-    return 64 * c + 16 * (m / 4) + 2 * (m % 4) + 8 * b;
-}
-
-/* Key k8 (dim codes) as npair bf16 pairs in kb; returns the lanes of
- * sum |k| (f32). */
-SINL __m512 idx_key_pairs(const uint8_t *k8, int dim, int npair, const __m512i tl[2], const __m512i th[2],
-                          uint32_t *kb)
-{
-    const __m512i mag = _mm512_set1_epi32(0x7fff7fff);
-    const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
-    __m512 l1 = _mm512_setzero_ps();
-    for (int c = 0; c < npair / 32; c++) {
-        const int left = dim - 64 * c;
-        const __mmask64 k = left >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << left) - 1;
-        __m512i a, b;
-        fp8_ab(_mm512_maskz_loadu_epi8(k, k8 + 64 * c), tl, th, &a, &b);
-        _mm512_store_si512((__m512i *)(void *)(kb + 32 * c), a);
-        _mm512_store_si512((__m512i *)(void *)(kb + 32 * c + 16), b);
-        l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(a, mag), ones);
-        l1 = _mm512_dpbf16_ps(l1, (__m512bh)_mm512_and_si512(b, mag), ones);
-    }
-    return l1;
-}
-
-/* The query pairs, [head block][pair][16 heads]. */
+/* The query pairs, [head block][pair][16 heads]: pair P is dimensions 2P
+ * and 2P + 1, as the tiles give them. */
 static __thread uint32_t idx_qp[IDX_MAXHB][DS_INDEX_MAXDIM / 2][16] __attribute__((aligned(64)));
 
-SNOINL void idx_scores(float c, int nh, int dim, const float *w, const uint8_t *k8, const float *ks, int n,
-                       float *score, float *bound)
+/* 16 head sums (acc) into the weighted ReLU sum *s and the sum of |w d|
+ * *sabs, one key per lane. */
+SINL void idx_weigh(const __m512 *acc, const float *w16, __m512 *s, __m512 *sabs)
 {
-    const int nhb = DS_INDEX_HSTRIDE(nh) / 16, npair = (dim + 63) / 64 * 32;
+#pragma GCC unroll 16
+    for (int h = 0; h < 16; h++) {
+        const __m512 p = _mm512_mul_ps(acc[h], _mm512_set1_ps(w16[h]));
+        *s = _mm512_add_ps(*s, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[h], _mm512_setzero_ps(), _CMP_GT_OQ), p));
+        *sabs = _mm512_add_ps(*sabs, _mm512_abs_ps(p));
+    }
+}
+
+SINL void idx_dp2(__m512 *acc, __m512i a, __m512i b, const uint32_t (*qp)[16], int P)
+{
+#pragma GCC unroll 16
+    for (int h = 0; h < 16; h++) {
+        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)a, (__m512bh)_mm512_set1_epi32((int)qp[P][h]));
+        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)b, (__m512bh)_mm512_set1_epi32((int)qp[P + 1][h]));
+    }
+}
+
+SNOINL void idx_scores(float c, int nh, int dim, const float *wpad, const uint8_t *tiles, int j0, const float *ks,
+                       int n, float *score, float *bound)
+{
+    const int nhb = DS_INDEX_HSTRIDE(nh) / 16, ngrp = 16 * ((dim + 63) / 64);
+    const size_t tb = ds_index_tile_bytes(dim);
     const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[0]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut_idx[0] + 64))};
     const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[1]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut_idx[1] + 64))};
-    uint32_t kb[IDX_KEYS][DS_INDEX_MAXDIM / 2] __attribute__((aligned(64)));
-    for (int j0 = 0; j0 < n; j0 += IDX_KEYS) {
-        const int kn = n - j0 < IDX_KEYS ? n - j0 : IDX_KEYS;
-        __m512 v[IDX_KEYS];
-        if (j0 + IDX_PF_GROUPS * IDX_KEYS < n)  /* the keys a few groups on, from memory meanwhile */
-            for (int b = 0; b < IDX_KEYS * dim; b += 64)
-                __builtin_prefetch(k8 + (size_t)(j0 + IDX_PF_GROUPS * IDX_KEYS) * dim + b, 0, 3);
-        for (int g = 0; g < IDX_KEYS; g++)     /* missing keys repeat the first */
-            v[g] = idx_key_pairs(k8 + (size_t)(j0 + (g < kn ? g : 0)) * dim, dim, npair, tl, th, kb[g]);
-        const __m512 l1 = DS_SUM16(v);
+    const __m512i mag = _mm512_set1_epi32(0x7fff7fff);
+    const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    const float u = 0x1p-24f;
+    const __m512 bl = _mm512_set1_ps(2.0f * (float)(dim + 2) * u * 1.0001f * c),
+                 bs = _mm512_set1_ps((float)(2 * nh + 8) * u);
+    __m512i kp[DS_INDEX_MAXDIM / 2];   /* a tile's pairs for the other head blocks: 8 KiB at most */
+    const uint8_t *end = tiles + (size_t)((j0 + n - 1) / DS_INDEX_TILE) * tb;
+    for (int i0 = 0; i0 < n; i0 += DS_INDEX_TILE) {
+        const uint8_t *tile = tiles + (size_t)((j0 + i0) / DS_INDEX_TILE) * tb;
+        const uint8_t *pf = tile + IDX_PF_TILES * tb <= end ? tile + IDX_PF_TILES * tb : NULL;
+        __m512 l1a = _mm512_setzero_ps(), l1b = _mm512_setzero_ps(), acc[16];
+#pragma GCC unroll 16
+        for (int h = 0; h < 16; h++)
+            acc[h] = _mm512_setzero_ps();
+        /* the first head block as the pairs are converted */
+        for (int g = 0; g < ngrp; g++) {
+            if (pf)   /* a tile a couple of tiles on, from memory meanwhile */
+                __builtin_prefetch(pf + 64 * (size_t)g, 0, 3);
+            __m512i a, b;
+            fp8_ab(_mm512_loadu_si512((const void *)(tile + 64 * (size_t)g)), tl, th, &a, &b);
+            if (nhb > 1) {
+                _mm512_store_si512(kp + 2 * g, a);
+                _mm512_store_si512(kp + 2 * g + 1, b);
+            }
+            idx_dp2(acc, a, b, (const uint32_t(*)[16])idx_qp[0], 2 * g);
+            l1a = _mm512_dpbf16_ps(l1a, (__m512bh)_mm512_and_si512(a, mag), ones);
+            l1b = _mm512_dpbf16_ps(l1b, (__m512bh)_mm512_and_si512(b, mag), ones);
+        }
         __m512 s = _mm512_setzero_ps(), sabs = _mm512_setzero_ps();
-        for (int hb = 0; hb < nhb; hb++) {
-            __m512 acc[IDX_KEYS];
+        idx_weigh(acc, wpad, &s, &sabs);
+        for (int hb = 1; hb < nhb; hb++) {
 #pragma GCC unroll 16
-            for (int g = 0; g < IDX_KEYS; g++)
-                acc[g] = _mm512_setzero_ps();
-            for (int P = 0; P < npair; P++) {
-                const __m512bh q = (__m512bh)_mm512_load_si512((const __m512i *)(const void *)idx_qp[hb][P]);
-#pragma GCC unroll 16
-                for (int g = 0; g < IDX_KEYS; g++)
-                    acc[g] = _mm512_dpbf16_ps(acc[g], q, (__m512bh)_mm512_set1_epi32((int)kb[g][P]));
-            }
-            const int left = nh - 16 * hb;
-            const __m512 wv = _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1),
-                                                    w + 16 * hb);
-#pragma GCC unroll 16
-            for (int g = 0; g < IDX_KEYS; g++) {
-                const __m512 p = _mm512_mul_ps(acc[g], wv);
-                v[g] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(acc[g], _mm512_setzero_ps(), _CMP_GT_OQ), p);
-                acc[g] = _mm512_abs_ps(p);
-            }
-            s = _mm512_add_ps(s, DS_SUM16(v));
-            sabs = _mm512_add_ps(sabs, DS_SUM16(acc));
+            for (int h = 0; h < 16; h++)
+                acc[h] = _mm512_setzero_ps();
+            for (int g = 0; g < ngrp; g++)
+                idx_dp2(acc, _mm512_load_si512(kp + 2 * g), _mm512_load_si512(kp + 2 * g + 1),
+                        (const uint32_t(*)[16])idx_qp[hb], 2 * g);
+            idx_weigh(acc, wpad + 16 * hb, &s, &sabs);
         }
-        float sv[IDX_KEYS], av[IDX_KEYS], lv[IDX_KEYS];
-        _mm512_storeu_ps(sv, s);
-        _mm512_storeu_ps(av, sabs);
-        _mm512_storeu_ps(lv, l1);
-        for (int g = 0; g < kn; g++) {
-            const float sc = sv[g] * ks[j0 + g];
-            score[j0 + g] = sc;
-            bound[j0 + g] = ds_index_bound(lv[g] * 1.0001f, c, av[g], sc, ks[j0 + g], nh, dim);
-        }
+        /* score and ds_index_bound, lane-wise */
+        const int kn = n - i0 < DS_INDEX_TILE ? n - i0 : DS_INDEX_TILE;
+        const __mmask16 km = kn == DS_INDEX_TILE ? (__mmask16)0xffff : (__mmask16)((1u << kn) - 1);
+        const __m512 kv = _mm512_maskz_loadu_ps(km, ks + i0), sc = _mm512_mul_ps(s, kv);
+        const __m512 t = _mm512_add_ps(_mm512_mul_ps(bl, _mm512_add_ps(l1a, l1b)), _mm512_mul_ps(bs, sabs));
+        const __m512 bd = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.01f)), kv),
+                                                      _mm512_mul_ps(_mm512_set1_ps(2.0f * u), _mm512_abs_ps(sc))),
+                                        _mm512_set1_ps(1e-37f));
+        _mm512_mask_storeu_ps(score + i0, km, sc);
+        _mm512_mask_storeu_ps(bound + i0, km, bd);
     }
 }
 
-/* The query of the last call, its packed pairs (idx_qp) and its bound
- * constant: a decode step scores its keys in several calls (claims of a
- * work split) with the same query, and packing it costs as much as
- * scoring a few hundred keys. */
+/* The query of the last call, its packed pairs (idx_qp), its weights
+ * padded with zeros to whole head blocks and its bound constant: a decode
+ * step scores its keys in several calls (claims of a work split) with the
+ * same query, and packing it costs as much as scoring a few hundred keys. */
 static __thread struct {
     int nh, dim, ok;
     float c;
-    float q[IDX_MAXHB * 16 * DS_INDEX_MAXDIM], w[IDX_MAXHB * 16];
+    float q[IDX_MAXHB * 16 * DS_INDEX_MAXDIM], w[IDX_MAXHB * 16], wpad[IDX_MAXHB * 16];
 } idx_last;
 
 static int idx_pack_query(const float *qt, int nh, int dim, const float *w)
@@ -1004,7 +1003,7 @@ static int idx_pack_query(const float *qt, int nh, int dim, const float *w)
     idx_last.nh = 0;   /* unless completed below */
     int ok = 1;
     for (int P = 0; P < npair && ok; P++) {
-        const int d = idx_pair_dim(P);
+        const int d = 2 * P;
         for (int h = 0; h < hs; h++) {
             uint32_t lo = 0, hi = 0;
             if (d < dim)
@@ -1022,22 +1021,25 @@ static int idx_pack_query(const float *qt, int nh, int dim, const float *w)
     idx_last.ok = ok;
     memcpy(idx_last.q, qt, qb);
     memcpy(idx_last.w, w, wb);
+    for (int h = 0; h < hs; h++)
+        idx_last.wpad[h] = h < nh ? w[h] : 0.0f;
     idx_last.dim = dim;
     idx_last.nh = nh;
     return ok;
 }
 
-int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
-                                int n, float *score, float *bound)
+int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
+                                const float *ks, int n, float *score, float *bound)
 {
     const int hs = DS_INDEX_HSTRIDE(nh);
     if (!ds_cpu_get_features()->avx512_vbmi || !ds_gemm_bf16_native() || hs / 16 > IDX_MAXHB || dim < 1 ||
-        dim > DS_INDEX_MAXDIM)
+        dim > DS_INDEX_MAXDIM || j0 % DS_INDEX_TILE)
         return 0;
     pthread_once(&lut_once, lut_make);
     if (!idx_pack_query(qt, nh, dim, w))
         return 0;
-    idx_scores(idx_last.c, nh, dim, w, k8, ks, n, score, bound);
+    if (n > 0)
+        idx_scores(idx_last.c, nh, dim, idx_last.wpad, tiles, j0, ks, n, score, bound);
     return 1;
 }
 #endif /* x86 */

@@ -260,17 +260,25 @@ void ds_index_scores_fp8(const double *qt, int nh, int dim, const float *w, cons
     ds_kernels_active()->index_scores_fp8(qt, nh, dim, w, k8, ks, n, score);
 }
 
-int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
-                               int n, float *score, float *bound)
+/* The tables' approximate scorers read key rows: the keys come out of
+ * their tiles DS_INDEX_TILE * 4 at a time. */
+int ds_index_scores_fp8_approx(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
+                               const float *ks, int n, float *score, float *bound)
 {
     const ds_kernels *k = ds_kernels_active();
 #if defined(__x86_64__) || defined(__i386__)
-    if (k == &ds_kernels_avx512 && ds_index_scores_approx_bf16(qt, nh, dim, w, k8, ks, n, score, bound))
+    if (k == &ds_kernels_avx512 && ds_index_scores_approx_bf16(qt, nh, dim, w, tiles, j0, ks, n, score, bound))
         return 1;
 #endif
-    if (!k->index_scores_approx)
+    if (!k->index_scores_approx || dim > DS_INDEX_MAXDIM)
         return 0;
-    k->index_scores_approx(qt, nh, dim, w, k8, ks, n, score, bound);
+    enum { ROWS = DS_INDEX_TILE * 4 };
+    uint8_t rows[ROWS * DS_INDEX_MAXDIM];
+    for (int i = 0; i < n; i += ROWS) {
+        const int kn = n - i < ROWS ? n - i : ROWS;
+        ds_index_keys_get(tiles, dim, j0 + i, kn, rows);
+        k->index_scores_approx(qt, nh, dim, w, rows, ks + i, kn, score + i, bound + i);
+    }
     return 1;
 }
 

@@ -94,8 +94,8 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
  * FP8 and Q4_K; returns 0 (nothing written) for other dtypes. */
 /* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI (qt FP8 values, dim <=
  * DS_INDEX_MAXDIM, at most 64 heads); 0 when it cannot run. */
-int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *k8, const float *ks,
-                                int n, float *score, float *bound);
+int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
+                                const float *ks, int n, float *score, float *bound);
 int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
                               int ldy);
 #endif

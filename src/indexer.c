@@ -172,7 +172,9 @@ static void index_key(ds_context *c, int layer, float *k, int pos)
     ds_rope_halves(tmp, cfg->qk_rope_head_dim, pos, m->rope_freq, m->rope_mscale);
     ds_hadamard(tmp, id);
     ds_kv_layer *kv = &c->kv[layer];
-    kv->idx_s[pos] = ds_quant_e4m3_block(tmp, id, cfg->scale_ue8m0, kv->idx_k + (size_t)pos * id);
+    uint8_t row[DS_INDEX_MAXDIM];   /* index_head_dim <= 256 (config.c) */
+    kv->idx_s[pos] = ds_quant_e4m3_block(tmp, id, cfg->scale_ue8m0, row);
+    ds_index_key_put(kv->idx_k, id, pos, row);
 }
 
 /* The scorer works on blocks of keys decoded once to f64 (ds_e4m3_to_f64)
@@ -196,14 +198,17 @@ static void query_transposed(const uint8_t *q8, int ih, int id, double *qd, doub
     }
 }
 
-/* score[j] for keys [j0, j1) of one prepared query; kd holds KEY_BLOCK keys. */
+/* score[j] for keys [j0, j1) of one prepared query, KEY_BLOCK keys at a
+ * time out of their tiles (exact: straight from the codes, decoding
+ * beside the FMAs). */
 static void score_range(const ds_kv_layer *kv, int ih, int id, const double *qt, const float *w, int j0, int j1,
-                        double *kd, float *score)
+                        float *score)
 {
+    uint8_t rows[KEY_BLOCK * DS_INDEX_MAXDIM];
     for (int j = j0; j < j1; j += KEY_BLOCK) {
         const int kn = j1 - j < KEY_BLOCK ? j1 - j : KEY_BLOCK;
-        ds_e4m3_to_f64(kv->idx_k + (size_t)j * id, (size_t)kn * id, kd);
-        ds_index_scores(qt, ih, id, w, kd, kv->idx_s + j, kn, score + j);
+        ds_index_keys_get(kv->idx_k, id, j, kn, rows);
+        ds_index_scores_fp8(qt, ih, id, w, rows, kv->idx_s + j, kn, score + j);
     }
 }
 
@@ -231,13 +236,12 @@ static float *score_one(ds_context *c, int layer, const uint8_t *q8, const float
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads, hs = DS_INDEX_HSTRIDE(ih);
     const int nt = nkeys >= 16 * KEY_BLOCK ? omp_get_max_threads() : 1;
     const size_t b_score = align64(sizeof(float) * (size_t)nkeys), b_qt = align64(sizeof(double) * (size_t)hs * id);
-    const size_t b_qd = align64(sizeof(double) * (size_t)ih * id), b_kd = align64(sizeof(double) * KEY_BLOCK * (size_t)id);
-    char *p = idx_scratch(c, b_score + b_qt + b_qd + (size_t)nt * b_kd, err);
+    const size_t b_qd = align64(sizeof(double) * (size_t)ih * id);
+    char *p = idx_scratch(c, b_score + b_qt + b_qd, err);
     if (!p)
         return NULL;
     float *score = (float *)p;
     double *qt = (double *)(p + b_score), *qd = (double *)(p + b_score + b_qt);
-    char *kd = p + b_score + b_qt + b_qd;
     query_transposed(q8, ih, id, qd, qt);
     const ds_kv_layer *kv = &c->kv[layer];
     const int nb = (nkeys + KEY_BLOCK - 1) / KEY_BLOCK;
@@ -246,10 +250,7 @@ static float *score_one(ds_context *c, int layer, const uint8_t *q8, const float
         const int n = omp_get_num_threads(), t = omp_get_thread_num();
         const int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
         const int j0 = b0 * KEY_BLOCK, j1 = b1 * KEY_BLOCK < nkeys ? b1 * KEY_BLOCK : nkeys;
-        if (id <= DS_INDEX_MAXDIM && j1 > j0)   /* straight from the codes, decoding beside the FMAs */
-            ds_index_scores_fp8(qt, ih, id, w, kv->idx_k + (size_t)j0 * id, kv->idx_s + j0, j1 - j0, score + j0);
-        else
-            score_range(kv, ih, id, qt, w, j0, j1, (double *)(kd + (size_t)t * b_kd), score);
+        score_range(kv, ih, id, qt, w, j0, j1, score);
     }
     return score;
 }
@@ -487,8 +488,8 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
         memset(h, 0, sizeof(uint32_t) << HIST_BITS);
         for (int g, k; ok && (k = ds_split_next(split, t, SCORE_CLAIM, &g)) > 0;) {
             const int js = g * KEY_BLOCK, je = (g + k) * KEY_BLOCK < nkeys ? (g + k) * KEY_BLOCK : nkeys;
-            ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k + (size_t)js * id, kv->idx_s + js, je - js,
-                                            score + js, bound + js);
+            ok = ds_index_scores_fp8_approx(qf, ih, id, w, kv->idx_k, js, kv->idx_s + js, je - js, score + js,
+                                            bound + js);
             for (int j = js; ok && j < je; j++) {
                 bmax = bound[j] > bmax ? bound[j] : bmax;
                 h[score_key(score[j]) >> (32 - HIST_BITS)]++;
@@ -530,7 +531,7 @@ static int select_approx(ds_context *c, int layer, const uint8_t *q8, const floa
     uint8_t kc[CLOSE_MAX * DS_INDEX_MAXDIM];
     float ksc[CLOSE_MAX], sc[CLOSE_MAX];
     for (int i = 0; i < sp.nclose; i++) {
-        memcpy(kc + (size_t)i * id, kv->idx_k + (size_t)sp.close[i] * id, (size_t)id);
+        ds_index_keys_get(kv->idx_k, id, sp.close[i], 1, kc + (size_t)i * id);
         ksc[i] = kv->idx_s[sp.close[i]];
     }
     if (sp.nclose)
@@ -600,6 +601,7 @@ ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const f
         double *qt = malloc(sizeof(double) * QUERY_BLOCK * (size_t)hs * id);
         double *qd = malloc(sizeof(double) * (size_t)ih * id);
         double *kd = malloc(sizeof(double) * KEY_BLOCK * (size_t)id);
+        uint8_t rows[KEY_BLOCK * DS_INDEX_MAXDIM];
         if (!score || !qt || !qd || !kd) {
 #pragma omp atomic write
             fail = 1;
@@ -615,7 +617,8 @@ ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const f
             const int nmax = start + t0 + tn;   /* keys the block's last query sees */
             for (int j = 0; j < nmax; j += KEY_BLOCK) {
                 const int kn = nmax - j < KEY_BLOCK ? nmax - j : KEY_BLOCK;
-                ds_e4m3_to_f64(kv->idx_k + (size_t)j * id, (size_t)kn * id, kd);
+                ds_index_keys_get(kv->idx_k, id, j, kn, rows);
+                ds_e4m3_to_f64(rows, (size_t)kn * id, kd);
                 for (int i = 0; i < tn; i++) {
                     const int n = start + t0 + i + 1;
                     if (j < n)

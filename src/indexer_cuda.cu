@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "indexer_gpu.h"
+#include "index_tiles.h"
 
 extern "C" {
 extern const float ds_e4m3_table[256];   /* simd/dtype.c, the CPU's decoder */
@@ -426,8 +427,16 @@ extern "C" ds_status ds_gpu_indexer_sync_keys(ds_gpu_indexer *g, int layer, cons
     const int lo = g->valid[layer] < start ? g->valid[layer] : start;
     if (end > lo) {
         const size_t dim = (size_t)g->dim, base = (size_t)layer * g->ctx;
-        CU_TRY(cudaMemcpyAsync(g->d_keys + (base + lo) * dim, k8_all + (size_t)lo * dim, (size_t)(end - lo) * dim,
-                               cudaMemcpyHostToDevice, g->stream));
+        /* out of the host's tiles into rows */
+        uint8_t *rows = (uint8_t *)malloc((size_t)(end - lo) * dim);
+        if (!rows)
+            return ds_fail(err, DS_ERR_NOMEM, "GPU indexer: out of memory for %d keys", end - lo);
+        ds_index_keys_get(k8_all, g->dim, lo, end - lo, rows);
+        const cudaError_t ce = cudaMemcpyAsync(g->d_keys + (base + lo) * dim, rows, (size_t)(end - lo) * dim,
+                                               cudaMemcpyHostToDevice, g->stream);
+        const cudaError_t se = ce == cudaSuccess ? cudaStreamSynchronize(g->stream) : ce;
+        free(rows);
+        CU_TRY(se);
         CU_TRY(cudaMemcpyAsync(g->d_kscale + base + lo, ks_all + lo, (size_t)(end - lo) * sizeof(float),
                                cudaMemcpyHostToDevice, g->stream));
         /* the host cache may be rewritten (truncate + re-eval) once we return */

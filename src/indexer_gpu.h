@@ -37,8 +37,9 @@ typedef struct ds_gpu_indexer ds_gpu_indexer;
 ds_gpu_indexer *ds_gpu_indexer_create(int layers, int ctx_size, int head_dim, int n_heads, ds_error *err);
 void ds_gpu_indexer_free(ds_gpu_indexer *g);
 
-/* The host cache of `layer` (k8_all: [ctx][head_dim] bytes, ks_all: [ctx])
- * was just written at positions [start, end).  Uploads them, plus any
+/* The host cache of `layer` (k8_all: the codes in tiles of 16 positions,
+ * simd/index_tiles.h; ks_all: [ctx]) was just written at positions
+ * [start, end).  The device keeps them as rows [ctx][head_dim].  Uploads them, plus any
  * positions below start that the GPU has not seen yet (its copy is valid
  * for a contiguous prefix of positions). */
 ds_status ds_gpu_indexer_sync_keys(ds_gpu_indexer *g, int layer, const uint8_t *k8_all, const float *ks_all,

@@ -1,6 +1,7 @@
 /* kvcache.c — the per-sequence KV arena: for every layer and position the
  * MLA latent (f32, or e4m3 with one scale per 128 values), the rotated rope
- * key (f32, or bf16 in the compact layout) and the indexer key (128 x e4m3 +
+ * key (f32, or bf16 in the compact layout) and the indexer key (128 x e4m3
+ * in tiles of 16 positions, simd/index_tiles.h, +
  * f32 scale).  One allocation per context, sized by ctx_size, locked in RAM
  * when RLIMIT_MEMLOCK allows (ds_context_kv_locked says whether it was). */
 #include <math.h>
@@ -50,7 +51,7 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
     const size_t rope_es = c->kv_type == DS_KV_FP8_COMPACT ? 2 : 4;
     size_t per_layer = lat + align64(P * (size_t)cfg->qk_rope_head_dim * rope_es);
     if (cfg->is_v32)
-        per_layer += align64(P * (size_t)cfg->index_head_dim) + align64(P * 4);
+        per_layer += align64(ds_index_tiles_bytes((int)P, cfg->index_head_dim)) + align64(P * 4);
     if (per_layer != 0 && L > SIZE_MAX / per_layer)
         return ds_fail(err, DS_ERR_NOMEM, "KV cache for %zu positions is too large", P);
     c->kv = ds_calloc(L, sizeof(ds_kv_layer), err);
@@ -90,7 +91,7 @@ ds_status ds_kv_alloc(ds_context *c, ds_error *err)
         p += align64(P * (size_t)cfg->qk_rope_head_dim * rope_es);
         if (cfg->is_v32) {
             k->idx_k = p;
-            p += align64(P * (size_t)cfg->index_head_dim);
+            p += align64(ds_index_tiles_bytes((int)P, cfg->index_head_dim));
             k->idx_s = (float *)p;
             p += align64(P * 4);
         }
@@ -266,9 +267,11 @@ ds_status ds_context_fill_synthetic(ds_context *c, int n, uint64_t seed, ds_erro
                     v[i] = synth_normal(&s);
                 ds_kv_store_latent(c, l, p, v);
                 ds_kv_store_rope(c, l, p, v + kvl);
-                if (id)
-                    k->idx_s[p] = ds_quant_e4m3_block(v + kvl + rope, id, cfg->scale_ue8m0,
-                                                      k->idx_k + (size_t)p * id);
+                if (id) {
+                    uint8_t row[DS_INDEX_MAXDIM];   /* index_head_dim <= 256 (config.c) */
+                    k->idx_s[p] = ds_quant_e4m3_block(v + kvl + rope, id, cfg->scale_ue8m0, row);
+                    ds_index_key_put(k->idx_k, id, p, row);
+                }
             }
         }
         free(v);

@@ -90,7 +90,7 @@ typedef struct ds_kv_layer {
     float *latent_s;       /* [ctx][kv_lora/128 rounded up] scales */
     float *kpe;            /* [ctx][rope] rotated rope key (f32 layouts) */
     uint16_t *kpe_bf16;    /* [ctx][rope] the same in bf16 (DS_KV_FP8_COMPACT) */
-    uint8_t *idx_k;        /* [ctx][index_head_dim] e4m3 */
+    uint8_t *idx_k;        /* e4m3 codes in tiles of 16 positions (simd/index_tiles.h) */
     float *idx_s;          /* [ctx] */
 } ds_kv_layer;
 

@@ -478,9 +478,14 @@ static void check_index_approx(const ds_kernels *k, int bf16, const uint8_t *q8,
         qf[i] = (float)qt[i];
     int ran = 1;
 #if defined(__x86_64__) || defined(__i386__)
-    if (bf16)
-        ran = ds_index_scores_approx_bf16(qf, nh, dim, w, k8, ks, n, sc, bd);
-    else
+    if (bf16) {   /* the keys in the cache's tiles, from the first tile or the second */
+        const int j0 = mode % 2 ? DS_INDEX_TILE : 0;
+        uint8_t *tiles = calloc(ds_index_tiles_bytes(j0 + n, dim), 1);
+        for (int j = 0; j < n; j++)
+            ds_index_key_put(tiles, dim, j0 + j, k8 + (size_t)j * dim);
+        ran = ds_index_scores_approx_bf16(qf, nh, dim, w, tiles, j0, ks, n, sc, bd);
+        free(tiles);
+    } else
 #endif
         k->index_scores_approx(qf, nh, dim, w, k8, ks, n, sc, bd);
     if (!ran) {
@@ -511,6 +516,41 @@ static void check_index_approx(const ds_kernels *k, int bf16, const uint8_t *q8,
                  use, nh, dim, mode);
     }
     free(qf), free(sc), free(bd);
+}
+
+/* The indexer key tiles: every (position, dimension) of a tile at its own
+ * byte inside the tile, and keys back out of the tiles as they went in. */
+static void check_index_tiles(void)
+{
+    static const int dims[] = {1, 32, 64, 100, 128, 256};
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+        const int dim = dims[di], n = 3 * DS_INDEX_TILE + 5;
+        const size_t tb = ds_index_tile_bytes(dim);
+        unsigned char *seen = calloc(tb, 1);
+        int dup = 0, out = 0;
+        for (int i = 0; i < DS_INDEX_TILE; i++)
+            for (int d = 0; d < dim; d++) {
+                const size_t at = ds_index_code_at(DS_INDEX_TILE + i, dim, d);
+                if (at < tb || at >= 2 * tb)
+                    out++;
+                else if (seen[at - tb]++)
+                    dup++;
+            }
+        checks++;
+        if (dup || out)
+            FAIL("index tiles dim %d: %d codes share a byte, %d outside their tile", dim, dup, out);
+        uint8_t *rows = malloc((size_t)n * dim), *back = malloc((size_t)n * dim);
+        uint8_t *tiles = calloc(ds_index_tiles_bytes(n, dim), 1);
+        for (size_t i = 0; i < (size_t)n * dim; i++)
+            rows[i] = (uint8_t)rnd();
+        for (int j = n - 1; j >= 0; j--)
+            ds_index_key_put(tiles, dim, j, rows + (size_t)j * dim);
+        ds_index_keys_get(tiles, dim, 0, n, back);
+        checks++;
+        if (memcmp(rows, back, (size_t)n * dim))
+            FAIL("index tiles dim %d: keys do not come back out as they went in", dim);
+        free(seen), free(rows), free(back), free(tiles);
+    }
 }
 
 static void check_index(const ds_kernels *k)
@@ -888,6 +928,7 @@ int main(int argc, char **argv)
            ds_cpu_isa_note() ? " — " : "", ds_cpu_isa_note() ? ds_cpu_isa_note() : "");
     check_selection();
     check_worksplit();
+    check_index_tiles();
     if (selection_only) {
         printf("%ld checks, %d failures\n", checks, failures);
         return failures ? 1 : 0;

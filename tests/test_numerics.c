@@ -379,17 +379,19 @@ static void test_fill_synthetic(void)
     for (int l = 0; l < L; l++) {
         const ds_kv_layer *a = &c[0]->kv[l], *b = &c[1]->kv[l], *o = &c[2]->kv[l];
         for (int p = 0; p < depth; p++) {
+            uint8_t row[DS_INDEX_MAXDIM];
+            ds_index_keys_get(a->idx_k, id, p, 1, row);
             for (int i = 0; i < id; i++)
-                nan_codes += (a->idx_k[(size_t)p * id + i] & 0x7f) == 0x7f;
+                nan_codes += (row[i] & 0x7f) == 0x7f;
             bad_scales += !(a->idx_s[p] > 0.0f && isfinite(a->idx_s[p]));
             ds_kv_load_latent(c[0], l, p, lat);
             for (int i = 0; i < kvl; i++)
                 bad_scales += !isfinite(lat[i]);
         }
-        same &= memcmp(a->idx_k, b->idx_k, (size_t)depth * id) == 0 &&
+        same &= memcmp(a->idx_k, b->idx_k, ds_index_tiles_bytes(depth, id)) == 0 &&
                 memcmp(a->idx_s, b->idx_s, sizeof(float) * depth) == 0 &&
                 memcmp(a->latent_q, b->latent_q, (size_t)depth * kvl) == 0;
-        differs |= memcmp(a->idx_k, o->idx_k, (size_t)depth * id) != 0;
+        differs |= memcmp(a->idx_k, o->idx_k, ds_index_tiles_bytes(depth, id)) != 0;
     }
     free(lat);
     CHECK(nan_codes == 0, "%d NaN codes among the synthetic index keys", nan_codes);
@@ -451,6 +453,15 @@ static void rand_codes(uint8_t *q, int n)
         while ((q[i] & 0x7f) == 0x7f);
 }
 
+/* Key j of a layer's indexer cache as a row (out of its tiles); the
+ * buffer is the caller thread's and good until the next call. */
+static const uint8_t *key_row(const ds_kv_layer *kv, int id, int j)
+{
+    static __thread uint8_t row[DS_INDEX_MAXDIM];
+    ds_index_keys_get(kv->idx_k, id, j, 1, row);
+    return row;
+}
+
 /* An untraced decode selection over keys 0 .. n - 1 of the layer (query q8,
  * weights w) against the top-k of the reference scores; 1 when it differs. */
 static int untraced_select_differs(ds_context *c, int layer, const uint8_t *q8, const float *w, int n)
@@ -463,7 +474,7 @@ static int untraced_select_differs(ds_context *c, int layer, const uint8_t *q8, 
     for (int j = 0; j < n; j++) {
         float sc = 0.0f;
         for (int h = 0; h < ih; h++) {
-            float d = ds_index_dot_ref(q8 + (size_t)h * id, kv->idx_k + (size_t)j * id, id);
+            float d = ds_index_dot_ref(q8 + (size_t)h * id, key_row(kv, id, j), id);
             if (d > 0.0f) {
                 volatile float pr = w[h] * d;
                 sc += pr;
@@ -510,7 +521,7 @@ static void test_index_select(void)
     int bad = 0, bad_sel = 0, calls = 0, calls_fast = 0;
     /* ties: keys 200..399 repeat keys 0..19 ten times over, scales too */
     for (int j = 200; j < 400; j++) {
-        memcpy(c->kv[layer].idx_k + (size_t)j * id, c->kv[layer].idx_k + (size_t)(j % 20) * id, (size_t)id);
+        ds_index_key_put(c->kv[layer].idx_k, id, j, key_row(&c->kv[layer], id, j % 20));
         c->kv[layer].idx_s[j] = c->kv[layer].idx_s[j % 20];
     }
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -538,7 +549,7 @@ static void test_index_select(void)
             for (int j = 0; j < n; j++) {
                 float sc = 0.0f;
                 for (int h = 0; h < ih; h++) {
-                    float d = ds_index_dot_ref(q8 + ((size_t)t * ih + h) * id, kv->idx_k + (size_t)j * id, id);
+                    float d = ds_index_dot_ref(q8 + ((size_t)t * ih + h) * id, key_row(kv, id, j), id);
                     if (d > 0.0f) {
                         volatile float p = w[t * ih + h] * d;
                         sc += p;
@@ -570,7 +581,7 @@ static void test_index_select(void)
      * of 8 keys, so the decode's close keys (rescored exactly) are a whole
      * group of copies and the lowest positions among them must be picked. */
     for (int j = 8; j < 1000; j++) {
-        memcpy(c->kv[layer].idx_k + (size_t)j * id, c->kv[layer].idx_k + (size_t)(j % 8) * id, (size_t)id);
+        ds_index_key_put(c->kv[layer].idx_k, id, j, key_row(&c->kv[layer], id, j % 8));
         c->kv[layer].idx_s[j] = c->kv[layer].idx_s[j % 8];
     }
     for (int rep = 0; rep < 4; rep++) {
@@ -593,7 +604,11 @@ static void test_index_select(void)
         uint8_t *q8 = malloc((size_t)ih * id);
         float *w = malloc(sizeof(float) * ih);
         rand_codes(q8, ih * id);
-        rand_codes(c->kv[layer].idx_k, 1000 * id);
+        for (int j = 0; j < 1000; j++) {
+            uint8_t row[DS_INDEX_MAXDIM];
+            rand_codes(row, id);
+            ds_index_key_put(c->kv[layer].idx_k, id, j, row);
+        }
         for (int j = 0; j < 1000; j++)
             c->kv[layer].idx_s[j] = j % 50 == 7 ? ldexpf(1.0f, -40 - rand() % 8) : 1.0f;
         for (int i = 0; i < ih; i++)
