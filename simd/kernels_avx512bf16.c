@@ -890,13 +890,29 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
  * (dim + 2) u sum |q k|; no operand or partial sum is subnormal, as every
  * product is a multiple of 2^-18).  The keys come in tiles of sixteen
  * (index_tiles.h): one 64-byte load holds four dimensions of all sixteen,
- * converted as in the decode kernel (NaN codes read as 0, as the exact
- * scorer reads them) into two vectors of bf16 pairs, one key per lane, and
- * each is multiplied against every head's query pair broadcast: sixteen
- * dependency chains (one per head), the head sums, ReLU and weights taken
- * lane-wise, no transposes.  More than 16 heads: the tile's converted
+ * looked up as in the decode kernel (NaN codes read as 0, as the exact
+ * scorer reads them) and permuted into two vectors of bf16 pairs, one key
+ * per lane; each is multiplied against every head's query pair broadcast:
+ * sixteen dependency chains (one per head), the head sums, ReLU and
+ * weights taken lane-wise, no transposes.  More than 16 heads: the tile's converted
  * pairs are kept in L1 for the other head blocks. */
 enum { IDX_MAXHB = 4, IDX_PF_TILES = 2 };
+
+/* Bytes of the looked-up low (0-63) and high (64-127) halves that make the
+ * bf16 pairs of dimensions 0-1 (A) and 2-3 (B) of each key's four. */
+static uint8_t idx_perm[2][64] __attribute__((aligned(64)));
+static pthread_once_t idx_perm_once = PTHREAD_ONCE_INIT;
+
+static void idx_perm_make(void)
+{
+    for (int i = 0; i < 16; i++)
+        for (int p = 0; p < 2; p++) {
+            idx_perm[p][4 * i] = (uint8_t)(4 * i + 2 * p);
+            idx_perm[p][4 * i + 1] = (uint8_t)(64 + 4 * i + 2 * p);
+            idx_perm[p][4 * i + 2] = (uint8_t)(4 * i + 2 * p + 1);
+            idx_perm[p][4 * i + 3] = (uint8_t)(64 + 4 * i + 2 * p + 1);
+        }
+}
 
 /* The query pairs, [head block][pair][16 heads]: pair P is dimensions 2P
  * and 2P + 1, as the tiles give them. */
@@ -926,12 +942,14 @@ SINL void idx_dp2(__m512 *acc, __m512i a, __m512i b, const uint32_t (*qp)[16], i
 SNOINL void idx_scores(float c, int nh, int dim, const float *wpad, const uint8_t *tiles, int j0, const float *ks,
                        int n, float *score, float *bound)
 {
-    const int nhb = DS_INDEX_HSTRIDE(nh) / 16, ngrp = 16 * ((dim + 63) / 64);
+    const int nhb = DS_INDEX_HSTRIDE(nh) / 16, ngrp = (dim + 3) / 4;
     const size_t tb = ds_index_tile_bytes(dim);
     const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[0]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut_idx[0] + 64))};
     const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut_idx[1]),
                            _mm512_load_si512((const __m512i *)(e4m3_lut_idx[1] + 64))};
+    const __m512i pa = _mm512_load_si512((const __m512i *)idx_perm[0]),
+                  pb = _mm512_load_si512((const __m512i *)idx_perm[1]);
     const __m512i mag = _mm512_set1_epi32(0x7fff7fff);
     const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
     const float u = 0x1p-24f;
@@ -950,8 +968,11 @@ SNOINL void idx_scores(float c, int nh, int dim, const float *wpad, const uint8_
         for (int g = 0; g < ngrp; g++) {
             if (pf)   /* a tile a couple of tiles on, from memory meanwhile */
                 __builtin_prefetch(pf + 64 * (size_t)g, 0, 3);
-            __m512i a, b;
-            fp8_ab(_mm512_loadu_si512((const void *)(tile + 64 * (size_t)g)), tl, th, &a, &b);
+            const __m512i codes = _mm512_loadu_si512((const void *)(tile + 64 * (size_t)g));
+            const __m512i lo = _mm512_permutex2var_epi8(tl[0], codes, tl[1]);
+            __m512i hi = _mm512_permutex2var_epi8(th[0], codes, th[1]);
+            hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8((char)0x80), 0xf8);   /* hi | (codes & 0x80) */
+            const __m512i a = _mm512_permutex2var_epi8(lo, pa, hi), b = _mm512_permutex2var_epi8(lo, pb, hi);
             if (nhb > 1) {
                 _mm512_store_si512(kp + 2 * g, a);
                 _mm512_store_si512(kp + 2 * g + 1, b);
@@ -1036,6 +1057,7 @@ int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w
         dim > DS_INDEX_MAXDIM || j0 % DS_INDEX_TILE)
         return 0;
     pthread_once(&lut_once, lut_make);
+    pthread_once(&idx_perm_once, idx_perm_make);
     if (!idx_pack_query(qt, nh, dim, w))
         return 0;
     if (n > 0)
