@@ -422,7 +422,9 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
         uint8_t *mine = buf + xb_b + xs_b + (size_t)id * per;
         uint32_t *wp = (uint32_t *)mine;
         float *ps = (float *)(mine + wp_b), *pm = (float *)(mine + wp_b + ps_b);
-#pragma omp for schedule(static)
+        /* panels one at a time to whichever thread is free: a slower core
+         * takes fewer (each panel's rows are one thread's, whoever) */
+#pragma omp for schedule(dynamic, 1)
         for (int p = 0; p < npan; p++) {
             const int i0 = p * PR, nr = nrows - i0 < PR ? nrows - i0 : PR;
             pack_panel(m, r0 + i0, nr, kpp, wp, ps, pm);
