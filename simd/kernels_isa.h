@@ -47,7 +47,9 @@ void ds_index_scores_scalar(const double *qt, int nh, int dim, const float *w, c
 
 /* The error bound of an approximate indexer score (see kernels_scalar.c):
  * l1 = sum |k|, c = sum_h |w_h| max_d |q_hd|, sabs = sum_h |w_h| |d_h|,
- * s = the approximate score, ks the key's scale. */
+ * s = the approximate score, ks the key's scale.  The AVX512_BF16 scorer
+ * (kernels_avx512bf16.c) evaluates the same terms sixteen keys at a time:
+ * change both together. */
 static inline float ds_index_bound(float l1, float c, float sabs, float s, float ks, int nh, int dim)
 {
     const float u = 0x1p-24f;
@@ -92,8 +94,9 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
 /* The same products for n < DS_GEMM_BF16_MIN_N tokens (decode, batched
  * decode): weights stream once, converted in registers, no panel.  BF16,
  * FP8 and Q4_K; returns 0 (nothing written) for other dtypes. */
-/* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI (qt FP8 values, dim <=
- * DS_INDEX_MAXDIM, at most 64 heads); 0 when it cannot run. */
+/* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI straight from the key
+ * tiles (qt FP8 values, dim <= DS_INDEX_MAXDIM, at most 64 heads, j0 a
+ * multiple of DS_INDEX_TILE); 0 when it cannot run. */
 int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
                                 const float *ks, int n, float *score, float *bound);
 int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
