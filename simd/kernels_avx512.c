@@ -405,28 +405,30 @@ NOINL void rows_block(const ds_mat *m, int r, int nr, const float *X, int ldx, i
     }
 }
 
+/* Row blocks [b0, b1) of gemm_small, in passes of MAXNT tokens. */
+static void gemm_small_blocks(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy,
+                              int b0, int b1)
+{
+    for (int b = b0; b < b1; b++)
+        for (int t0 = 0, i = 4 * b, nr = nrows - i < 4 ? nrows - i : 4; t0 < n; t0 += MAXNT)
+            rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, n - t0 < MAXNT ? n - t0 : MAXNT,
+                       Y + (size_t)t0 * ldy + i, ldy);
+}
+
 /* The product for n <= MAXNT tokens (larger n is faster through the tiled
- * GEMM on AVX-512): row blocks split across threads, passes of MAXNT
- * tokens. */
+ * GEMM on AVX-512): row blocks split across threads (worksplit.h). */
 static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
-    const int rb = 4, nblk = (nrows + rb - 1) / rb;
+    const int nblk = (nrows + 3) / 4;   /* blocks of 4 rows */
     const int nth = ds_worth_threads((long)nrows * m->cols * n) && !omp_in_parallel() ? omp_get_max_threads() : 1;
-    ds_split *split = ds_split_begin(nth, nblk);
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    for (int b0, k; split ? (k = ds_split_next(split, omp_get_thread_num(), 8, &b0)) > 0 : 0;)
-        for (int b = b0; b < b0 + k; b++) {
-            const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
-            for (int t0 = 0; t0 < n; t0 += MAXNT) {
-                const int nt = n - t0 < MAXNT ? n - t0 : MAXNT;
-                rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, nt, Y + (size_t)t0 * ldy + i, ldy);
-            }
-        }
-    if (!split)   /* no memory for the split: one thread does it all */
-        for (int b = 0; b < nblk; b++)
-            for (int t0 = 0, i = b * rb, nr = nrows - i < rb ? nrows - i : rb; t0 < n; t0 += MAXNT)
-                rows_block(m, r0 + i, nr, X + (size_t)t0 * ldx, ldx, n - t0 < MAXNT ? n - t0 : MAXNT,
-                           Y + (size_t)t0 * ldy + i, ldy);
+    ds_split *split = nth > 1 ? ds_split_begin(nth, nblk) : NULL;
+    if (!split) {
+        gemm_small_blocks(m, r0, nrows, X, ldx, n, Y, ldy, 0, nblk);
+        return;
+    }
+#pragma omp parallel num_threads(nth)
+    for (int b0, k; (k = ds_split_next(split, omp_get_thread_num(), 8, &b0)) > 0;)
+        gemm_small_blocks(m, r0, nrows, X, ldx, n, Y, ldy, b0, b0 + k);
 }
 
 static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }

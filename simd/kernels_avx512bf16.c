@@ -851,16 +851,17 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
         .nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK,
     };
     /* each thread a contiguous range of whole tiles (worksplit.h: one that
-     * finishes early takes tiles from the back of another's), walked in
-     * chunks that stay in cache across the passes of SMALL_NT tokens */
-    const int ntile = (nrows + rbk - 1) / rbk, ctile = 32, chunk = ctile * rbk;
+     * finishes early takes tiles from the back of another's), claimed
+     * ctile tiles at a time */
+    const int ntile = (nrows + rbk - 1) / rbk, ctile = 32;
     const int nth = ds_worth_threads((long)nrows * cols) && !omp_in_parallel() ? omp_get_max_threads() : 1;
-    ds_split *split = nth > 1 ? ds_split_begin(nth, ntile) : NULL;
+    ds_split *split = ds_split_begin(nth, ntile);
+    if (!split)
+        return 0;   /* no memory: the rounded copy and the f32 kernels */
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        const int id = omp_get_thread_num(), team = omp_get_num_threads();
-        int t0 = (int)((long)ntile * id / team), k = split ? 0 : (int)((long)ntile * (id + 1) / team) - t0;
-        for (int next = -1; split ? (k = ds_split_next(split, id, ctile, &t0)) > 0 : k > 0; next = t0 + k, k = 0) {
+        const int id = omp_get_thread_num();
+        for (int t0, k, next = -1; (k = ds_split_next(split, id, ctile, &t0)) > 0; next = t0 + k) {
             const int a = t0 * rbk, end = (t0 + k) * rbk < nrows ? (t0 + k) * rbk : nrows;
             /* the tiles prefetch sm.pfo bytes ahead of the row they read:
              * fetch the start of a range now (unless it goes on from the
@@ -874,12 +875,9 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
                 for (size_t b = 0; b < pre; b += 64)
                     __builtin_prefetch(first + b, 0, 3);
             }
-            for (int i = a; i < end; i += chunk) {
-                const int nr = end - i < chunk ? end - i : chunk;
-                for (int u = 0; u < n; u += SMALL_NT)
-                    small_block(&sm, dt, r0 + i, nr, n - u < SMALL_NT ? n - u : SMALL_NT, xb + (size_t)u * ldb, ldb,
-                                xs + (size_t)u * lds, lds, Y + (size_t)u * ldy + i, ldy);
-            }
+            for (int u = 0; u < n; u += SMALL_NT)   /* a claim's rows stay in cache across the passes */
+                small_block(&sm, dt, r0 + a, end - a, n - u < SMALL_NT ? n - u : SMALL_NT, xb + (size_t)u * ldb, ldb,
+                            xs + (size_t)u * lds, lds, Y + (size_t)u * ldy + a, ldy);
         }
     }
     return 1;
