@@ -487,6 +487,7 @@ SINL const uint8_t *small_pf(const small_mat *sm, const uint8_t *w)
 
 static uint8_t e4m3_lut[2][128] __attribute__((aligned(64)));   /* low, high byte of bf16(|code|) */
 static uint8_t e4m3_lut_idx[2][128] __attribute__((aligned(64)));   /* the same with NaN read as 0 (indexer) */
+static uint8_t i8_lut[2][128] __attribute__((aligned(64)));     /* low, high byte of bf16(m), m < 128 */
 static uint16_t perm_ab[2][32] __attribute__((aligned(64)));    /* element of word w of A, of B */
 static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
 
@@ -502,6 +503,10 @@ static void lut_make(void)
         e4m3_lut[1][m] = (uint8_t)(u >> 24);
         e4m3_lut_idx[0][m] = m == 0x7f ? 0 : e4m3_lut[0][m];
         e4m3_lut_idx[1][m] = m == 0x7f ? 0 : e4m3_lut[1][m];
+        const float im = (float)m;
+        memcpy(&u, &im, 4);
+        i8_lut[0][m] = (uint8_t)(u >> 16);
+        i8_lut[1][m] = (uint8_t)(u >> 24);
     }
     for (int w = 0; w < 32; w++) {
         perm_ab[0][w] = (uint16_t)(16 * (w / 8) + w % 8);
@@ -530,7 +535,8 @@ SINL float bf16_sum32(__m512i v)
  * (BF16); per 64 columns the A words then the B words (FP8); per 128
  * columns those of the 64 elements {0-31, 64-95}, then of {32-63, 96-127}
  * (Q4_K: the low and the high nibbles of two 32-byte groups).  For Q4_K,
- * xs[j] is the sum of the rounded sub-block j (32 columns). */
+ * xs[2j + 1] is the sum of the rounded sub-block j (32 columns) and
+ * xs[2j] is 0. */
 SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t *xb, float *xs)
 {
     const __m512i pa = _mm512_load_si512((const __m512i *)perm_ab[0]);
@@ -551,9 +557,12 @@ SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t 
         _mm512_store_si512(out + 1, _mm512_permutex2var_epi16(a0, pb, b0));
         _mm512_store_si512(out + 2, _mm512_permutex2var_epi16(a1, pa, b1));
         _mm512_store_si512(out + 3, _mm512_permutex2var_epi16(a1, pb, b1));
-        if (q)
-            for (int k = 0; k < 4; k++)
-                xs[c / 32 + k] = bf16_sum32(v[k]);
+        if (q)      /* the odd lanes of a block's 16 (q4k_mults4) */
+            for (int k = 0; k < 4; k++) {
+                const int j = c / 32 + k;
+                xs[2 * j] = 0.0f;
+                xs[2 * j + 1] = bf16_sum32(v[k]);
+            }
     }
 }
 
@@ -660,6 +669,77 @@ SINL void small_fp8(const small_mat *sm, int r0, int nr, int RB, int NT, const u
             out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
 }
 
+/* 64 Q8_0 quants (two blocks) -> A, B as fp8_ab: |q| looked up (the
+ * int8 magnitudes 0..127 are exact in bf16), the sign or'ed in.  -128
+ * reads its magnitude's low 7 bits, 0: its high byte is set apart (the
+ * low byte of bf16(128) is 0 like that of 0).  Q8_0 files from the usual
+ * quantisers hold no -128 (d = max|x| / 127), so that is a branch never
+ * taken there. */
+SINL void q8_ab(__m512i q, const __m512i tl[2], const __m512i th[2], __m512i *a, __m512i *b)
+{
+    const __m512i m = _mm512_abs_epi8(q);
+    const __m512i lo = _mm512_permutex2var_epi8(tl[0], m, tl[1]);
+    __m512i hi = _mm512_permutex2var_epi8(th[0], m, th[1]);
+    hi = _mm512_ternarylogic_epi32(hi, q, _mm512_set1_epi8((char)0x80), 0xf8);   /* hi | (q & 0x80) */
+    const __mmask64 k128 = _mm512_cmpeq_epi8_mask(q, _mm512_set1_epi8((char)0x80));
+    if (__builtin_expect(k128 != 0, 0))
+        hi = _mm512_mask_mov_epi8(hi, k128, _mm512_set1_epi8((char)0xc3));     /* bf16(-128) = 0xc300 */
+    *a = _mm512_unpacklo_epi8(lo, hi);
+    *b = _mm512_unpackhi_epi8(lo, hi);
+}
+
+/* Q8_0 rows: two 34-byte blocks (f16 d, 32 quants) a step, their quants
+ * in the low and high halves of one vector, so the dots' lanes 0-7 hold
+ * the first block and 8-15 the second (see the A, B order), each scaled
+ * by its d in f32. */
+SINL void small_q8(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
+{
+    const int cols = sm->cols;
+    const __m512i tl[2] = {_mm512_load_si512((const __m512i *)i8_lut[0]),
+                           _mm512_load_si512((const __m512i *)(i8_lut[0] + 64))};
+    const __m512i th[2] = {_mm512_load_si512((const __m512i *)i8_lut[1]),
+                           _mm512_load_si512((const __m512i *)(i8_lut[1] + 64))};
+    const uint8_t *w[4], *p[4];
+    __m512 tot[4][SMALL_NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        w[i] = small_row(sm, r0, i, nr);
+        p[i] = small_pf(sm, w[i]);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < cols; c += 2 * DS_Q8_0_BLOCK) {
+        const size_t bo = (size_t)(c / DS_Q8_0_BLOCK) * DS_Q8_0_BYTES;
+        const int two = cols - c > DS_Q8_0_BLOCK;   /* else the row's last block alone */
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            const uint8_t *b = w[i] + bo;
+            __builtin_prefetch(p[i] + bo, 0, 3);
+            __builtin_prefetch(p[i] + bo + 64, 0, 3);
+            __m512i q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b + 2)));
+            uint16_t d0, d1 = 0;
+            memcpy(&d0, b, 2);
+            if (two) {
+                q = _mm512_inserti64x4(q, _mm256_loadu_si256((const __m256i *)(const void *)(b + DS_Q8_0_BYTES + 2)), 1);
+                memcpy(&d1, b + DS_Q8_0_BYTES, 2);
+            }
+            const __m512 d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)d0)),
+                                                                     _mm_set1_epi16((short)d1), 1));
+            __m512i a, bb;
+            q8_ab(q, tl, th, &a, &bb);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), a, bb, xb + (size_t)t * ldb + c), d, tot[i][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            out[i * NT + t] = _mm512_reduce_add_ps(tot[i][t]);
+}
+
 SINL void small_bf16w(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
     const int cols = sm->cols;
@@ -705,6 +785,41 @@ SINL void small_bf16w(const small_mat *sm, int r0, int nr, int RB, int NT, const
             out[i * NT + t] = _mm512_reduce_add_ps(_mm512_add_ps(tot[i][t], tot2[i][t]));
 }
 
+/* The multipliers of block bo of rows w[0 .. RB): m[i] lane 2j is d sc_j
+ * and lane 2j + 1 dmin m_j of row i.  The 6-bit fields of the RB rows
+ * (quant.h's packing) come apart together, one row a 128-bit lane: the
+ * scalar unpacking, row by row, cost single-stream decode as much as
+ * the quants' conversion. */
+SINL void q4k_mults4(const uint8_t *const w[4], size_t bo, int RB, __m512 m[4])
+{
+    /* per lane the dwords d|dmin, u0, u1, u2 of quant.h's 12 scale bytes */
+    __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(w[0] + bo)));
+    if (RB > 1)
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(const void *)(w[1] + bo)), 1);
+    if (RB > 2)
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(const void *)(w[2] + bo)), 2);
+    if (RB > 3)
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(const void *)(w[3] + bo)), 3);
+    /* sc 0-3 = u0 & 63, mn 0-3 = u1 & 63, sc 4-7 = (u2 & 15) | (u0 >> 6) << 4,
+     * mn 4-7 = (u2 >> 4 & 15) | (u1 >> 6) << 4 */
+    const __m512i a = _mm512_shuffle_epi32(z, _MM_SHUFFLE(2, 1, 2, 1));   /* u0 u1 u0 u1 */
+    const __m512i b = _mm512_srlv_epi32(_mm512_shuffle_epi32(z, _MM_SHUFFLE(3, 3, 3, 3)),
+                                        _mm512_set4_epi32(4, 0, 4, 0));     /* u2, u2 >> 4 */
+    /* (b & 0x0f) | (a >> 2 & ~0x0f) in the high dwords, a in the low ones */
+    const __m512i hi = _mm512_ternarylogic_epi32(b, _mm512_srli_epi32(a, 2), _mm512_set1_epi32(0x0f0f0f0f), 0xe4);
+    __m512i sm = _mm512_and_si512(_mm512_mask_blend_epi32(0xcccc, a, hi), _mm512_set1_epi32(0x3f3f3f3f));
+    /* sc0-3 mn0-3 sc4-7 mn4-7 -> sc0 mn0 sc1 mn1 ... */
+    sm = _mm512_shuffle_epi8(sm, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15)));
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        uint32_t dd;
+        memcpy(&dd, w[i] + bo, 4);
+        const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi32((int)dd));      /* d, dmin, d, dmin, ... */
+        const __m512i q = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(sm, i & 3));
+        m[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
+    }
+}
+
 SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb,
                    const float *xs, int lds, float *out)
 {
@@ -715,11 +830,12 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const u
     const __m512i tl = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[0]));
     const __m512i th = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[1]));
     const __m512i low4 = _mm512_set1_epi8(15);
-    /* sub-blocks of the lanes 0-7 | 8-15 of the low and high nibble dots, per half block */
-    const __m512i sel[2][2] = {{_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
-                                _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3)},
-                               {_mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6),
-                                _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7)}};
+    /* lanes of q4k_mults4 (d sc_j at 2j) for the lanes 0-7 | 8-15 of the
+     * low and high nibble dots, per half block: sub-blocks 0|2, 1|3; 4|6, 5|7 */
+    const __m512i sel[2][2] = {{_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
+                                _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6)},
+                               {_mm512_setr_epi32(8, 8, 8, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12, 12, 12),
+                                _mm512_setr_epi32(10, 10, 10, 10, 10, 10, 10, 10, 14, 14, 14, 14, 14, 14, 14, 14)}};
     const uint8_t *w[4], *p[4];
     __m512 tot[4][SMALL_NT];
 #pragma GCC unroll 4
@@ -732,21 +848,20 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const u
     }
     for (int bi = 0; bi < nblk; bi++) {
         const size_t bo = (size_t)bi * DS_Q4_K_BYTES;
+        __m512 mul[4];
+        q4k_mults4(w, bo, RB, mul);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __builtin_prefetch(p[i] + bo, 0, 3);
             __builtin_prefetch(p[i] + bo + 64, 0, 3);
             __builtin_prefetch(p[i] + bo + 128, 0, 3);
-            __m256 a8, b8;
-            q4k_mults(w[i] + bo, &a8, &b8);
-            const __m512 a16 = _mm512_castps256_ps512(a8);
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 const __m512i q = _mm512_loadu_si512((const void *)(w[i] + bo + DS_Q4_K_OFF_QS + 64 * h));
                 __m512i la, lb, ha, hb;
                 nib_ab(_mm512_and_si512(q, low4), tl, th, &la, &lb);
                 nib_ab(_mm512_and_si512(_mm512_srli_epi16(q, 4), low4), tl, th, &ha, &hb);
-                const __m512 sl = _mm512_permutexvar_ps(sel[h][0], a16), sh = _mm512_permutexvar_ps(sel[h][1], a16);
+                const __m512 sl = _mm512_permutexvar_ps(sel[h][0], mul[i]), sh = _mm512_permutexvar_ps(sel[h][1], mul[i]);
                 const size_t xo = (size_t)bi * DS_Q4_K_BLOCK + 128 * h;
 #pragma GCC unroll 8
                 for (int t = 0; t < NT; t++) {
@@ -755,13 +870,11 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const u
                     tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), ha, hb, x + 64), sh, tot[i][t]);
                 }
             }
-            /* minus dmin * m_j * sum(x over sub-block j), in lanes 0-7 */
-            const __m512 b16 = _mm512_zextps256_ps512(b8);
+            /* minus dmin * m_j * sum(x over sub-block j): the odd lanes, as
+             * xs holds 0 in the even ones */
 #pragma GCC unroll 8
-            for (int t = 0; t < NT; t++) {
-                const __m512 sx = _mm512_zextps256_ps512(_mm256_loadu_ps(xs + (size_t)t * lds + 8 * bi));
-                tot[i][t] = _mm512_fnmadd_ps(b16, sx, tot[i][t]);
-            }
+            for (int t = 0; t < NT; t++)
+                tot[i][t] = _mm512_fnmadd_ps(mul[i], _mm512_loadu_ps(xs + (size_t)t * lds + 16 * bi), tot[i][t]);
         }
     }
 #pragma GCC unroll 4
@@ -787,6 +900,7 @@ SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, in
         switch (dt) {
         case DS_DT_F8_E4M3: small_fp8(sm, r + i, k, RB, NT, xb, ldb, out); break;
         case DS_DT_BF16: small_bf16w(sm, r + i, k, RB, NT, xb, ldb, out); break;
+        case DS_DT_Q8_0: small_q8(sm, r + i, k, RB, NT, xb, ldb, out); break;
         default: small_q4k(sm, r + i, k, RB, NT, xb, ldb, xs, lds, out); break;
         }
         for (int t = 0; t < NT; t++)
@@ -806,7 +920,8 @@ SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, in
 #define SMALL_CASE(N) \
     case N: \
         switch (dt) { \
-            SMALL_DT(DS_DT_F8_E4M3, N) SMALL_DT(DS_DT_BF16, N) default: SMALL_DT(DS_DT_Q4_K, N) \
+            SMALL_DT(DS_DT_F8_E4M3, N) SMALL_DT(DS_DT_BF16, N) SMALL_DT(DS_DT_Q8_0, N) \
+            default: SMALL_DT(DS_DT_Q4_K, N) \
         } \
         break;
 
@@ -823,13 +938,14 @@ SNOINL void small_block(const small_mat *sm, ds_dtype dt, int r, int nr, int nt,
 int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const ds_dtype dt = m->dtype;
-    if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q4_K)
+    if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q8_0 && dt != DS_DT_Q4_K)
         return 0;
-    if (!ds_cpu_get_features()->avx512_vbmi || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK))
+    if (!ds_cpu_get_features()->avx512_vbmi || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK) ||
+        (dt == DS_DT_Q8_0 && m->cols % DS_Q8_0_BLOCK))
         return 0;
     pthread_once(&lut_once, lut_make);
-    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP, lds = ldb / 32;
-    const int order = dt == DS_DT_BF16 ? X_NATURAL : dt == DS_DT_F8_E4M3 ? X_PAIRS64 : X_Q4K;
+    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP, lds = ldb / 16;
+    const int order = dt == DS_DT_BF16 ? X_NATURAL : dt == DS_DT_Q4_K ? X_Q4K : X_PAIRS64;
     const size_t xb_b = up64(sizeof(uint16_t) * (size_t)n * ldb);
     uint8_t *buf = scratch_get(xb_b + sizeof(float) * (size_t)n * lds);
     if (!buf)

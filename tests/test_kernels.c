@@ -354,7 +354,7 @@ static void check_gemm_bf16(void)
     /* 1000 x 129 and 600 x 300: past ds_worth_threads, the rows split across threads */
     static const int rows_list[] = {1, 17, 32, 33, 130, 600, 1000};
     static const int cols_list[] = {1, 7, 33, 128, 129, 300};
-    static const int q8_cols[] = {32, 96, 544};
+    static const int q8_cols[] = {32, 96, 128, 544};   /* odd and even block counts */
     static const int q4_cols[] = {256, 768};
     static const int n_list[] = {1, 2, 6, 7, 12, 13, 29};
     char what[96];
