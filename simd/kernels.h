@@ -55,7 +55,7 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
  * each block's dot.  On a CPU with AVX512_BF16 (ds_gemm_bf16_native) that
  * is a vdpbf16ps kernel, where inputs below the smallest normal float count
  * as zero: from DS_GEMM_BF16_MIN_N tokens the panel GEMM, below it (decode,
- * batched decode) a streaming kernel for BF16, FP8 and Q4_K weights that
+ * batched decode) a streaming kernel for BF16, FP8, Q8_0 and Q4_K weights that
  * also needs AVX512_VBMI.  Otherwise X is rounded into a copy and the exact
  * kernels run on it: the same products, summed in another order.  F32 / F16 weights (ds_gemm_bf16_rounds(dtype)
  * == 0) are never rounded: it is ds_gemm itself. */

@@ -167,7 +167,7 @@ typedef enum ds_kv_type {
  * weights stay exact (their codes are exact in bf16, block scales applied
  * in f32).  Where the CPU has AVX512_BF16 (ds_precision_bf16_native) the
  * products run on its instructions: from DS_BF16_MIN_TOKENS rows about
- * twice as fast as f32, and below it (decode) for BF16, FP8 and Q4_K
+ * twice as fast as f32, and below it (decode) for BF16, FP8, Q8_0 and Q4_K
  * weights through a streaming kernel (with AVX512_VBMI too).  The others,
  * and every product on other CPUs, round the activations and use the f32
  * kernels: the same products, so results
