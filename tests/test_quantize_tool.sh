@@ -38,6 +38,7 @@ done
 
 # usage and input errors
 expect 1 "invalid value for --type" "$Q" --model "$CASE/model" --out "$T/x" --type q5_1
+expect 1 "invalid value for --head" "$Q" --model "$CASE/model" --out "$T/x" --head q6_k
 expect 1 "required" "$Q" --model "$CASE/model" --type q8_0
 expect 1 "unknown option" "$Q" --model "$CASE/model" --out "$T/x" --type q8_0 --bogus
 expect 1 "must differ" "$Q" --model "$CASE/model" --out "$CASE/model" --type q8_0
@@ -134,6 +135,48 @@ assert f8 < 0.05 and m8 < 0.6 and t8 > 0.3 and c8 > 0.8, "q8_0 too far from fp8"
 assert f4 < 1.0 and m4 < 2.0 and t4 > 0.05 and c4 > 0.5, "q4_k too far from fp8"
 assert m4 > m8, "q4_k closer than q8_0: suspicious"
 EOF
+
+# --head: lm_head alone converted (the rest copied).  Its weight error
+# reaches the logits as a random error of about rel_rmse x the logits' RMS
+# (random weights: the error is independent of the weight and the hidden
+# state), so the median |diff| from the FP8 model is 0.674 (the median of
+# |N(0, 1)|) times that; measured 0.0072 (q8_0), 0.036 (fp8), 0.096 (q4_k),
+# each within 1 % of the prediction.
+for ty in q8_0 fp8 q4_k; do
+    DT=$(echo "$ty" | sed 's/fp8/F8_E4M3/' | tr a-z A-Z)
+    if "$Q" -q --model "$CASE/model" --out "$T/head-$ty" --head "$ty" >"$T/head-$ty.json" 2>"$T/err" &&
+        "$B/dsinfer-inspect" "$T/head-$ty" >"$T/inspect" 2>&1 && grep -q "validation: *OK" "$T/inspect" &&
+        "$EV" -m "$T/head-$ty" --tokens "$CASE/tokens.json" -o "$T/head-$ty.bin" --kv-cache f32 2>"$T/err"; then
+        ok "quantize --head $ty: $(cat "$T/head-$ty.json")"
+    else
+        bad "quantize --head $ty: $(cat "$T/err" "$T/inspect")"
+        continue
+    fi
+    python3 - "$T" "$ty" "$DT" <<'EOF2' && ok "--head $ty: lm_head $DT, logits as its error predicts" || bad "--head $ty"
+import json, math, os, struct, sys
+from array import array
+t, ty, dt = sys.argv[1:]
+r = json.load(open(f"{t}/head-{ty}.json"))
+assert r["type"] == "keep" and r["head"] == ty and r["converted"] == 1, r
+assert list(r["by_kind"]) == ["head"], r
+ix = json.load(open(f"{t}/head-{ty}/model.safetensors.index.json"))
+f = open(os.path.join(f"{t}/head-{ty}", ix["weight_map"]["lm_head.weight"]), "rb")
+h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+assert h["lm_head.weight"]["dtype"].upper().startswith(dt[:4]), h["lm_head.weight"]["dtype"]
+assert ("lm_head.weight_scale_inv" in ix["weight_map"]) == (ty == "fp8")
+assert json.load(open(f"{t}/head-{ty}/config.json"))["dsinfer_quant_head"] == ty
+def load(name):
+    a = array("f")
+    a.frombytes(open(f"{t}/{name}.bin", "rb").read())
+    return a
+ref, x = load("fp8"), load(f"head-{ty}")
+rms = math.sqrt(sum(v * v for v in ref) / len(ref))
+med = sorted(abs(a - b) for a, b in zip(x, ref))[len(ref) // 2]
+want = 0.674 * r["rel_rmse"] * rms
+print(f"{ty}: median |diff| {med:.4f}, predicted {want:.4f}")
+assert 0.7 * want < med < 1.3 * want
+EOF2
+done
 
 # --repack: each routed expert's gate, up and down weights adjacent in one
 # shard at 4096-aligned file offsets equal to the expert cache's slab layout,

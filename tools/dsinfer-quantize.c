@@ -43,12 +43,13 @@ static const char *const target_names[] = {"q8_0", "q4_k", "fp8", "bf16", "keep"
 typedef struct options {
     const char *in, *out;
     target type;
+    target head;          /* lm_head / shared_head: T_KEEP copies them */
     int experts_only, keep_attention, threads, quiet, repack;
 } options;
 
 /* Error statistics are kept per kind of weight. */
-enum { K_ATTN, K_ROUTED, K_SHARED, K_DENSE, K_OTHER, K_COUNT };
-static const char *const kind_names[K_COUNT] = {"attention", "routed_experts", "shared_experts", "dense_mlp",
+enum { K_ATTN, K_ROUTED, K_SHARED, K_DENSE, K_HEAD, K_OTHER, K_COUNT };
+static const char *const kind_names[K_COUNT] = {"attention", "routed_experts", "shared_experts", "dense_mlp", "head",
                                                 "other"};
 
 typedef struct stats {
@@ -99,14 +100,17 @@ static void usage(FILE *f)
         "                         the expert cache reads one expert with one request\n"
         "      --experts-only     convert only the routed experts\n"
         "      --keep-attention   leave every self_attn weight (indexer included) as it is\n"
+        "      --head TYPE        also convert lm_head (and the MTP layer's shared_head)\n"
+        "                         to TYPE (q8_0, q4_k, fp8 or bf16); without it they are\n"
+        "                         copied.  --type may then be left out\n"
         "  -t, --threads N        worker threads (default: all cores)\n"
         "  -q, --quiet            no progress on stderr (the JSON report is still printed)\n"
         "  -v, --verbose          also each converted tensor and its RMSE on stderr\n"
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
-        "Embeddings, norms, the router gate, biases, the indexer's weights_proj and lm_head\n"
-        "are copied unchanged.  Q4_K needs rows of 256 columns, Q8_0 of 32: narrower rows\n"
+        "Embeddings, norms, the router gate, biases, the indexer's weights_proj and (unless\n"
+        "--head) lm_head are copied unchanged.  Q4_K needs rows of 256 columns, Q8_0 of 32: narrower rows\n"
         "fall back to Q8_0, then BF16.  Prints one JSON line with the RMSE of the converted\n"
         "weights against the (dequantised) source, overall and per kind of weight.\n"
         "\n"
@@ -114,9 +118,19 @@ static void usage(FILE *f)
         "4 runtime failure.\n");
 }
 
+static target parse_target(const char *opt, const char *name)
+{
+    size_t k = 0;
+    while (k < T_KEEP && strcmp(name, target_names[k]) != 0)
+        k++;
+    if (k == T_KEEP)
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (q8_0, q4_k, fp8 or bf16)", opt, name);
+    return (target)k;
+}
+
 static void parse_args(int argc, char **argv, options *o)
 {
-    enum { OPT_TYPE = 256, OPT_EXPERTS, OPT_KEEP_ATTN, OPT_REPACK };
+    enum { OPT_TYPE = 256, OPT_EXPERTS, OPT_KEEP_ATTN, OPT_REPACK, OPT_HEAD };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
@@ -124,6 +138,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"experts-only", no_argument, NULL, OPT_EXPERTS},
         {"keep-attention", no_argument, NULL, OPT_KEEP_ATTN},
         {"repack", no_argument, NULL, OPT_REPACK},
+        {"head", required_argument, NULL, OPT_HEAD},
         {"threads", required_argument, NULL, 't'},
         {"quiet", no_argument, NULL, 'q'},
         {"verbose", no_argument, NULL, 'v'},
@@ -131,7 +146,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    const char *type = NULL;
+    const char *type = NULL, *head = NULL;
     int c;
     memset(o, 0, sizeof *o);
     opterr = 0;
@@ -143,6 +158,7 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_EXPERTS: o->experts_only = 1; break;
         case OPT_KEEP_ATTN: o->keep_attention = 1; break;
         case OPT_REPACK: o->repack = 1; break;
+        case OPT_HEAD: head = optarg; break;
         case 't': o->threads = (int)tool_parse_long("--threads", optarg, 1, 4096); break;
         case 'q': o->quiet = 1, tool_verbosity = -1; break;
         case 'v': tool_verbosity = 1; break;
@@ -154,18 +170,10 @@ static void parse_args(int argc, char **argv, options *o)
     }
     if (optind < argc)
         tool_die(EXIT_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!o->in || !o->out || (!type && !o->repack))
-        tool_die(EXIT_USAGE, "--model, --out and --type (or --repack) are required (see --help)");
-    if (!type) {
-        o->type = T_KEEP;
-        return;
-    }
-    size_t k = 0;
-    while (k < T_KEEP && strcmp(type, target_names[k]) != 0)
-        k++;
-    if (k == T_KEEP)
-        tool_die(EXIT_USAGE, "invalid value for --type: '%s' (q8_0, q4_k, fp8 or bf16)", type);
-    o->type = (target)k;
+    if (!o->in || !o->out || (!type && !head && !o->repack))
+        tool_die(EXIT_USAGE, "--model, --out and --type (or --head, or --repack) are required (see --help)");
+    o->type = type ? parse_target("--type", type) : T_KEEP;
+    o->head = head ? parse_target("--head", head) : T_KEEP;
 }
 
 /* ---- planning --------------------------------------------------------- */
@@ -176,8 +184,15 @@ static int ends_with(const char *s, const char *suffix)
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
+static int is_head(const char *name)
+{
+    return strstr(name, "lm_head") || strstr(name, "shared_head");
+}
+
 static int kind_of(const char *name)
 {
+    if (is_head(name))
+        return K_HEAD;
     if (strstr(name, ".self_attn."))
         return K_ATTN;
     if (strstr(name, ".mlp.experts."))
@@ -189,25 +204,27 @@ static int kind_of(const char *name)
     return K_OTHER;
 }
 
-/* Whether a tensor is a projection / expert matrix this run converts.
- * Embeddings, lm_head (and the MTP layer's shared_head), norms, biases, the
- * router gate and the indexer's weights_proj stay as they are: they are
- * small or precision-critical. */
-static int should_convert(const options *o, const ds_tensor *t)
+/* What this run converts a tensor to; T_KEEP: it is copied.  Embeddings,
+ * norms, biases, the router gate, the indexer's weights_proj and (unless
+ * --head) lm_head and the MTP layer's shared_head stay as they are: they
+ * are small or precision-critical. */
+static target tensor_target(const options *o, const ds_tensor *t)
 {
     const char *n = t->name;
-    if (o->type == T_KEEP || t->ndim != 2 || !ends_with(n, ".weight"))
-        return 0;
+    if (t->ndim != 2 || !ends_with(n, ".weight"))
+        return T_KEEP;
     if (t->dtype != DS_DT_F8_E4M3 && t->dtype != DS_DT_BF16 && t->dtype != DS_DT_F16 && t->dtype != DS_DT_F32)
-        return 0;
-    if (strstr(n, "embed_tokens") || strstr(n, "lm_head") || strstr(n, "shared_head") || strstr(n, "norm") ||
-        strstr(n, "bias") || ends_with(n, ".mlp.gate.weight") || strstr(n, "weights_proj"))
-        return 0;
+        return T_KEEP;
+    if (is_head(n))
+        return o->head;
+    if (strstr(n, "embed_tokens") || strstr(n, "norm") || strstr(n, "bias") || ends_with(n, ".mlp.gate.weight") ||
+        strstr(n, "weights_proj"))
+        return T_KEEP;
     if (o->experts_only && !strstr(n, ".mlp.experts."))
-        return 0;
+        return T_KEEP;
     if (o->keep_attention && strstr(n, ".self_attn."))
-        return 0;
-    return 1;
+        return T_KEEP;
+    return o->type;
 }
 
 /* The output dtype of a converted [rows, cols] matrix: the target, or the
@@ -378,7 +395,8 @@ static void build_plan(const options *o, const ds_tensor_table *tab, plan *p)
             const size_t len = strlen(t->name) - strlen("_scale_inv");
             snprintf(nm, sizeof nm, "%.*s", (int)len, t->name);
             const ds_tensor *w = ds_table_find(tab, nm);
-            if (w && should_convert(o, w) && o->type != T_FP8) {
+            const target wt = w ? tensor_target(o, w) : T_KEEP;
+            if (wt != T_KEEP && wt != T_FP8) {
                 p->dropped++;
                 continue;
             }
@@ -386,8 +404,8 @@ static void build_plan(const options *o, const ds_tensor_table *tab, plan *p)
             p->copied++;
             continue;
         }
-        if (!should_convert(o, t) || (o->type == T_FP8 && t->dtype == DS_DT_F8_E4M3) ||
-            (o->type == T_BF16 && t->dtype == DS_DT_BF16)) {
+        const target ty = tensor_target(o, t);
+        if (ty == T_KEEP || (ty == T_FP8 && t->dtype == DS_DT_F8_E4M3) || (ty == T_BF16 && t->dtype == DS_DT_BF16)) {
             plan_push(p, t, t->name, t->dtype, COPY);
             p->copied++;
             continue;
@@ -397,9 +415,9 @@ static void build_plan(const options *o, const ds_tensor_table *tab, plan *p)
             if (!ds_table_find(tab, nm))
                 tool_die(EXIT_INPUT, "%s: F8_E4M3 tensor '%s' has no block scale '%s'", o->in, t->name, nm);
         }
-        plan_push(p, t, t->name, target_dtype(p, o->type, t->shape[1]), CONVERT);
+        plan_push(p, t, t->name, target_dtype(p, ty, t->shape[1]), CONVERT);
         p->converted++;
-        if (o->type == T_FP8) {
+        if (ty == T_FP8) {
             snprintf(nm, sizeof nm, "%s_scale_inv", t->name);
             if (ds_table_find(tab, nm))
                 tool_die(EXIT_INPUT, "%s: non-FP8 tensor '%s' already has a '%s'", o->in, t->name, nm);
@@ -655,6 +673,8 @@ static void write_config(const options *o, const plan *p)
     }
     if (o->type != T_KEEP)
         json_object_set_new(cfg, "dsinfer_quant", json_string(target_names[o->type]));
+    if (o->head != T_KEEP)
+        json_object_set_new(cfg, "dsinfer_quant_head", json_string(target_names[o->head]));
     char *text = json_dumps(cfg, JSON_INDENT(2));
     json_decref(cfg);
     if (!text)
@@ -704,7 +724,8 @@ static void report(const options *o, const plan *p, const stats st[K_COUNT])
         if (st[k].tensors)
             json_object_set_new(kinds, kind_names[k], stats_json(&st[k]));
     }
-    json_t *r = json_pack("{s:s, s:s, s:i, s:i, s:i, s:{s:i, s:i}, s:i, s:I, s:I}", "type", target_names[o->type],
+    json_t *r = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:{s:i, s:i}, s:i, s:I, s:I}", "type", target_names[o->type],
+                          "head", target_names[o->head],
                           "out", o->out, "converted", p->converted, "copied", p->copied, "dropped_scales",
                           p->dropped, "fallbacks", "Q8_0", p->fallback_q8, "BF16", p->fallback_bf16, "shards",
                           p->nshards, "bytes_in", (json_int_t)p->bytes_in, "bytes_out", (json_int_t)p->bytes_out);
