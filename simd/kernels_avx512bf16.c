@@ -688,6 +688,32 @@ SINL void q8_ab(__m512i q, const __m512i tl[2], const __m512i th[2], __m512i *a,
     *b = _mm512_unpackhi_epi8(lo, hi);
 }
 
+/* One step of small_q8 for the RB rows at byte bo of each, column c: two
+ * blocks, or with !two the row's last block alone (the high half zero). */
+SINL void q8_step(const uint8_t *const w[4], const uint8_t *const p[4], size_t bo, int c, int two, int RB, int NT,
+                  const __m512i tl[2], const __m512i th[2], const uint16_t *xb, int ldb, __m512 tot[4][SMALL_NT])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        const uint8_t *b = w[i] + bo;
+        __builtin_prefetch(p[i] + bo, 0, 3);
+        __builtin_prefetch(p[i] + bo + 64, 0, 3);
+        __m512i q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b + 2)));
+        __m128i d1 = _mm_setzero_si128();
+        if (two) {
+            q = _mm512_inserti64x4(q, _mm256_loadu_si256((const __m256i *)(const void *)(b + DS_Q8_0_BYTES + 2)), 1);
+            d1 = _mm_broadcastw_epi16(_mm_loadu_si16(b + DS_Q8_0_BYTES));
+        }
+        const __m256i dh = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_broadcastw_epi16(_mm_loadu_si16(b))), d1, 1);
+        const __m512 d = _mm512_cvtph_ps(dh);
+        __m512i a, bb;
+        q8_ab(q, tl, th, &a, &bb);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), a, bb, xb + (size_t)t * ldb + c), d, tot[i][t]);
+    }
+}
+
 /* Q8_0 rows: two 34-byte blocks (f16 d, 32 quants) a step, their quants
  * in the low and high halves of one vector, so the dots' lanes 0-7 hold
  * the first block and 8-15 the second (see the A, B order), each scaled
@@ -709,30 +735,12 @@ SINL void small_q8(const small_mat *sm, int r0, int nr, int RB, int NT, const ui
         for (int t = 0; t < NT; t++)
             tot[i][t] = _mm512_setzero_ps();
     }
-    for (int c = 0; c < cols; c += 2 * DS_Q8_0_BLOCK) {
-        const size_t bo = (size_t)(c / DS_Q8_0_BLOCK) * DS_Q8_0_BYTES;
-        const int two = cols - c > DS_Q8_0_BLOCK;   /* else the row's last block alone */
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            const uint8_t *b = w[i] + bo;
-            __builtin_prefetch(p[i] + bo, 0, 3);
-            __builtin_prefetch(p[i] + bo + 64, 0, 3);
-            __m512i q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b + 2)));
-            uint16_t d0, d1 = 0;
-            memcpy(&d0, b, 2);
-            if (two) {
-                q = _mm512_inserti64x4(q, _mm256_loadu_si256((const __m256i *)(const void *)(b + DS_Q8_0_BYTES + 2)), 1);
-                memcpy(&d1, b + DS_Q8_0_BYTES, 2);
-            }
-            const __m512 d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)d0)),
-                                                                     _mm_set1_epi16((short)d1), 1));
-            __m512i a, bb;
-            q8_ab(q, tl, th, &a, &bb);
-#pragma GCC unroll 8
-            for (int t = 0; t < NT; t++)
-                tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), a, bb, xb + (size_t)t * ldb + c), d, tot[i][t]);
-        }
-    }
+    int c = 0;
+    size_t bo = 0;
+    for (; c + 2 * DS_Q8_0_BLOCK <= cols; c += 2 * DS_Q8_0_BLOCK, bo += 2 * DS_Q8_0_BYTES)
+        q8_step(w, p, bo, c, 1, RB, NT, tl, th, xb, ldb, tot);
+    if (c < cols)
+        q8_step(w, p, bo, c, 0, RB, NT, tl, th, xb, ldb, tot);
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
 #pragma GCC unroll 8
