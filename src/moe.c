@@ -125,6 +125,39 @@ static int claim_expert(const ds_numa *nm, const int32_t *used, int n_used, int 
     return -1;
 }
 
+/* The shared expert inside the experts' parallel region, in row chunks
+ * claimed as threads come free: SwiGLU's gate and up rows (then its
+ * activation on them), a barrier, the down rows.  A thread that ends its
+ * routed experts first starts on it at once, instead of both meeting at a
+ * barrier and then splitting three more products (mid, FP8 decode: the
+ * slower thread's last expert was the other's wait).  g, u: [T][I]. */
+enum { SHARED_ROWS = 64 };
+
+static void shared_chunks(const ds_ffn_w *w, const float *x, int T, int H, float *g, float *u, float *out, int bf16,
+                          int *next_gu, int *next_down)
+{
+    const int I = w->gate.rows;
+    for (;;) {
+        const int r = SHARED_ROWS * __atomic_fetch_add(next_gu, 1, __ATOMIC_RELAXED);
+        if (r >= I)
+            break;
+        const int k = I - r < SHARED_ROWS ? I - r : SHARED_ROWS;
+        ds_matmul(&w->gate, r, k, x, H, T, g + r, I, bf16);
+        ds_matmul(&w->up, r, k, x, H, T, u + r, I, bf16);
+        for (int t = 0; t < T; t++)
+            for (int j = r; j < r + k; j++)
+                g[(size_t)t * I + j] = ds_silu(g[(size_t)t * I + j]) * u[(size_t)t * I + j];
+    }
+#pragma omp barrier
+    for (;;) {
+        const int r = 4 * SHARED_ROWS * __atomic_fetch_add(next_down, 1, __ATOMIC_RELAXED);
+        if (r >= H)
+            break;
+        const int k = H - r < 4 * SHARED_ROWS ? H - r : 4 * SHARED_ROWS;
+        ds_matmul(&w->down, r, k, g, I, T, out + r, H, bf16);
+    }
+}
+
 /* Threads take whole experts (resident weights only: the streaming path
  * orders reads and read-ahead itself).  With several NUMA nodes a thread
  * takes its own node's experts first.  Each expert's output rows land in
@@ -132,18 +165,25 @@ static int claim_expert(const ds_numa *nm, const int32_t *used, int n_used, int 
  * the order of the one-at-a-time path. */
 static ds_status run_experts_parallel(const ds_model *m, int layer, const float *x, int T,
                                       const int32_t *experts, const float *weights, const int32_t *used,
-                                      int n_used, float *out, int bf16, ds_error *err)
+                                      int n_used, float *out, const ds_ffn_w *shared, float *shared_out, int bf16,
+                                      ds_error *err)
 {
     const int H = m->cfg.hidden_size, K = m->cfg.num_experts_per_tok, E = m->cfg.n_routed_experts;
+    const int I = shared ? shared->gate.rows : 0;
     float *ybuf = ds_calloc((size_t)T * K * H, sizeof(float), err);
-    if (!ybuf)
+    float *sg = shared ? ds_calloc((size_t)T * I, sizeof(float), err) : NULL;
+    float *su = shared ? ds_calloc((size_t)T * I, sizeof(float), err) : NULL;
+    int next_gu = 0, next_down = 0;
+    if (!ybuf || (shared && (!sg || !su))) {
+        free(ybuf), free(sg), free(su);
         return DS_ERR_NOMEM;
+    }
     ds_status st = DS_OK;
     ds_error first;
     const int nodes = m->numa ? ds_numa_nodes(m->numa) : 1;
     int *next = ds_calloc((size_t)nodes, sizeof(int), err);
     if (!next) {
-        free(ybuf);
+        free(ybuf), free(sg), free(su);
         return DS_ERR_NOMEM;
     }
 #pragma omp parallel
@@ -184,8 +224,11 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
             first = my;
         }
         free(xs), free(ys), free(tok), free(tw);
+        if (shared)     /* every thread reaches it: its barrier is the team's */
+            shared_chunks(shared, x, T, H, sg, su, shared_out, bf16, &next_gu, &next_down);
     }
     free(next);
+    free(sg), free(su);
     if (st != DS_OK) {
         if (err)
             *err = first;
@@ -214,7 +257,7 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
  * window of the chosen experts so the cache's reads overlap the compute. */
 static ds_status run_experts(const ds_model *m, int layer, const float *x, int T, const int32_t *experts,
                              const float *weights, float *out, float *xs, float *ys, int *tok, float *tw,
-                             int bf16, ds_error *err)
+                             const ds_ffn_w *shared, float *shared_out, int *shared_done, int bf16, ds_error *err)
 {
     const int E = m->cfg.n_routed_experts, K = m->cfg.num_experts_per_tok;
     int32_t *used = ds_calloc((size_t)E, sizeof(int32_t), err);
@@ -230,7 +273,8 @@ static ds_status run_experts(const ds_model *m, int layer, const float *x, int T
         ds_experts_observe(m->experts, layer, used, n);
     if (st == DS_OK && !ds_experts_streaming(m->experts) && n > 1 && omp_get_max_threads() > 1 &&
         T * K <= EXPERT_PAR_MAX_TOKENS * n) {
-        st = run_experts_parallel(m, layer, x, T, experts, weights, used, n, out, bf16, err);
+        st = run_experts_parallel(m, layer, x, T, experts, weights, used, n, out, shared, shared_out, bf16, err);
+        *shared_done = shared != NULL;
         free(used);
         free(chosen);
         free(pinned);
@@ -309,13 +353,20 @@ static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T
     if (st == DS_OK)
         st = predict_next_layer(m, layer, x, T, err);
     memset(out, 0, sizeof(float) * (size_t)T * H);
+    /* sh: the shared expert's output; the parallel experts path computes
+     * it alongside the routed ones (shared_done) */
+    float *sh = L->has_shared ? ds_calloc((size_t)T * H, sizeof(float), err) : NULL;
+    int shared_done = 0;
+    if (L->has_shared && !sh)
+        st = DS_ERR_NOMEM;
     if (st == DS_OK)
-        st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, bf16, err);
-    if (st == DS_OK && L->has_shared) {
-        st = swiglu(&L->shared, x, T, H, ys, H, bf16, err);
-        for (size_t i = 0; st == DS_OK && i < (size_t)T * H; i++)
-            out[i] += ys[i];
-    }
+        st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, L->has_shared ? &L->shared : NULL,
+                         sh, &shared_done, bf16, err);
+    if (st == DS_OK && L->has_shared && !shared_done)
+        st = swiglu(&L->shared, x, T, H, sh, H, bf16, err);
+    for (size_t i = 0; st == DS_OK && sh && i < (size_t)T * H; i++)
+        out[i] += sh[i];
+    free(sh);
 out:
     free(experts);
     free(weights);
