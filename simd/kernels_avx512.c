@@ -535,10 +535,53 @@ NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
     }
 }
 
+/* On the first column pass, short rows (at most GEMV_PF_MAX_BYTES) are
+ * fetched whole GEMV_AHEAD rows ahead of row i at w. */
+INL void prefetch_row_ahead(const uint8_t *w, size_t rb, int i, int nrows)
+{
+    if (rb <= GEMV_PF_MAX_BYTES && i + GEMV_AHEAD < nrows)
+        for (size_t b = 0; b < rb; b += 64)
+            __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
+}
+
 /* Columns [c0, c0 + 256) of the transposed product for FP8 / BF16 / F16
  * weights, the 16 column vectors held in registers across the rows.  Each
  * column is summed in row order from zero with the multipliers of
  * row_axpy, so the result is row_axpy's to the bit. */
+
+/* acc[v] += x_i * W[i][c0 + 16 v ..] for a Q8_0 / Q4_K row at w: each
+ * weight decoded as block_decode does (exact products q * d; Q4_K's
+ * q * a - b), so the column sums are row_axpy's to the bit.  Whole
+ * blocks only (left columns from c0). */
+INL void gemv_t_row_q(ds_dtype dt, const uint8_t *w, int c0, int left, float xi, __m512 acc[16])
+{
+    const __m512 vx = _mm512_set1_ps(xi);
+    if (dt == DS_DT_Q8_0) {
+        const uint8_t *b = w + (size_t)(c0 / DS_Q8_0_BLOCK) * DS_Q8_0_BYTES;
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++, b += DS_Q8_0_BYTES) {
+            if (2 * VW * k >= left)
+                break;
+            const __m512 d = _mm512_set1_ps(f16_at(b));
+            acc[2 * k] = _mm512_fmadd_ps(vx, _mm512_mul_ps(q8x16(b + 2), d), acc[2 * k]);
+            acc[2 * k + 1] = _mm512_fmadd_ps(vx, _mm512_mul_ps(q8x16(b + 18), d), acc[2 * k + 1]);
+        }
+        return;
+    }
+    const uint8_t *b = w + (size_t)(c0 / DS_Q4_K_BLOCK) * DS_Q4_K_BYTES;
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; g++) {
+        __m512 a[2], bm[2];
+        q4_k_pair(b, g, a, bm);
+#pragma GCC unroll 2
+        for (int l = 0; l < 2; l++) {
+            __m512 lo, hi;
+            q4_k_w16(b, g, VW * l, a, bm, &lo, &hi);
+            acc[4 * g + l] = _mm512_fmadd_ps(vx, lo, acc[4 * g + l]);
+            acc[4 * g + 2 + l] = _mm512_fmadd_ps(vx, hi, acc[4 * g + 2 + l]);
+        }
+    }
+}
 
 INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *x, int c0, float *y)
 {
@@ -552,9 +595,12 @@ INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const floa
     for (int i = 0; i < nrows; i++) {
         const uint8_t *w = row_ptr(m, r0 + i);
         const float *s = dt == DS_DT_F8_E4M3 ? scale_row(m, r0 + i) : NULL;
-        if (c0 == 0 && rb <= GEMV_PF_MAX_BYTES && i + GEMV_AHEAD < nrows)   /* whole rows, first pass */
-            for (size_t b = 0; b < rb; b += 64)
-                __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
+        if (c0 == 0)
+            prefetch_row_ahead(w, rb, i, nrows);
+        if (dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) {
+            gemv_t_row_q(dt, w, c0, left, x[i], acc);
+            continue;
+        }
         __m512 va[2];
 #pragma GCC unroll 2
         for (int b = 0; b < 2; b++)
@@ -571,56 +617,6 @@ INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const floa
     for (int v = 0; v < NV; v++)
         if (VW * v < left)
             _mm512_mask_storeu_ps(y + c0 + VW * v, tail_mask(left - VW * v), acc[v]);
-}
-
-/* The same for Q8_0 / Q4_K weights: each row's blocks decoded as
- * block_decode does (exact products q * d; Q4_K's q * a - b), so the
- * result is row_axpy's to the bit here too. */
-INL void gemv_t_cols_q(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *x, int c0, float *y)
-{
-    enum { NV = 16 };
-    __m512 acc[NV];
-    const int nv = (m->cols - c0 < NV * VW ? m->cols - c0 : NV * VW) / VW;   /* whole blocks: no tails */
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; v++)
-        acc[v] = _mm512_setzero_ps();
-    const size_t rb = ds_mat_row_bytes(m);
-    for (int i = 0; i < nrows; i++) {
-        const uint8_t *w = row_ptr(m, r0 + i);
-        if (c0 == 0 && rb <= GEMV_PF_MAX_BYTES && i + GEMV_AHEAD < nrows)   /* whole rows, first pass */
-            for (size_t b = 0; b < rb; b += 64)
-                __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
-        const __m512 xi = _mm512_set1_ps(x[i]);
-        if (dt == DS_DT_Q8_0) {
-            const uint8_t *b = w + (size_t)(c0 / DS_Q8_0_BLOCK) * DS_Q8_0_BYTES;
-#pragma GCC unroll 8
-            for (int k = 0; k < NV / 2; k++, b += DS_Q8_0_BYTES) {
-                if (2 * k >= nv)
-                    break;
-                const __m512 d = _mm512_set1_ps(f16_at(b));
-                acc[2 * k] = _mm512_fmadd_ps(xi, _mm512_mul_ps(q8x16(b + 2), d), acc[2 * k]);
-                acc[2 * k + 1] = _mm512_fmadd_ps(xi, _mm512_mul_ps(q8x16(b + 18), d), acc[2 * k + 1]);
-            }
-        } else {
-            const uint8_t *b = w + (size_t)(c0 / DS_Q4_K_BLOCK) * DS_Q4_K_BYTES;
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) {
-                __m512 a[2], bm[2];
-                q4_k_pair(b, g, a, bm);
-#pragma GCC unroll 2
-                for (int l = 0; l < 2; l++) {
-                    __m512 lo, hi;
-                    q4_k_w16(b, g, VW * l, a, bm, &lo, &hi);
-                    acc[4 * g + l] = _mm512_fmadd_ps(xi, lo, acc[4 * g + l]);
-                    acc[4 * g + 2 + l] = _mm512_fmadd_ps(xi, hi, acc[4 * g + 2 + l]);
-                }
-            }
-        }
-    }
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; v++)
-        if (v < nv)
-            _mm512_storeu_ps(y + c0 + VW * v, acc[v]);
 }
 
 /* Transposed product; serial like the reference because callers issue it
@@ -640,9 +636,9 @@ NOINL void avx512_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, flo
     if (dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) {
         for (int c0 = 0; c0 < m->cols; c0 += 16 * VW)
             if (dt == DS_DT_Q8_0)
-                gemv_t_cols_q(DS_DT_Q8_0, m, r0, nrows, x, c0, y);
+                gemv_t_cols(DS_DT_Q8_0, m, r0, nrows, x, c0, y);
             else
-                gemv_t_cols_q(DS_DT_Q4_K, m, r0, nrows, x, c0, y);
+                gemv_t_cols(DS_DT_Q4_K, m, r0, nrows, x, c0, y);
         return;
     }
     memset(y, 0, sizeof(float) * (size_t)m->cols);

@@ -485,6 +485,29 @@ SINL const uint8_t *small_pf(const small_mat *sm, const uint8_t *w)
     return (size_t)(sm->last - w) > sm->pfo ? w + sm->pfo : sm->last;
 }
 
+/* A 128-entry byte-pair table (low bytes, high bytes) into registers. */
+SINL void lut_load(const uint8_t lut[2][128], __m512i tl[2], __m512i th[2])
+{
+    for (int k = 0; k < 2; k++) {
+        tl[k] = _mm512_load_si512((const __m512i *)(const void *)(lut[0] + 64 * k));
+        th[k] = _mm512_load_si512((const __m512i *)(const void *)(lut[1] + 64 * k));
+    }
+}
+
+/* A tile's rows, the addresses prefetched meanwhile and its zeroed sums. */
+SINL void tile_begin(const small_mat *sm, int r0, int nr, int RB, int NT, const uint8_t *w[4], const uint8_t *p[4],
+                     __m512 tot[4][SMALL_NT])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        w[i] = small_row(sm, r0, i, nr);
+        p[i] = small_pf(sm, w[i]);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            tot[i][t] = _mm512_setzero_ps();
+    }
+}
+
 static uint8_t e4m3_lut[2][128] __attribute__((aligned(64)));   /* low, high byte of bf16(|code|) */
 static uint8_t e4m3_lut_idx[2][128] __attribute__((aligned(64)));   /* the same with NaN read as 0 (indexer) */
 static uint8_t i8_lut[2][128] __attribute__((aligned(64)));     /* low, high byte of bf16(m), m < 128 */
@@ -596,22 +619,15 @@ SINL __m512 dp2(__m512 acc, __m512i a, __m512i b, const uint16_t *x)
 SINL void small_fp8(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
     const int cols = sm->cols;
-    const __m512i tl[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[0]),
-                           _mm512_load_si512((const __m512i *)(e4m3_lut[0] + 64))};
-    const __m512i th[2] = {_mm512_load_si512((const __m512i *)e4m3_lut[1]),
-                           _mm512_load_si512((const __m512i *)(e4m3_lut[1] + 64))};
+    __m512i tl[2], th[2];
+    lut_load(e4m3_lut, tl, th);
     const uint8_t *w[4], *p[4];
     const float *s[4];
     __m512 tot[4][SMALL_NT];
+    tile_begin(sm, r0, nr, RB, NT, w, p, tot);
 #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        w[i] = small_row(sm, r0, i, nr);
-        p[i] = small_pf(sm, w[i]);
+    for (int i = 0; i < RB; i++)
         s[i] = sm->scale + (size_t)((i < nr ? r0 + i : r0) / DS_QBLOCK) * sm->nsb;
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            tot[i][t] = _mm512_setzero_ps();
-    }
     /* Few rows x tokens: the two 64-column halves of a block sum apart as
      * well, or the dot latency would bound a single stream. */
     const int split = RB * NT <= 2;
@@ -721,20 +737,11 @@ SINL void q8_step(const uint8_t *const w[4], const uint8_t *const p[4], size_t b
 SINL void small_q8(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
     const int cols = sm->cols;
-    const __m512i tl[2] = {_mm512_load_si512((const __m512i *)i8_lut[0]),
-                           _mm512_load_si512((const __m512i *)(i8_lut[0] + 64))};
-    const __m512i th[2] = {_mm512_load_si512((const __m512i *)i8_lut[1]),
-                           _mm512_load_si512((const __m512i *)(i8_lut[1] + 64))};
+    __m512i tl[2], th[2];
+    lut_load(i8_lut, tl, th);
     const uint8_t *w[4], *p[4];
     __m512 tot[4][SMALL_NT];
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        w[i] = small_row(sm, r0, i, nr);
-        p[i] = small_pf(sm, w[i]);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            tot[i][t] = _mm512_setzero_ps();
-    }
+    tile_begin(sm, r0, nr, RB, NT, w, p, tot);
     int c = 0;
     size_t bo = 0;
     for (; c + 2 * DS_Q8_0_BLOCK <= cols; c += 2 * DS_Q8_0_BLOCK, bo += 2 * DS_Q8_0_BYTES)
@@ -751,17 +758,13 @@ SINL void small_q8(const small_mat *sm, int r0, int nr, int RB, int NT, const ui
 SINL void small_bf16w(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb, float *out)
 {
     const int cols = sm->cols;
-    const uint16_t *w[4];
-    const uint8_t *p[4];
+    const uint8_t *wb[4], *p[4];
     __m512 tot[4][SMALL_NT];
+    tile_begin(sm, r0, nr, RB, NT, wb, p, tot);
+    const uint16_t *w[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        w[i] = (const uint16_t *)(const void *)small_row(sm, r0, i, nr);
-        p[i] = small_pf(sm, (const uint8_t *)w[i]);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            tot[i][t] = _mm512_setzero_ps();
-    }
+    for (int i = 0; i < RB; i++)
+        w[i] = (const uint16_t *)(const void *)wb[i];
     /* odd 32-column steps sum into a second set: two chains per row */
     __m512 tot2[4][SMALL_NT];
 #pragma GCC unroll 4
@@ -846,14 +849,7 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const u
                                 _mm512_setr_epi32(10, 10, 10, 10, 10, 10, 10, 10, 14, 14, 14, 14, 14, 14, 14, 14)}};
     const uint8_t *w[4], *p[4];
     __m512 tot[4][SMALL_NT];
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        w[i] = small_row(sm, r0, i, nr);
-        p[i] = small_pf(sm, w[i]);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            tot[i][t] = _mm512_setzero_ps();
-    }
+    tile_begin(sm, r0, nr, RB, NT, w, p, tot);
     for (int bi = 0; bi < nblk; bi++) {
         const size_t bo = (size_t)bi * DS_Q4_K_BYTES;
         __m512 mul[4];
