@@ -714,7 +714,7 @@ SINL void q8_step(const uint8_t *const w[4], const uint8_t *const p[4], size_t b
         const uint8_t *b = w[i] + bo;
         __builtin_prefetch(p[i] + bo, 0, 3);
         __builtin_prefetch(p[i] + bo + 64, 0, 3);
-        __m512i q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b + 2)));
+        __m512i q = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b + 2)));
         __m128i d1 = _mm_setzero_si128();
         if (two) {
             q = _mm512_inserti64x4(q, _mm256_loadu_si256((const __m256i *)(const void *)(b + DS_Q8_0_BYTES + 2)), 1);

@@ -357,7 +357,7 @@ static ds_status moe_forward(const ds_model *m, int layer, const float *x, int T
      * it alongside the routed ones (shared_done) */
     float *sh = L->has_shared ? ds_calloc((size_t)T * H, sizeof(float), err) : NULL;
     int shared_done = 0;
-    if (L->has_shared && !sh)
+    if (st == DS_OK && L->has_shared && !sh)
         st = DS_ERR_NOMEM;
     if (st == DS_OK)
         st = run_experts(m, layer, x, T, experts, weights, out, xs, ys, tok, tw, L->has_shared ? &L->shared : NULL,

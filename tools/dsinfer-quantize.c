@@ -110,9 +110,10 @@ static void usage(FILE *f)
         "  -V, --version          show the version and exit\n"
         "\n"
         "Embeddings, norms, the router gate, biases, the indexer's weights_proj and (unless\n"
-        "--head) lm_head are copied unchanged.  Q4_K needs rows of 256 columns, Q8_0 of 32: narrower rows\n"
-        "fall back to Q8_0, then BF16.  Prints one JSON line with the RMSE of the converted\n"
-        "weights against the (dequantised) source, overall and per kind of weight.\n"
+        "--head) lm_head are copied unchanged.  Q4_K needs rows of 256 columns, Q8_0 of\n"
+        "32: narrower rows fall back to Q8_0, then BF16.  Prints one JSON line with the\n"
+        "RMSE of the converted weights against the (dequantised) source, overall and per\n"
+        "kind of weight.\n"
         "\n"
         "Exit status: 0 success, 1 usage error, 2 bad input checkpoint, 3 I/O error,\n"
         "4 runtime failure.\n");
