@@ -544,11 +544,6 @@ INL void prefetch_row_ahead(const uint8_t *w, size_t rb, int i, int nrows)
             __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
 }
 
-/* Columns [c0, c0 + 256) of the transposed product for FP8 / BF16 / F16
- * weights, the 16 column vectors held in registers across the rows.  Each
- * column is summed in row order from zero with the multipliers of
- * row_axpy, so the result is row_axpy's to the bit. */
-
 /* acc[v] += x_i * W[i][c0 + 16 v ..] for a Q8_0 / Q4_K row at w: each
  * weight decoded as block_decode does (exact products q * d; Q4_K's
  * q * a - b), so the column sums are row_axpy's to the bit.  Whole
@@ -583,6 +578,10 @@ INL void gemv_t_row_q(ds_dtype dt, const uint8_t *w, int c0, int left, float xi,
     }
 }
 
+/* Columns [c0, c0 + 256) of the transposed product for FP8 / BF16 / F16 /
+ * Q8_0 / Q4_K weights, the 16 column vectors held in registers across the
+ * rows.  Each column is summed in row order from zero with the
+ * multipliers of row_axpy, so the result is row_axpy's to the bit. */
 INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *x, int c0, float *y)
 {
     enum { NV = 16 };
@@ -624,21 +623,15 @@ INL void gemv_t_cols(ds_dtype dt, const ds_mat *m, int r0, int nrows, const floa
 NOINL void avx512_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
     const ds_dtype dt = m->dtype;
-    if (dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_F16) {
+    if (dt == DS_DT_F8_E4M3 || dt == DS_DT_BF16 || dt == DS_DT_F16 || dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) {
         for (int c0 = 0; c0 < m->cols; c0 += 16 * VW)
             switch (dt) {
             case DS_DT_F8_E4M3: gemv_t_cols(DS_DT_F8_E4M3, m, r0, nrows, x, c0, y); break;
             case DS_DT_BF16: gemv_t_cols(DS_DT_BF16, m, r0, nrows, x, c0, y); break;
+            case DS_DT_Q8_0: gemv_t_cols(DS_DT_Q8_0, m, r0, nrows, x, c0, y); break;
+            case DS_DT_Q4_K: gemv_t_cols(DS_DT_Q4_K, m, r0, nrows, x, c0, y); break;
             default: gemv_t_cols(DS_DT_F16, m, r0, nrows, x, c0, y); break;
             }
-        return;
-    }
-    if (dt == DS_DT_Q8_0 || dt == DS_DT_Q4_K) {
-        for (int c0 = 0; c0 < m->cols; c0 += 16 * VW)
-            if (dt == DS_DT_Q8_0)
-                gemv_t_cols(DS_DT_Q8_0, m, r0, nrows, x, c0, y);
-            else
-                gemv_t_cols(DS_DT_Q4_K, m, r0, nrows, x, c0, y);
         return;
     }
     memset(y, 0, sizeof(float) * (size_t)m->cols);
