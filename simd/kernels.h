@@ -58,9 +58,17 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
  * batched decode) a streaming kernel for BF16, FP8, Q8_0 and Q4_K weights that
  * also needs AVX512_VBMI.  Otherwise X is rounded into a copy and the exact
  * kernels run on it: the same products, summed in another order.  F32 / F16 weights (ds_gemm_bf16_rounds(dtype)
- * == 0) are never rounded: it is ds_gemm itself. */
+ * == 0) are never rounded: it is ds_gemm itself.
+ * Against Q4_K weights X is rounded coarser, as llama.cpp's Q4_K dots do
+ * (Q8_K): per 256 columns to int8 levels times a power of two
+ * (ds_q4_k_act_round in quant.h, about 2^-8 of the block's largest
+ * value, against the 4-bit weights' 2^-5 of theirs), which bf16 holds
+ * exactly; decode then sums int8 dots (VNNI), four times fewer
+ * instructions a weight than bf16 ones. */
 #define DS_GEMM_BF16_MIN_N 16
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+/* ds_q4_k_act_round of n rows of X (stride ldx) into out [n][cols]. */
+void ds_q4_k_act_round_rows(const float *X, int ldx, int n, int cols, float *out);
 int ds_gemm_bf16_rounds(ds_dtype dt);
 int ds_gemm_bf16_native(void);
 /* The scalar reference of ds_gemm_bf16's rounded semantics, on any CPU

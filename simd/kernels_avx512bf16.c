@@ -11,7 +11,10 @@
  * scale per 128 columns, Q8_0's d per 32, and Q4_K's d*sc and dmin*m per
  * 32-column sub-block (w = d*sc*q - dmin*m, so the dot is
  * d*sc*(q . x) - dmin*m*sum(x), with sum(x) of the rounded activations
- * taken once per token and sub-block).
+ * taken once per token and sub-block).  Against Q4_K the activations are
+ * int8 levels times 2^e per 256 columns instead (quant.h), which bf16
+ * holds exactly: the panel GEMM takes them rounded so, the decode kernel
+ * as the int8 levels themselves.
  *
  * Layout.  Rows go in panels of 32; a panel is converted once per call into
  * "pair-interleaved" bf16: for each column pair k, the 32 rows' (w[2k],
@@ -449,9 +452,9 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
  * exact weight codes, rounded activations, f32 sums, block multipliers in
  * f32 (Q4_K's min terms dmin*m*sum(x) per sub-block, as in the GEMM). */
 
-/* This part also uses AVX512_VBMI (vpermi2b); ds_gemm_bf16_small_avx512
- * checks for it before anything else. */
-#define TSM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,f16c,fma")))
+/* This part also uses AVX512_VBMI (vpermi2b) and AVX512_VNNI (vpdpwssd);
+ * ds_gemm_bf16_small_avx512 checks for them before anything else. */
+#define TSM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,avx512vnni,f16c,fma")))
 #define SINL static inline __attribute__((always_inline)) TSM
 #define SNOINL static __attribute__((noinline)) TSM
 
@@ -460,7 +463,7 @@ enum {
     XSTEP = 128,        /* packed activations come in steps of 128 columns */
 };
 
-enum xorder { X_NATURAL, X_PAIRS64, X_Q4K };
+enum xorder { X_NATURAL, X_PAIRS64 };
 
 /* What the tiles need of the matrix, worked out once per call: per-row
  * divisions and calls cost as much as a short row's arithmetic (an
@@ -546,21 +549,10 @@ SINL __m512i bf16_round32(const float *x, int left)
     return to_bf16x32(_mm512_maskz_loadu_ps(k0, x), _mm512_maskz_loadu_ps(k1, x + 16));
 }
 
-SINL float bf16_sum32(__m512i v)
-{
-    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-    const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
-    return _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
-}
-
 /* x[0 .. cols) rounded to bf16 into xb (len words, a multiple of XSTEP,
  * zero padded) in the order of the weight conversion of `order`: as is
- * (BF16); per 64 columns the A words then the B words (FP8); per 128
- * columns those of the 64 elements {0-31, 64-95}, then of {32-63, 96-127}
- * (Q4_K: the low and the high nibbles of two 32-byte groups).  For Q4_K,
- * xs[2j + 1] is the sum of the rounded sub-block j (32 columns) and
- * xs[2j] is 0. */
-SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t *xb, float *xs)
+ * (BF16); per 64 columns the A words then the B words (FP8, Q8_0). */
+SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t *xb)
 {
     const __m512i pa = _mm512_load_si512((const __m512i *)perm_ab[0]);
     const __m512i pb = _mm512_load_si512((const __m512i *)perm_ab[1]);
@@ -574,18 +566,10 @@ SNOINL void pack_x_small(const float *x, int cols, int order, int len, uint16_t 
                 _mm512_store_si512(out + k, v[k]);
             continue;
         }
-        const int q = order == X_Q4K;
-        const __m512i a0 = v[0], b0 = q ? v[2] : v[1], a1 = q ? v[1] : v[2], b1 = v[3];
-        _mm512_store_si512(out + 0, _mm512_permutex2var_epi16(a0, pa, b0));
-        _mm512_store_si512(out + 1, _mm512_permutex2var_epi16(a0, pb, b0));
-        _mm512_store_si512(out + 2, _mm512_permutex2var_epi16(a1, pa, b1));
-        _mm512_store_si512(out + 3, _mm512_permutex2var_epi16(a1, pb, b1));
-        if (q)      /* the odd lanes of a block's 16 (q4k_mults4) */
-            for (int k = 0; k < 4; k++) {
-                const int j = c / 32 + k;
-                xs[2 * j] = 0.0f;
-                xs[2 * j + 1] = bf16_sum32(v[k]);
-            }
+        _mm512_store_si512(out + 0, _mm512_permutex2var_epi16(v[0], pa, v[1]));
+        _mm512_store_si512(out + 1, _mm512_permutex2var_epi16(v[0], pb, v[1]));
+        _mm512_store_si512(out + 2, _mm512_permutex2var_epi16(v[2], pa, v[3]));
+        _mm512_store_si512(out + 3, _mm512_permutex2var_epi16(v[2], pb, v[3]));
     }
 }
 
@@ -595,14 +579,6 @@ SINL void fp8_ab(__m512i codes, const __m512i tl[2], const __m512i th[2], __m512
     const __m512i lo = _mm512_permutex2var_epi8(tl[0], codes, tl[1]);
     __m512i hi = _mm512_permutex2var_epi8(th[0], codes, th[1]);
     hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8((char)0x80), 0xf8);   /* hi | (codes & 0x80) */
-    *a = _mm512_unpacklo_epi8(lo, hi);
-    *b = _mm512_unpackhi_epi8(lo, hi);
-}
-
-/* 64 nibbles (bytes 0..15) -> A, B of their bf16 values. */
-SINL void nib_ab(__m512i nib, __m512i tl, __m512i th, __m512i *a, __m512i *b)
-{
-    const __m512i lo = _mm512_shuffle_epi8(tl, nib), hi = _mm512_shuffle_epi8(th, nib);
     *a = _mm512_unpacklo_epi8(lo, hi);
     *b = _mm512_unpackhi_epi8(lo, hi);
 }
@@ -796,12 +772,113 @@ SINL void small_bf16w(const small_mat *sm, int r0, int nr, int RB, int NT, const
             out[i * NT + t] = _mm512_reduce_add_ps(_mm512_add_ps(tot[i][t], tot2[i][t]));
 }
 
-/* The multipliers of block bo of rows w[0 .. RB): m[i] lane 2j is d sc_j
- * and lane 2j + 1 dmin m_j of row i.  The 6-bit fields of the RB rows
- * (quant.h's packing) come apart together, one row a 128-bit lane: the
- * scalar unpacking, row by row, cost single-stream decode as much as
- * the quants' conversion. */
-SINL void q4k_mults4(const uint8_t *const w[4], size_t bo, int RB, __m512 m[4])
+/* ---- Q4_K against int8 activations (quant.h's ds_q4_k_act_round) ------
+ * Each 256-column block of a token is int8 levels times 2^e, so a sub-
+ * block's dot is integer: vpmaddubsw multiplies the nibbles (unsigned)
+ * with the levels (|q| <= 127: a pair's sum fits 16 bits) and vpdpwssd
+ * adds those pairs times the sub-block's 6-bit scale into 32-bit lanes
+ * (at most 2^21 a block).  The block's sum then takes d * 2^e in f32 and
+ * the min terms dmin * m_j * sum(x over sub-block j) as before.  The same
+ * exact products as ds_gemm_bf16_ref on the rounded activations, summed
+ * in another order (exactly, inside a block).  Four times fewer
+ * instructions per weight than converting the nibbles to bf16: decode of
+ * Q4_K was bound by that conversion. */
+
+/* The activations of one call, packed once: bf16 words (BF16, FP8, Q8_0),
+ * or for Q4_K the int8 levels, per 128 columns those of {0-31, 64-95}
+ * then of {32-63, 96-127} (the low and the high nibbles of two 32-byte
+ * quant groups), each block's 2^e, and per sub-block j the sum of its
+ * rounded values in lane 2j + 1 of 16 (lane 2j 0: see q4k_mults4). */
+typedef struct {
+    const uint16_t *xb;
+    const int8_t *xq;
+    const float *xd, *xs;
+    int ldb, ldq, ldd, lds;     /* per token: words, bytes, floats, floats */
+} small_x;
+
+static small_x small_x_at(const small_x *x, int t)
+{
+    small_x r = *x;
+    r.xb = x->xb ? x->xb + (size_t)t * x->ldb : NULL;
+    r.xq = x->xq ? x->xq + (size_t)t * x->ldq : NULL;
+    r.xd = x->xd ? x->xd + (size_t)t * x->ldd : NULL;
+    r.xs = x->xs ? x->xs + (size_t)t * x->lds : NULL;
+    return r;
+}
+
+/* The absolute maximum of 256 floats as bits (NaN above Inf above the
+ * finite), the block in v. */
+SINL uint32_t q4k_act_load(const float *x, __m512 v[16])
+{
+    __m512i mx = _mm512_setzero_si512();
+    for (int k = 0; k < 16; k++) {
+        v[k] = _mm512_loadu_ps(x + 16 * k);
+        mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_castps_si512(v[k]), _mm512_set1_epi32(0x7fffffff)));
+    }
+    return (uint32_t)_mm512_reduce_max_epu32(mx);
+}
+
+SINL float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+TSM void ds_q4_k_act_round_avx512(const float *x, int cols, float *out)
+{
+    for (int c0 = 0; c0 < cols; c0 += DS_Q4_K_BLOCK) {
+        __m512 v[16];
+        const uint32_t amax = q4k_act_load(x + c0, v);
+        if (amax >= 0x7f800000u) {   /* Inf or NaN: as it is */
+            for (int k = 0; k < 16; k++)
+                _mm512_storeu_ps(out + c0 + 16 * k, v[k]);
+            continue;
+        }
+        const int e = ds_q4_k_act_exp(bits_f32(amax));
+        const __m512 inv = _mm512_set1_ps(ds_pow2f(-e)), sc = _mm512_set1_ps(ds_pow2f(e));
+        for (int k = 0; k < 16; k++)
+            _mm512_storeu_ps(out + c0 + 16 * k,
+                             _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(v[k], inv),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                           sc));
+    }
+}
+
+/* One token's Q4_K activations into xq, xd, xs (small_x); 0 if a block
+ * holds Inf or NaN (the caller takes the rounded copy, which keeps them). */
+SNOINL int pack_x_q4k(const float *x, int cols, int8_t *xq, float *xd, float *xs)
+{
+    /* 16-column pieces in the order of the nibble vectors */
+    static const int piece[16] = {0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15};
+    for (int b = 0; b < cols / DS_Q4_K_BLOCK; b++) {
+        __m512 v[16];
+        const uint32_t amax = q4k_act_load(x + (size_t)b * DS_Q4_K_BLOCK, v);
+        if (amax >= 0x7f800000u)
+            return 0;
+        const int e = ds_q4_k_act_exp(bits_f32(amax));
+        const __m512 inv = _mm512_set1_ps(ds_pow2f(-e));
+        const float s = ds_pow2f(e);
+        __m512i q[16];
+        for (int k = 0; k < 16; k++)
+            q[k] = _mm512_cvtps_epi32(_mm512_mul_ps(v[k], inv));   /* nearest even, as rintf */
+        for (int p = 0; p < 16; p++)
+            _mm_store_si128((__m128i *)(void *)(xq + (size_t)b * DS_Q4_K_BLOCK + 16 * p),
+                            _mm512_cvtepi32_epi8(q[piece[p]]));
+        xd[b] = s;
+        for (int j = 0; j < 8; j++) {
+            xs[16 * b + 2 * j] = 0.0f;
+            xs[16 * b + 2 * j + 1] = (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q[2 * j], q[2 * j + 1])) * s;
+        }
+    }
+    return 1;
+}
+
+/* The 6-bit scales and mins of block bo of rows w[0 .. RB), one row a
+ * 128-bit lane: bytes sc0 mn0 sc1 mn1 .. sc7 mn7 (quant.h's packing taken
+ * apart for four rows at once; row by row in scalar code it cost single-
+ * stream decode as much as the quants). */
+SINL __m512i q4k_fields4(const uint8_t *const w[4], size_t bo, int RB)
 {
     /* per lane the dwords d|dmin, u0, u1, u2 of quant.h's 12 scale bytes */
     __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(w[0] + bo)));
@@ -818,67 +895,77 @@ SINL void q4k_mults4(const uint8_t *const w[4], size_t bo, int RB, __m512 m[4])
                                         _mm512_set4_epi32(4, 0, 4, 0));     /* u2, u2 >> 4 */
     /* (b & 0x0f) | (a >> 2 & ~0x0f) in the high dwords, a in the low ones */
     const __m512i hi = _mm512_ternarylogic_epi32(b, _mm512_srli_epi32(a, 2), _mm512_set1_epi32(0x0f0f0f0f), 0xe4);
-    __m512i sm = _mm512_and_si512(_mm512_mask_blend_epi32(0xcccc, a, hi), _mm512_set1_epi32(0x3f3f3f3f));
+    const __m512i sm = _mm512_and_si512(_mm512_mask_blend_epi32(0xcccc, a, hi), _mm512_set1_epi32(0x3f3f3f3f));
     /* sc0-3 mn0-3 sc4-7 mn4-7 -> sc0 mn0 sc1 mn1 ... */
-    sm = _mm512_shuffle_epi8(sm, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15)));
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        uint32_t dd;
-        memcpy(&dd, w[i] + bo, 4);
-        const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi32((int)dd));      /* d, dmin, d, dmin, ... */
-        const __m512i q = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(sm, i & 3));
-        m[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
-    }
+    return _mm512_shuffle_epi8(sm, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15)));
 }
 
-SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const uint16_t *xb, int ldb,
-                   const float *xs, int lds, float *out)
+/* Row i's min multipliers: lane 2j + 1 dmin m_j (lane 2j d sc_j, met by
+ * a zero in xs). */
+SINL __m512 q4k_mins(__m512i f, const uint8_t *w, int i)
+{
+    uint32_t dd;
+    memcpy(&dd, w, 4);
+    const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi32((int)dd));      /* d, dmin, d, dmin, ... */
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(f, i & 3))), d);
+}
+
+/* Dwords lo in lanes 0-7 and hi in lanes 8-15. */
+SINL __m512i halves_epi32(int lo, int hi)
+{
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+}
+
+SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const small_x *sx, float *out)
 {
     const int nblk = sm->cols / DS_Q4_K_BLOCK;
-    static const uint8_t nib_lut[2][16] __attribute__((aligned(16))) = {
-        {0x00, 0x80, 0x00, 0x40, 0x80, 0xa0, 0xc0, 0xe0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70},
-        {0x00, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41}};
-    const __m512i tl = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[0]));
-    const __m512i th = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)nib_lut[1]));
     const __m512i low4 = _mm512_set1_epi8(15);
-    /* lanes of q4k_mults4 (d sc_j at 2j) for the lanes 0-7 | 8-15 of the
-     * low and high nibble dots, per half block: sub-blocks 0|2, 1|3; 4|6, 5|7 */
-    const __m512i sel[2][2] = {{_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
-                                _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6)},
-                               {_mm512_setr_epi32(8, 8, 8, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12, 12, 12),
-                                _mm512_setr_epi32(10, 10, 10, 10, 10, 10, 10, 10, 14, 14, 14, 14, 14, 14, 14, 14)}};
+    /* words of q4k_fields4's row (sc_j at word 2j) giving each nibble
+     * vector's scales: per half h, its words 0-15 (quant bytes 0-31) and
+     * 16-31 (bytes 32-63) are sub-blocks 4h | 4h+2 (low nibbles) and
+     * 4h+1 | 4h+3 (high) */
+    const __m512i pick[2][2] = {{halves_epi32(0, 4 * 0x10001), halves_epi32(2 * 0x10001, 6 * 0x10001)},
+                                {halves_epi32(8 * 0x10001, 12 * 0x10001), halves_epi32(10 * 0x10001, 14 * 0x10001)}};
     const uint8_t *w[4], *p[4];
     __m512 tot[4][SMALL_NT];
     tile_begin(sm, r0, nr, RB, NT, w, p, tot);
     for (int bi = 0; bi < nblk; bi++) {
         const size_t bo = (size_t)bi * DS_Q4_K_BYTES;
-        __m512 mul[4];
-        q4k_mults4(w, bo, RB, mul);
+        const __m512i f = q4k_fields4(w, bo, RB);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __builtin_prefetch(p[i] + bo, 0, 3);
             __builtin_prefetch(p[i] + bo + 64, 0, 3);
             __builtin_prefetch(p[i] + bo + 128, 0, 3);
+            const __m512i scw = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm512_extracti32x4_epi32(f, i & 3)));
+            __m512i acc[SMALL_NT];
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                acc[t] = _mm512_setzero_si512();
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 const __m512i q = _mm512_loadu_si512((const void *)(w[i] + bo + DS_Q4_K_OFF_QS + 64 * h));
-                __m512i la, lb, ha, hb;
-                nib_ab(_mm512_and_si512(q, low4), tl, th, &la, &lb);
-                nib_ab(_mm512_and_si512(_mm512_srli_epi16(q, 4), low4), tl, th, &ha, &hb);
-                const __m512 sl = _mm512_permutexvar_ps(sel[h][0], mul[i]), sh = _mm512_permutexvar_ps(sel[h][1], mul[i]);
-                const size_t xo = (size_t)bi * DS_Q4_K_BLOCK + 128 * h;
+                const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+                const __m512i sl = _mm512_permutexvar_epi16(pick[h][0], scw);
+                const __m512i sh = _mm512_permutexvar_epi16(pick[h][1], scw);
 #pragma GCC unroll 8
                 for (int t = 0; t < NT; t++) {
-                    const uint16_t *x = xb + (size_t)t * ldb + xo;
-                    tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), la, lb, x), sl, tot[i][t]);
-                    tot[i][t] = _mm512_fmadd_ps(dp2(_mm512_setzero_ps(), ha, hb, x + 64), sh, tot[i][t]);
+                    const int8_t *x = sx->xq + (size_t)t * sx->ldq + (size_t)bi * DS_Q4_K_BLOCK + 128 * h;
+                    acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_maddubs_epi16(lo, _mm512_load_si512((const void *)x)), sl);
+                    acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_maddubs_epi16(hi, _mm512_load_si512((const void *)(x + 64))),
+                                                 sh);
                 }
             }
-            /* minus dmin * m_j * sum(x over sub-block j): the odd lanes, as
-             * xs holds 0 in the even ones */
+            uint16_t dh;
+            memcpy(&dh, w[i] + bo, 2);
+            const float d = _cvtsh_ss(dh);
+            const __m512 mn = q4k_mins(f, w[i] + bo, i);
 #pragma GCC unroll 8
-            for (int t = 0; t < NT; t++)
-                tot[i][t] = _mm512_fnmadd_ps(mul[i], _mm512_loadu_ps(xs + (size_t)t * lds + 16 * bi), tot[i][t]);
+            for (int t = 0; t < NT; t++) {
+                const __m512 dx = _mm512_set1_ps(d * sx->xd[(size_t)t * sx->ldd + bi]);
+                tot[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), dx, tot[i][t]);
+                tot[i][t] = _mm512_fnmadd_ps(mn, _mm512_loadu_ps(sx->xs + (size_t)t * sx->lds + 16 * bi), tot[i][t]);
+            }
         }
     }
 #pragma GCC unroll 4
@@ -895,17 +982,17 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const u
 enum { SMALL_PF_BYTES = 16384 };
 
 /* Rows [r, r + nr) against NT tokens, RB rows a tile. */
-SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, int NT, const uint16_t *xb, int ldb,
-                    const float *xs, int lds, float *Y, int ldy)
+SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, int NT, const small_x *sx, float *Y,
+                     int ldy)
 {
     for (int i = 0; i < nr; i += RB) {
         float out[4 * SMALL_NT];
         const int k = nr - i < RB ? nr - i : RB;
         switch (dt) {
-        case DS_DT_F8_E4M3: small_fp8(sm, r + i, k, RB, NT, xb, ldb, out); break;
-        case DS_DT_BF16: small_bf16w(sm, r + i, k, RB, NT, xb, ldb, out); break;
-        case DS_DT_Q8_0: small_q8(sm, r + i, k, RB, NT, xb, ldb, out); break;
-        default: small_q4k(sm, r + i, k, RB, NT, xb, ldb, xs, lds, out); break;
+        case DS_DT_F8_E4M3: small_fp8(sm, r + i, k, RB, NT, sx->xb, sx->ldb, out); break;
+        case DS_DT_BF16: small_bf16w(sm, r + i, k, RB, NT, sx->xb, sx->ldb, out); break;
+        case DS_DT_Q8_0: small_q8(sm, r + i, k, RB, NT, sx->xb, sx->ldb, out); break;
+        default: small_q4k(sm, r + i, k, RB, NT, sx, out); break;
         }
         for (int t = 0; t < NT; t++)
             for (int j = 0; j < k; j++)
@@ -915,12 +1002,12 @@ SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, in
 
 /* Rows per tile for nt tokens: the accumulators (and FP8's block sums)
  * stay in registers.  One token: BF16 and FP8 rows go one at a time, a
- * sequential stream that one core reads fastest; Q4_K's unpacking is the
- * cost there, and four rows share each activation load. */
+ * sequential stream that one core reads fastest; Q4_K's four rows share
+ * each activation load and the unpacking of their scales. */
 #define SMALL_RB(dt, nt) ((nt) == 1 ? ((dt) == DS_DT_Q4_K ? 4 : 1) : (nt) <= 2 ? 4 : (nt) <= 4 ? 2 : 1)
 
 #define SMALL_DT(DT, N) \
-    case DT: small_rows(sm, DT, r, nr, SMALL_RB(DT, N), N, xb, ldb, xs, lds, Y, ldy); break;
+    case DT: small_rows(sm, DT, r, nr, SMALL_RB(DT, N), N, sx, Y, ldy); break;
 #define SMALL_CASE(N) \
     case N: \
         switch (dt) { \
@@ -929,8 +1016,7 @@ SINL void small_rows(const small_mat *sm, ds_dtype dt, int r, int nr, int RB, in
         } \
         break;
 
-SNOINL void small_block(const small_mat *sm, ds_dtype dt, int r, int nr, int nt, const uint16_t *xb, int ldb,
-                       const float *xs, int lds, float *Y, int ldy)
+SNOINL void small_block(const small_mat *sm, ds_dtype dt, int r, int nr, int nt, const small_x *sx, float *Y, int ldy)
 {
     switch (nt) {
         SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
@@ -944,20 +1030,35 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
     const ds_dtype dt = m->dtype;
     if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q8_0 && dt != DS_DT_Q4_K)
         return 0;
-    if (!ds_cpu_get_features()->avx512_vbmi || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK) ||
+    /* every CPU with AVX512_BF16 has VNNI too; VBMI is not in all */
+    const ds_cpu_features *cf = ds_cpu_get_features();
+    if (!cf->avx512_vbmi || !cf->avx512_vnni || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK) ||
         (dt == DS_DT_Q8_0 && m->cols % DS_Q8_0_BLOCK))
         return 0;
     pthread_once(&lut_once, lut_make);
-    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP, lds = ldb / 16;
-    const int order = dt == DS_DT_BF16 ? X_NATURAL : dt == DS_DT_Q4_K ? X_Q4K : X_PAIRS64;
-    const size_t xb_b = up64(sizeof(uint16_t) * (size_t)n * ldb);
-    uint8_t *buf = scratch_get(xb_b + sizeof(float) * (size_t)n * lds);
-    if (!buf)
-        return 0;
-    uint16_t *xb = (uint16_t *)buf;
-    float *xs = (float *)(buf + xb_b);
-    for (int t = 0; t < n; t++)
-        pack_x_small(X + (size_t)t * ldx, cols, order, ldb, xb + (size_t)t * ldb, xs + (size_t)t * lds);
+    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP;
+    small_x sx = {0};
+    if (dt == DS_DT_Q4_K) {
+        const int nblk = cols / DS_Q4_K_BLOCK;
+        const size_t xq_b = up64((size_t)n * cols), xd_b = up64(sizeof(float) * (size_t)n * nblk);
+        uint8_t *buf = scratch_get(xq_b + xd_b + sizeof(float) * (size_t)n * 16 * nblk);
+        if (!buf)
+            return 0;
+        int8_t *xq = (int8_t *)buf;
+        float *xd = (float *)(buf + xq_b), *xs = (float *)(buf + xq_b + xd_b);
+        sx = (small_x){NULL, xq, xd, xs, 0, cols, nblk, 16 * nblk};
+        for (int t = 0; t < n; t++)
+            if (!pack_x_q4k(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                            xs + (size_t)t * 16 * nblk))
+                return 0;
+    } else {
+        uint16_t *xb = scratch_get(sizeof(uint16_t) * (size_t)n * ldb);
+        if (!xb)
+            return 0;
+        sx = (small_x){xb, NULL, NULL, NULL, ldb, 0, 0, 0};
+        for (int t = 0; t < n; t++)
+            pack_x_small(X + (size_t)t * ldx, cols, dt == DS_DT_BF16 ? X_NATURAL : X_PAIRS64, ldb, xb + (size_t)t * ldb);
+    }
     const size_t rb = ds_dtype_row_bytes(dt, cols);
     const int rbk = SMALL_RB(dt, n < SMALL_NT ? n : SMALL_NT);
     const size_t ahead = (SMALL_PF_BYTES + rb - 1) / rb;
@@ -987,17 +1088,17 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
              * fetch the start of a range now (unless it goes on from the
              * last), or each short matrix (an expert's) would begin with
              * that much read on demand (single-stream FP8 decode on mid
-             * +3 %, seven pairs; Q4_K, bound by its unpacking, measured no
-             * gain) */
-            if (dt != DS_DT_Q4_K && t0 != next) {
+             * +3 %, seven pairs) */
+            if (t0 != next) {
                 const uint8_t *first = sm.data + (size_t)(r0 + a) * rb;
                 const size_t span = (size_t)(end - a) * rb, pre = sm.pfo < span ? sm.pfo : span;
                 for (size_t b = 0; b < pre; b += 64)
                     __builtin_prefetch(first + b, 0, 3);
             }
-            for (int u = 0; u < n; u += SMALL_NT)   /* a claim's rows stay in cache across the passes */
-                small_block(&sm, dt, r0 + a, end - a, n - u < SMALL_NT ? n - u : SMALL_NT, xb + (size_t)u * ldb, ldb,
-                            xs + (size_t)u * lds, lds, Y + (size_t)u * ldy + a, ldy);
+            for (int u = 0; u < n; u += SMALL_NT) {   /* a claim's rows stay in cache across the passes */
+                const small_x xu = small_x_at(&sx, u);
+                small_block(&sm, dt, r0 + a, end - a, n - u < SMALL_NT ? n - u : SMALL_NT, &xu, Y + (size_t)u * ldy + a, ldy);
+            }
         }
     }
     return 1;

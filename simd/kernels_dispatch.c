@@ -177,6 +177,19 @@ static int gemm_bf16_small(const ds_mat *m, int r0, int nrows, const float *X, i
 }
 #endif
 
+void ds_q4_k_act_round_rows(const float *X, int ldx, int n, int cols, float *out)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (ds_cpu_isa() == DS_ISA_AVX512) {
+        for (int t = 0; t < n; t++)
+            ds_q4_k_act_round_avx512(X + (size_t)t * ldx, cols, out + (size_t)t * cols);
+        return;
+    }
+#endif
+    for (int t = 0; t < n; t++)
+        ds_q4_k_act_round(X + (size_t)t * ldx, cols, out + (size_t)t * cols);
+}
+
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     if (!ds_gemm_bf16_rounds(m->dtype)) {
@@ -184,15 +197,25 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
         return;
     }
 #if defined(__x86_64__) || defined(__i386__)
-    if (ds_gemm_bf16_native()) {
-        /* compute-bound: the calling thread's copy serves the whole team */
-        if (n >= DS_GEMM_BF16_MIN_N && ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy))
-            return;
-        if (n < DS_GEMM_BF16_MIN_N && gemm_bf16_small(m, r0, nrows, X, ldx, n, Y, ldy))
-            return;
+    /* the decode kernel takes Q4_K's activations to int8 itself */
+    if (ds_gemm_bf16_native() && n < DS_GEMM_BF16_MIN_N && gemm_bf16_small(m, r0, nrows, X, ldx, n, Y, ldy))
+        return;
+#endif
+    float *xq = NULL;
+    if (m->dtype == DS_DT_Q4_K && (xq = malloc(sizeof(float) * (size_t)n * m->cols))) {
+        ds_q4_k_act_round_rows(X, ldx, n, m->cols, xq);   /* exact in bf16: the rounding below keeps it */
+        X = xq;
+        ldx = m->cols;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    /* compute-bound: the calling thread's copy serves the whole team */
+    if (ds_gemm_bf16_native() && n >= DS_GEMM_BF16_MIN_N && ds_gemm_bf16_avx512(local_copy(m), r0, nrows, X, ldx, n, Y, ldy)) {
+        free(xq);
+        return;
     }
 #endif
     gemm_rounded(m, r0, nrows, X, ldx, n, Y, ldy);
+    free(xq);
 }
 
 int ds_gemm_tn_fast(void)

@@ -93,14 +93,18 @@ extern const ds_kernels ds_kernels_neon;
 int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
 /* The same products for n < DS_GEMM_BF16_MIN_N tokens (decode, batched
  * decode): weights stream once, converted in registers, no panel.  BF16,
- * FP8 and Q4_K; returns 0 (nothing written) for other dtypes. */
+ * FP8, Q8_0 and Q4_K (int8 activations, quant.h), on a CPU with VBMI and
+ * VNNI too; returns 0 (nothing written) for other dtypes, or for Q4_K
+ * when an activation block holds Inf or NaN. */
+int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
+                              int ldy);
+/* ds_q4_k_act_round (quant.h) on AVX-512F, bit for bit. */
+void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 /* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI straight from the key
  * tiles (qt FP8 values, dim <= DS_INDEX_MAXDIM, at most 64 heads, j0 a
  * multiple of DS_INDEX_TILE); 0 when it cannot run. */
 int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
                                 const float *ks, int n, float *score, float *bound);
-int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
-                              int ldy);
 #endif
 
 /* The table of level isa, or NULL when this build or this CPU lacks it. */

@@ -208,8 +208,11 @@ void ds_gemm_bf16_ref(const ds_mat *m, int r0, int nrows, const float *X, int ld
     float *mul = malloc(sizeof(float) * (size_t)cols), *mn = malloc(sizeof(float) * (size_t)cols);
     if (xr && code && mul && mn) {
         for (int t = 0; t < n; t++)
-            for (int c = 0; c < cols; c++)
-                xr[(size_t)t * cols + c] = bf16_round(X[(size_t)t * ldx + c]);
+            if (dt == DS_DT_Q4_K)   /* int8 levels x 2^e: bf16 keeps them */
+                ds_q4_k_act_round(X + (size_t)t * ldx, cols, xr + (size_t)t * cols);
+            else
+                for (int c = 0; c < cols; c++)
+                    xr[(size_t)t * cols + c] = bf16_round(X[(size_t)t * ldx + c]);
         for (int i = 0; i < nrows; i++) {
             int bc = cols;
             bf16_row_codes(m, r0 + i, code, mul, mn, &bc);

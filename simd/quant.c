@@ -2,6 +2,7 @@
  * (layouts in quant.h), written from the format definitions.  The decoders
  * are the reference the kernels are tested against; the encoders are used
  * by dsinfer-quantize and the tests. */
+#include <float.h>
 #include <math.h>
 #include "quant.h"
 
@@ -194,4 +195,23 @@ void ds_quant_q4_k(const float *src, void *dst, size_t nblocks)
     uint8_t *b = dst;
     for (size_t k = 0; k < nblocks; k++)
         quant_q4_k_block(src + k * DS_Q4_K_BLOCK, b + k * DS_Q4_K_BYTES);
+}
+
+void ds_q4_k_act_round(const float *x, int cols, float *out)
+{
+    for (int c0 = 0; c0 < cols; c0 += DS_Q4_K_BLOCK) {
+        const float *b = x + c0;
+        float *o = out + c0;
+        float amax = 0.0f;
+        for (int i = 0; i < DS_Q4_K_BLOCK; i++)
+            amax = fabsf(b[i]) > amax || b[i] != b[i] ? fabsf(b[i]) : amax;
+        if (!(amax <= FLT_MAX)) {   /* Inf or NaN: as it is */
+            memmove(o, b, sizeof(float) * DS_Q4_K_BLOCK);
+            continue;
+        }
+        const int e = ds_q4_k_act_exp(amax);
+        const float inv = ds_pow2f(-e), s = ds_pow2f(e);
+        for (int i = 0; i < DS_Q4_K_BLOCK; i++)
+            o[i] = rintf(b[i] * inv) * s;
+    }
 }

@@ -79,4 +79,36 @@ void ds_dequant_q4_k(const void *src, float *dst, size_t nblocks);
 void ds_quant_q8_0(const float *src, void *dst, size_t nblocks);
 void ds_quant_q4_k(const float *src, void *dst, size_t nblocks);
 
+/* Activations against Q4_K weights (ds_gemm_bf16): each block of 256
+ * columns becomes int8 levels q (|q| <= 127) times a power of two 2^e,
+ * x -> rint(x * 2^-e) * 2^e (nearest even), e the smallest exponent >= -126
+ * whose levels all fit, so the largest |q| is 64..127.  The value is exact
+ * in bf16 (7 significant bits), so every kernel forms the same exact
+ * products: the panel GEMM on the rounded value, the decode kernel on q
+ * (int8 dots, the scale applied after).  Rounding a rounded block changes
+ * nothing.  A block holding Inf or NaN is left as it is. */
+static inline int ds_q4_k_act_exp(float amax)
+{
+    uint32_t u;
+    memcpy(&u, &amax, 4);
+    int e = (int)(u >> 23) - 127 - 6;   /* amax / 2^e in [64, 128) */
+    e = e < -126 ? -126 : e;
+    const uint32_t ib = (uint32_t)(127 - e) << 23;
+    float inv;
+    memcpy(&inv, &ib, 4);
+    return __builtin_rintf(amax * inv) > 127.0f ? e + 1 : e;
+}
+
+/* 2^e as a float, -126 <= e <= 127. */
+static inline float ds_pow2f(int e)
+{
+    const uint32_t b = (uint32_t)(127 + e) << 23;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+/* cols (a multiple of 256) activations x rounded as above into out. */
+void ds_q4_k_act_round(const float *x, int cols, float *out);
+
 #endif

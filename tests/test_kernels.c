@@ -286,8 +286,9 @@ static void check_dot_axpy(const ds_kernels *k)
     }
 }
 
-/* ds_gemm_bf16 against ds_gemm_bf16_ref (x rounded to bf16, exact weight
- * codes, f32 sums, block multipliers in f32).  Both form the same exact
+/* ds_gemm_bf16 against ds_gemm_bf16_ref (x rounded to bf16, or for Q4_K
+ * to int8 levels x 2^e per 256 columns; exact weight codes, f32 sums,
+ * block multipliers in f32).  Both form the same exact
  * products (bf16 x bf16 fits f32) and differ only in the order of the f32
  * additions and in fusing the block multiply-add, so per output
  * |got - want| <= 2 * (cols + 8) * 2^-24 * mag, mag = sum |terms| over the
@@ -299,8 +300,11 @@ static double bf16_mag(const test_mat *t, int r, const float *x)
 {
     double s = 0.0;
     const int cols = t->m.cols;
+    float *xq = t->m.dtype == DS_DT_Q4_K ? malloc(sizeof(float) * (size_t)cols) : NULL;
+    if (xq)
+        ds_q4_k_act_round(x, cols, xq);
     for (int c = 0; c < cols; c++) {
-        const double xr = ds_bf16_to_f32(ds_f32_to_bf16(x[c]));
+        const double xr = xq ? xq[c] : ds_bf16_to_f32(ds_f32_to_bf16(x[c]));
         double w = fabs((double)t->deq[(size_t)r * cols + c]);
         if (t->m.dtype == DS_DT_Q4_K) {
             const uint8_t *blk = (const uint8_t *)t->data + ds_dtype_row_bytes(DS_DT_Q4_K, cols) * (size_t)r +
@@ -311,6 +315,7 @@ static double bf16_mag(const test_mat *t, int r, const float *x)
         }
         s += w * fabs(xr);
     }
+    free(xq);
     return s;
 }
 
@@ -419,6 +424,50 @@ static void check_bf16_rounding(void)
                 FAIL("gemm_bf16 %s: rounding of x: row %d gives %.9g, %.9g; want %d, %.9g", ds_dtype_name(dt), r, Y[r],
                      Y[ROWS + r], COLS, (float)COLS * (3.0f + 0x1p-6f));
         }
+    }
+}
+
+/* Q4_K's coarser rounding of x, through every path (decode kernel for 1
+ * and 5 tokens, panel GEMM for 20): all-ones weights (d = 1, sc = 1,
+ * m = 0, quants 1) against x with largest value 127, so the levels are
+ * whole numbers: 2.5 -> 2, 3.5 -> 4, -1.6 -> -2 and 0.49 -> 0, and every
+ * row's dot is 127 + 2 + 4 - 2 = 131 in the first block.  The second
+ * block's largest value is 0.75 (a step of 2^-7): 0.1 -> 13 / 128. */
+static void check_q4k_act_rounding(void)
+{
+    enum { ROWS = 37, COLS = 512, NB = COLS / DS_Q4_K_BLOCK };
+    static uint8_t data[ROWS * NB * DS_Q4_K_BYTES];
+    const uint8_t ones[8] = {1, 1, 1, 1, 1, 1, 1, 1}, zeros[8] = {0};
+    for (int b = 0; b < ROWS * NB; b++) {
+        uint8_t *blk = data + (size_t)b * DS_Q4_K_BYTES;
+        const uint16_t one = ds_f32_to_f16(1.0f), zero = 0;
+        memcpy(blk, &one, 2);
+        memcpy(blk + 2, &zero, 2);
+        ds_q4_k_pack_scales(ones, zeros, blk + DS_Q4_K_OFF_SCALES);
+        memset(blk + DS_Q4_K_OFF_QS, 0x11, 128);
+    }
+    const ds_mat m = {.dtype = DS_DT_Q4_K, .rows = ROWS, .cols = COLS, .data = data};
+    static const int ns[] = {1, 5, 20};
+    for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+        const int n = ns[k];
+        float *X = calloc((size_t)n * COLS, sizeof(float)), *Y = malloc(sizeof(float) * (size_t)n * ROWS);
+        for (int t = 0; t < n; t++) {
+            float *x = X + (size_t)t * COLS;
+            for (int c = 5; c < 256; c++)
+                x[c] = 0.49f;
+            x[0] = 127.0f, x[1] = 2.5f, x[2] = 3.5f, x[3] = -1.6f, x[4] = 0.3f;
+            x[256] = -0.75f, x[257] = 0.1f;
+        }
+        ds_gemm_bf16(&m, 0, ROWS, X, COLS, n, Y, ROWS);
+        const float want = 131.0f + (-96.0f + 13.0f) / 128.0f;
+        for (int i = 0; i < n * ROWS; i++) {
+            checks++;
+            if (Y[i] != want) {
+                FAIL("gemm_bf16 Q4_K, %d tokens: x's rounding: row %d gives %.9g, want %.9g", n, i % ROWS, Y[i], want);
+                break;
+            }
+        }
+        free(X), free(Y);
     }
 }
 
@@ -952,6 +1001,7 @@ int main(int argc, char **argv)
     const int before = failures;
     check_gemm_bf16();
     check_bf16_rounding();
+    check_q4k_act_rounding();
     printf("\ngemm_bf16 (%s): %s\n", !ds_gemm_bf16_native()                   ? "rounded copy and f32 kernels"
            : ds_cpu_get_features()->avx512_vbmi ? "avx512_bf16 panel kernel from 16 tokens, streaming kernel below"
                                                 : "avx512_bf16 panel kernel from 16 tokens, rounded copy below",

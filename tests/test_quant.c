@@ -433,9 +433,116 @@ static void check_kernels(const ds_kernels *k)
         }
 }
 
+/* ---- Q4_K activations (ds_q4_k_act_round) ------------------------------ */
+
+/* Hand-computed blocks: the largest |x| picks 2^e so that it lands on
+ * 64..127 levels, values go to the nearest level (ties to even). */
+static void check_q4_k_act_known(void)
+{
+    float x[256], y[256];
+    /* amax 127: e = 0, the levels are the rounded values */
+    for (int i = 0; i < 256; i++)
+        x[i] = 0.0f;
+    x[0] = 127.0f, x[1] = 2.5f, x[2] = 3.5f, x[3] = -0.5f, x[4] = -1.6f, x[5] = 0.49f;
+    ds_q4_k_act_round(x, 256, y);
+    static const float w1[6] = {127.0f, 2.0f, 4.0f, -0.0f, -2.0f, 0.0f};
+    for (int i = 0; i < 6; i++)
+        CHECK(y[i] == w1[i] && signbit(y[i]) == signbit(w1[i]), "act amax 127: y[%d] = %g, want %g", i, y[i], w1[i]);
+    /* amax 127.5 rounds to 128 at e = 0: e = 1, steps of 2 */
+    x[0] = -127.5f, x[1] = 3.0f, x[2] = 5.0f, x[3] = 1.0f;
+    ds_q4_k_act_round(x, 256, y);
+    static const float w2[4] = {-128.0f, 4.0f, 4.0f, 0.0f};
+    for (int i = 0; i < 4; i++)
+        CHECK(y[i] == w2[i], "act amax 127.5: y[%d] = %g, want %g", i, y[i], w2[i]);
+    /* amax 1.0: e = -6 (64 levels to 1.0), a step of 1/64 */
+    x[0] = 1.0f, x[1] = 0.3f, x[2] = -1.0f / 128.0f, x[3] = 3.0f / 128.0f;
+    ds_q4_k_act_round(x, 256, y);
+    static const float w3[4] = {1.0f, 19.0f / 64.0f, -0.0f, 2.0f / 64.0f};
+    for (int i = 0; i < 4; i++)
+        CHECK(y[i] == w3[i], "act amax 1: y[%d] = %.9g, want %.9g", i, y[i], w3[i]);
+    /* each block on its own: block 1 all zero, block 2 amax 0.75 (e = -7) */
+    float x3[768], y3[768];
+    for (int i = 0; i < 768; i++)
+        x3[i] = i < 256 ? 100.0f * frand() : i < 512 ? 0.0f : 0.5f;
+    x3[600] = -0.75f;
+    x3[601] = 0.1f;   /* 12.8 / 128 -> 13 / 128 */
+    ds_q4_k_act_round(x3, 768, y3);
+    int zeros = 1;
+    for (int i = 256; i < 512; i++)
+        zeros &= y3[i] == 0.0f;
+    CHECK(zeros, "act: an all-zero block stays zero");
+    CHECK(y3[600] == -0.75f && y3[601] == 13.0f / 128.0f && y3[512] == 0.5f, "act amax 0.75: %.9g %.9g %.9g",
+          y3[600], y3[601], y3[512]);
+    /* Inf / NaN: the block is passed as it is */
+    x[0] = INFINITY, x[1] = 0.3f;
+    ds_q4_k_act_round(x, 256, y);
+    CHECK(isinf(y[0]) && y[1] == 0.3f, "act with Inf: %g %g", y[0], y[1]);
+    x[0] = NAN;
+    ds_q4_k_act_round(x, 256, y);
+    CHECK(isnan(y[0]) && y[1] == 0.3f, "act with NaN: %g %g", y[0], y[1]);
+}
+
+/* Properties on random blocks of every scale: at most 127 levels, the
+ * largest at least 64 (unless the exponent floor), the error at most half
+ * a step, bf16 holds every value, and rounding again changes nothing.
+ * The AVX-512 form equals the scalar one bit for bit. */
+static void check_q4_k_act_random(void)
+{
+    enum { N = 256 * 7 };
+    static float x[N], y[N], z[N], v[N];
+    for (int rep = 0; rep < 300; rep++) {
+        for (int b = 0; b < N / 256; b++) {
+            const float mag = ldexpf(1.0f, (int)(rnd() % 270) - 150);   /* zero and subnormal blocks too */
+            for (int i = 0; i < 256; i++)
+                x[256 * b + i] = (rnd() % 5 == 0 ? gauss() * 8.0f : gauss()) * mag;
+        }
+        if (rep % 10 == 3)
+            x[rnd() % N] = rep % 20 == 3 ? NAN : -INFINITY;
+        ds_q4_k_act_round(x, N, y);
+        ds_q4_k_act_round(y, N, z);
+        for (int b = 0; b < N / 256; b++) {
+            const float *xb = x + 256 * b, *yb = y + 256 * b;
+            float amax = 0.0f;
+            int finite = 1;
+            for (int i = 0; i < 256; i++) {
+                finite &= isfinite(xb[i]);
+                amax = fmaxf(amax, fabsf(xb[i]));
+            }
+            if (!finite) {
+                CHECK(!memcmp(xb, yb, sizeof(float) * 256), "act: a non-finite block is copied");
+                continue;
+            }
+            const int e = ds_q4_k_act_exp(amax);
+            const float step = ldexpf(1.0f, e);
+            float qmax = 0.0f;
+            int ok = 1;
+            for (int i = 0; i < 256; i++) {
+                const float q = yb[i] / step;
+                ok &= q == rintf(q) && fabsf(q) <= 127.0f && fabsf(yb[i] - xb[i]) <= 0.5f * step &&
+                      ds_bf16_to_f32(ds_f32_to_bf16(yb[i])) == yb[i];
+                qmax = fmaxf(qmax, fabsf(q));
+            }
+            CHECK(ok, "act block %d (amax %g): a value off its level", b, amax);
+            CHECK(qmax >= 64.0f || e == -126, "act block %d: largest level %g < 64 at e = %d", b, qmax, e);
+        }
+        int same = 1;
+        for (int i = 0; i < N; i++)
+            same &= (y[i] == z[i]) || (isnan(y[i]) && isnan(z[i]));
+        CHECK(same, "act: rounding a rounded row changed it");
+#if defined(__x86_64__) || defined(__i386__)
+        if (ds_cpu_get_features()->avx512) {
+            ds_q4_k_act_round_avx512(x, N, v);
+            CHECK(!memcmp(y, v, sizeof y), "act: the AVX-512 form differs from the scalar one (rep %d)", rep);
+        }
+#endif
+    }
+}
+
 int main(void)
 {
     check_sizes();
+    check_q4_k_act_known();
+    check_q4_k_act_random();
     check_headers();
     check_q8_0_known();
     check_q4_k_known();
