@@ -806,9 +806,13 @@ static small_x small_x_at(const small_x *x, int t)
     return r;
 }
 
+/* The rounding alone runs on any AVX-512 CPU (ds_q4_k_act_round_rows):
+ * AVX-512F only. */
+#define TF __attribute__((target("avx512f")))
+
 /* The absolute maximum of 256 floats as bits (NaN above Inf above the
  * finite), the block in v. */
-SINL uint32_t q4k_act_load(const float *x, __m512 v[16])
+static inline __attribute__((always_inline)) TF uint32_t q4k_act_load(const float *x, __m512 v[16])
 {
     __m512i mx = _mm512_setzero_si512();
     for (int k = 0; k < 16; k++) {
@@ -818,14 +822,14 @@ SINL uint32_t q4k_act_load(const float *x, __m512 v[16])
     return (uint32_t)_mm512_reduce_max_epu32(mx);
 }
 
-SINL float bits_f32(uint32_t u)
+static inline float bits_f32(uint32_t u)
 {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-TSM void ds_q4_k_act_round_avx512(const float *x, int cols, float *out)
+TF void ds_q4_k_act_round_avx512(const float *x, int cols, float *out)
 {
     for (int c0 = 0; c0 < cols; c0 += DS_Q4_K_BLOCK) {
         __m512 v[16];
