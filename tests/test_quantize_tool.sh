@@ -93,6 +93,11 @@ for ty in bf16 q8_0 q4_k; do
     "$EV" -m "$T/$ty" --tokens "$CASE/tokens.json" -o "$T/$ty.bin" --kv-cache f32 2>"$T/err" ||
         bad "eval $ty: $(cat "$T/err")"
 done
+# and in --precision bf16, where Q4_K's activations go to int8 levels
+for ty in q8_0 q4_k; do
+    "$EV" -m "$T/$ty" --tokens "$CASE/tokens.json" -o "$T/$ty-bf16.bin" --kv-cache f32 --precision bf16 \
+        2>"$T/err" || bad "eval $ty --precision bf16: $(cat "$T/err")"
+done
 # The tiny random-weight model decides many near-ties: with its unquantised
 # router gate and indexer weights_proj, q8_0's 0.5 % weight error already
 # flips ~20 % of the routed-expert choices and ~20 % of the indexer's
@@ -134,6 +139,16 @@ print(f"q4_k: median {m4:.4f} first row {f4:.4f} top-1 {t4:.3f} corr {c4:.3f}")
 assert f8 < 0.05 and m8 < 0.6 and t8 > 0.3 and c8 > 0.8, "q8_0 too far from fp8"
 assert f4 < 1.0 and m4 < 2.0 and t4 > 0.05 and c4 > 0.5, "q4_k too far from fp8"
 assert m4 > m8, "q4_k closer than q8_0: suspicious"
+# --precision bf16 against f32, first position: Q8_0 rounds x to bf16
+# (2^-9 relative), Q4_K to int8 levels of each 256 columns' largest value
+# (about 2^-8 of it; measured 0.0083 and 0.048), both far below Q4_K's
+# own weight error (0.48 above)
+def first(a, b):
+    return sorted(abs(a[j] - b[j]) for j in range(V))[V // 2]
+r8, r4 = first(load("q8_0-bf16"), load("q8_0")), first(load("q4_k-bf16"), load("q4_k"))
+print(f"--precision bf16 vs f32, first row median: q8_0 {r8:.4f} q4_k {r4:.4f}")
+assert 0.0 < r8 < r4 < 0.25 * f4, "activation rounding out of its expected range"
+assert r4 > 2.0 * r8, "q4_k's activations not rounded coarser than bf16"
 EOF
 
 # --head: lm_head alone converted (the rest copied).  Its weight error
