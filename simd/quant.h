@@ -87,18 +87,6 @@ void ds_quant_q4_k(const float *src, void *dst, size_t nblocks);
  * products: the panel GEMM on the rounded value, the decode kernel on q
  * (int8 dots, the scale applied after).  Rounding a rounded block changes
  * nothing.  A block holding Inf or NaN is left as it is. */
-static inline int ds_q4_k_act_exp(float amax)
-{
-    uint32_t u;
-    memcpy(&u, &amax, 4);
-    int e = (int)(u >> 23) - 127 - 6;   /* amax / 2^e in [64, 128) */
-    e = e < -126 ? -126 : e;
-    const uint32_t ib = (uint32_t)(127 - e) << 23;
-    float inv;
-    memcpy(&inv, &ib, 4);
-    return __builtin_rintf(amax * inv) > 127.0f ? e + 1 : e;
-}
-
 /* 2^e as a float, -126 <= e <= 127. */
 static inline float ds_pow2f(int e)
 {
@@ -106,6 +94,16 @@ static inline float ds_pow2f(int e)
     float f;
     memcpy(&f, &b, 4);
     return f;
+}
+
+/* e for a block whose largest |x| is amax (finite). */
+static inline int ds_q4_k_act_exp(float amax)
+{
+    uint32_t u;
+    memcpy(&u, &amax, 4);
+    int e = (int)(u >> 23) - 127 - 6;   /* amax / 2^e in [64, 128) */
+    e = e < -126 ? -126 : e;
+    return __builtin_rintf(amax * ds_pow2f(-e)) > 127.0f ? e + 1 : e;
 }
 
 /* cols (a multiple of 256) activations x rounded as above into out. */
