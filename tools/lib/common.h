@@ -53,8 +53,10 @@ ds_precision tool_parse_precision(const char *opt, const char *s);
 /* The --precision lines of every tool's help: PAD (spaces) aligns the text
  * with the tool's other options, DEF is the tool's default. */
 #define TOOL_PRECISION_HELP(PAD, DEF)                                                                   \
-    "      --precision P" PAD "weight products: bf16 (activations rounded to bf16; prefill about\n"    \
-    "                   " PAD "twice as fast with AVX512_BF16) or f32 (exact); default " DEF "\n"
+    "      --precision P" PAD "weight products: bf16 (activations rounded to\n"                      \
+    "                   " PAD "bf16, against Q4_K weights to int8 levels; prefill\n"                    \
+    "                   " PAD "about twice as fast with AVX512_BF16) or f32\n"                          \
+    "                   " PAD "(exact); default " DEF "\n"
 /* With -v: the precision asked for and whether this CPU has AVX512_BF16 for it. */
 void tool_info_precision(ds_precision p);
 /* --io=uring|pread|auto */
