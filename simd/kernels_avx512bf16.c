@@ -1029,6 +1029,29 @@ SNOINL void small_block(const small_mat *sm, ds_dtype dt, int r, int nr, int nt,
     }
 }
 
+/* Tiles [t0, t0 + k) of a call (rbk rows each, the last one cut at
+ * nrows) against the n packed tokens; cont: the range goes on from the
+ * tiles this thread did last. */
+static void small_tiles(const small_mat *sm, ds_dtype dt, int r0, int nrows, int rbk, int n, const small_x *sx,
+                        float *Y, int ldy, int t0, int k, int cont)
+{
+    const int a = t0 * rbk, end = (t0 + k) * rbk < nrows ? (t0 + k) * rbk : nrows;
+    /* the tiles prefetch sm->pfo bytes ahead of the row they read: fetch
+     * the start of a range now (unless it goes on from the last), or each
+     * short matrix (an expert's) would begin with that much read on demand
+     * (single-stream FP8 decode on mid +3 %, seven pairs) */
+    if (!cont) {
+        const uint8_t *first = sm->data + (size_t)(r0 + a) * sm->rb;
+        const size_t span = (size_t)(end - a) * sm->rb, pre = sm->pfo < span ? sm->pfo : span;
+        for (size_t b = 0; b < pre; b += 64)
+            __builtin_prefetch(first + b, 0, 3);
+    }
+    for (int u = 0; u < n; u += SMALL_NT) {   /* a claim's rows stay in cache across the passes */
+        const small_x xu = small_x_at(sx, u);
+        small_block(sm, dt, r0 + a, end - a, n - u < SMALL_NT ? n - u : SMALL_NT, &xu, Y + (size_t)u * ldy + a, ldy);
+    }
+}
+
 int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const ds_dtype dt = m->dtype;
@@ -1080,30 +1103,22 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
      * ctile tiles at a time */
     const int ntile = (nrows + rbk - 1) / rbk, ctile = 32;
     const int nth = ds_worth_threads((long)nrows * cols) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    if (nth == 1) {
+        /* no region at all: entering one costs 1.5 us even under if (0),
+         * 3 us inside the experts' region (measured here), where every
+         * expert's three products come through this path */
+        for (int t0 = 0; t0 < ntile; t0 += ctile)
+            small_tiles(&sm, dt, r0, nrows, rbk, n, &sx, Y, ldy, t0, ntile - t0 < ctile ? ntile - t0 : ctile, t0 > 0);
+        return 1;
+    }
     ds_split *split = ds_split_begin(nth, ntile);
     if (!split)
         return 0;   /* no memory: the rounded copy and the f32 kernels */
-#pragma omp parallel num_threads(nth) if (nth > 1)
+#pragma omp parallel num_threads(nth)
     {
         const int id = omp_get_thread_num();
-        for (int t0, k, next = -1; (k = ds_split_next(split, id, ctile, &t0)) > 0; next = t0 + k) {
-            const int a = t0 * rbk, end = (t0 + k) * rbk < nrows ? (t0 + k) * rbk : nrows;
-            /* the tiles prefetch sm.pfo bytes ahead of the row they read:
-             * fetch the start of a range now (unless it goes on from the
-             * last), or each short matrix (an expert's) would begin with
-             * that much read on demand (single-stream FP8 decode on mid
-             * +3 %, seven pairs) */
-            if (t0 != next) {
-                const uint8_t *first = sm.data + (size_t)(r0 + a) * rb;
-                const size_t span = (size_t)(end - a) * rb, pre = sm.pfo < span ? sm.pfo : span;
-                for (size_t b = 0; b < pre; b += 64)
-                    __builtin_prefetch(first + b, 0, 3);
-            }
-            for (int u = 0; u < n; u += SMALL_NT) {   /* a claim's rows stay in cache across the passes */
-                const small_x xu = small_x_at(&sx, u);
-                small_block(&sm, dt, r0 + a, end - a, n - u < SMALL_NT ? n - u : SMALL_NT, &xu, Y + (size_t)u * ldy + a, ldy);
-            }
-        }
+        for (int t0, k, next = -1; (k = ds_split_next(split, id, ctile, &t0)) > 0; next = t0 + k)
+            small_tiles(&sm, dt, r0, nrows, rbk, n, &sx, Y, ldy, t0, k, t0 == next);
     }
     return 1;
 }
