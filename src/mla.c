@@ -175,6 +175,47 @@ static ds_status latent_sum_gathered(ds_context *c, int layer, const mla_dims *d
  * and a slower core takes fewer. */
 enum { ATTN_BLOCK_MIN = 256, ATTN_BLOCKS_PER_THREAD = 4 };
 
+typedef struct fused_job {
+    const ds_attn_keys *keys;
+    const int32_t *sel;
+    const float *qp;
+    float *s, *part;
+    int *owner;
+    ds_split *split;
+    size_t part_floats;
+    int nk, nhb, nblk, bk;
+    float scale;
+} fused_job;
+
+/* One thread's part of latent_sum_fused, inside its region or, for one
+ * thread, called alone (the barriers and loops then bind to a team of
+ * one): entering a region costs 1.5 us even under if (0). */
+static void fused_team(const fused_job *j)
+{
+    const int t = omp_get_thread_num(), nk = j->nk, nhb = j->nhb;
+    for (int g, k; (k = ds_split_next(j->split, t, 1, &g)) > 0;) {
+        const int i0 = g * j->bk, i1 = i0 + j->bk < nk ? i0 + j->bk : nk;
+        if (i1 > i0)
+            ds_attn_scores(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 - i0, j->qp, nhb, j->s + (size_t)i0 * 16, nk);
+        j->owner[g] = t;
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int b = 0; b < nhb; b++)
+        ds_attn_softmax(j->s + (size_t)b * nk * 16, nk, 1, nk, j->scale);
+    for (int g = 0; g < j->nblk; g++) {
+        const int i0 = g * j->bk, i1 = i0 + j->bk < nk ? i0 + j->bk : nk;
+        if (j->owner[g] == t)   /* an empty block's partial is written as zeros */
+            ds_attn_wsum(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 > i0 ? i1 - i0 : 0, j->s + (size_t)i0 * 16, nhb,
+                         nk, j->part + (size_t)g * j->part_floats);
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < j->part_floats; x += 256)   /* the partials in block order, into block 0's */
+        for (int g = 1; g < j->nblk; g++)
+            ds_axpy(1.0f, j->part + (size_t)g * j->part_floats + x, j->part + x, 256);
+}
+
 static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, const float *q, const float *qabs,
                                   const int32_t *sel, int nk, float *olat, ds_error *err)
 {
@@ -201,32 +242,12 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
         return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
     }
     ds_attn_pack_q(qabs, d->kvl, q + d->nope, d->qk, d->nh, d->kvl, d->rope, qp);
-    const float scale = c->model->attn_scale;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int t = omp_get_thread_num();
-        for (int g, k; (k = ds_split_next(split, t, 1, &g)) > 0;) {
-            const int i0 = g * bk, i1 = i0 + bk < nk ? i0 + bk : nk;
-            if (i1 > i0)
-                ds_attn_scores(&keys, sel ? sel + i0 : NULL, i0, i1 - i0, qp, nhb, s + (size_t)i0 * 16, nk);
-            owner[g] = t;
-        }
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int b = 0; b < nhb; b++)
-            ds_attn_softmax(s + (size_t)b * nk * 16, nk, 1, nk, scale);
-        for (int g = 0; g < nblk; g++) {
-            const int i0 = g * bk, i1 = i0 + bk < nk ? i0 + bk : nk;
-            if (owner[g] == t)   /* an empty block's partial is written as zeros */
-                ds_attn_wsum(&keys, sel ? sel + i0 : NULL, i0, i1 > i0 ? i1 - i0 : 0, s + (size_t)i0 * 16, nhb, nk,
-                             part + (size_t)g * part_floats);
-        }
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (size_t x = 0; x < part_floats; x += 256)   /* the partials in block order, into block 0's */
-            for (int g = 1; g < nblk; g++)
-                ds_axpy(1.0f, part + (size_t)g * part_floats + x, part + x, 256);
-    }
+    const fused_job job = {&keys, sel, qp, s, part, owner, split, part_floats, nk, nhb, nblk, bk, c->model->attn_scale};
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        fused_team(&job);
+    } else
+        fused_team(&job);
     for (int h = 0; h < d->nh; h++)   /* 16 contiguous columns of head h */
         for (int cc = 0; cc < nc; cc++) {
             const int w = d->kvl - 16 * cc < 16 ? d->kvl - 16 * cc : 16;

@@ -158,6 +158,24 @@ static void shared_chunks(const ds_ffn_w *w, const float *x, int T, int H, float
     }
 }
 
+/* Token t's expert outputs (ybuf[t][slot]) times their weights into
+ * out[t], in increasing expert id. */
+static void add_token_experts(int t, int K, int E, int H, const int32_t *experts, const float *weights,
+                              const float *ybuf, float *out)
+{
+    const int32_t *ex = experts + (size_t)t * K;
+    for (int prev = -1;;) {
+        int slot = -1;
+        for (int k = 0; k < K; k++)
+            if (ex[k] > prev && (slot < 0 || ex[k] < ex[slot]))
+                slot = k;
+        if (slot < 0 || ex[slot] >= E)
+            break;
+        prev = ex[slot];
+        ds_axpy(weights[(size_t)t * K + slot], ybuf + ((size_t)t * K + slot) * H, out + (size_t)t * H, H);
+    }
+}
+
 /* Threads take whole experts (resident weights only: the streaming path
  * orders reads and read-ahead itself).  With several NUMA nodes a thread
  * takes its own node's experts first.  Each expert's output rows land in
@@ -235,20 +253,14 @@ static ds_status run_experts_parallel(const ds_model *m, int layer, const float 
         free(ybuf);
         return st;
     }
+    /* a few tokens' sums take less than entering a region (3 us here) */
+    if (T >= 16) {
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const int32_t *ex = experts + (size_t)t * K;
-        for (int prev = -1;;) {            /* this token's experts, in increasing id */
-            int slot = -1;
-            for (int k = 0; k < K; k++)
-                if (ex[k] > prev && (slot < 0 || ex[k] < ex[slot]))
-                    slot = k;
-            if (slot < 0 || ex[slot] >= E)
-                break;
-            prev = ex[slot];
-            ds_axpy(weights[(size_t)t * K + slot], ybuf + ((size_t)t * K + slot) * H, out + (size_t)t * H, H);
-        }
-    }
+        for (int t = 0; t < T; t++)
+            add_token_experts(t, K, E, H, experts, weights, ybuf, out);
+    } else
+        for (int t = 0; t < T; t++)
+            add_token_experts(t, K, E, H, experts, weights, ybuf, out);
     free(ybuf);
     return DS_OK;
 }
