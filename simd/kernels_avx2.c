@@ -483,23 +483,36 @@ NOINL void rows_block(const ds_mat *m, int r, int nr, int rb, const float *X, in
 }
 
 /* The product for 2..MAXFUSED tokens: row blocks split across threads. */
+static void small_block(const ds_mat *m, int r0, int nrows, int rb, int b, const float *X, int ldx, int n, float *Y,
+                        int ldy)
+{
+    const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
+    rows_block(m, r0 + i, nr, rb, X, ldx, n, Y + i, ldy);
+}
+
 static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const int rb = n == 2 ? 4 : 2, nblk = (nrows + rb - 1) / rb;
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
-    for (int b = 0; b < nblk; b++) {
-        const int i = b * rb, nr = nrows - i < rb ? nrows - i : rb;
-        rows_block(m, r0 + i, nr, rb, X, ldx, n, Y + i, ldy);
-    }
+    if (ds_par_here((long)nrows * m->cols * n)) {
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < nblk; b++)
+            small_block(m, r0, nrows, rb, b, X, ldx, n, Y, ldy);
+    } else
+        for (int b = 0; b < nblk; b++)
+            small_block(m, r0, nrows, rb, b, X, ldx, n, Y, ldy);
 }
 
 static void avx2_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
 
 static void avx2_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
-    for (int i = 0; i < nrows; i++)
-        y[i] = row_dot(m, r0 + i, x);
+    if (ds_par_here((long)nrows * m->cols)) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < nrows; i++)
+            y[i] = row_dot(m, r0 + i, x);
+    } else
+        for (int i = 0; i < nrows; i++)
+            y[i] = row_dot(m, r0 + i, x);
 }
 
 NOINL float avx2_dot(const float *a, const float *b, int n)

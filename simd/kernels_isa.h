@@ -5,6 +5,7 @@
 #ifndef DS_KERNELS_ISA_H
 #define DS_KERNELS_ISA_H
 
+#include <omp.h>
 #include "cpu.h"
 #include "kernels.h"
 #include "quant.h"
@@ -132,6 +133,12 @@ static inline size_t ds_mat_row_bytes(const ds_mat *m)
 }
 
 static inline int ds_worth_threads(long work) { return work >= (1L << 16); }
+
+/* Whether a product of `work` should enter a parallel region: worth the
+ * threads, and not already inside a region, where a nested one runs on one
+ * thread anyway and entering it costs 3 us (measured here; 1.5 us at top
+ * level even under if (0)): an expert's products in the experts' region. */
+static inline int ds_par_here(long work) { return ds_worth_threads(work) && !omp_in_parallel(); }
 
 /* Prefetches the weight bytes of rows [r, r + nr) x columns [c0, c0 + len)
  * of m (c0, len on block boundaries for block types).  The GEMMs call it

@@ -335,9 +335,13 @@ static void neon_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r
 
 static void neon_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
-    for (int i = 0; i < nrows; i++)
-        y[i] = row_dot(m, r0 + i, x);
+    if (ds_par_here((long)nrows * m->cols)) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < nrows; i++)
+            y[i] = row_dot(m, r0 + i, x);
+    } else
+        for (int i = 0; i < nrows; i++)
+            y[i] = row_dot(m, r0 + i, x);
 }
 
 NOINL float neon_dot(const float *a, const float *b, int n)
