@@ -506,13 +506,7 @@ static void avx2_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r
 
 static void avx2_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-    if (ds_par_here((long)nrows * m->cols)) {
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < nrows; i++)
-            y[i] = row_dot(m, r0 + i, x);
-    } else
-        for (int i = 0; i < nrows; i++)
-            y[i] = row_dot(m, r0 + i, x);
+    DS_GEMV_BY_ROWS(row_dot, m, r0, nrows, x, y);
 }
 
 NOINL float avx2_dot(const float *a, const float *b, int n)

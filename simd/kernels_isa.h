@@ -140,6 +140,19 @@ static inline int ds_worth_threads(long work) { return work >= (1L << 16); }
  * level even under if (0)): an expert's products in the experts' region. */
 static inline int ds_par_here(long work) { return ds_worth_threads(work) && !omp_in_parallel(); }
 
+/* A GEMV as one row dot DOT(m, r, x) a row, the rows split statically
+ * across the threads where ds_par_here (the AVX2, NEON and scalar levels). */
+#define DS_GEMV_BY_ROWS(DOT, m, r0, nrows, x, y)                  \
+    do {                                                          \
+        if (ds_par_here((long)(nrows) * (m)->cols)) {             \
+            _Pragma("omp parallel for schedule(static)")          \
+            for (int i_ = 0; i_ < (nrows); i_++)                  \
+                (y)[i_] = DOT((m), (r0) + i_, (x));               \
+        } else                                                    \
+            for (int i_ = 0; i_ < (nrows); i_++)                  \
+                (y)[i_] = DOT((m), (r0) + i_, (x));               \
+    } while (0)
+
 /* Prefetches the weight bytes of rows [r, r + nr) x columns [c0, c0 + len)
  * of m (c0, len on block boundaries for block types).  The GEMMs call it
  * for the next tile's rows while working on the current one: a tile walks

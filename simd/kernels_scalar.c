@@ -97,9 +97,7 @@ static void scalar_mat_row(const ds_mat *m, int r, float *out)
 
 static void scalar_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y)
 {
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols))
-    for (int i = 0; i < nrows; i++)
-        y[i] = row_dot(m, r0 + i, x);
+    DS_GEMV_BY_ROWS(row_dot, m, r0, nrows, x, y);
 }
 
 static void scalar_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
