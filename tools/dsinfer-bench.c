@@ -317,7 +317,9 @@ static json_t *bench_layers(ds_model *m, const bench_opts *o, float *logits, dou
 }
 
 /* Batched decode: o->batch sequences, each at o->depth, decoded together
- * one token each per ds_eval_batch step; aggregate tokens/s (median). */
+ * one token each per ds_eval_batch step, each with its logits as the
+ * server's and dsinfer-batch's steps (the head is part of a step's
+ * cost); aggregate tokens/s (median). */
 static double bench_batch_decode(ds_model *m, const bench_opts *o)
 {
     const ds_model_info *mi = ds_model_get_info(m);
@@ -326,8 +328,9 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
     ds_batch_item *items = calloc((size_t)B, sizeof *items);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)(total ? total : 1));
     double *t = malloc(sizeof(double) * (size_t)o->repeat);
+    float *logits = malloc(sizeof(float) * (size_t)B * (size_t)mi->vocab_size);
     uint64_t st = o->seed + 2;
-    if (!ctx || !items || !ids || !t)
+    if (!ctx || !items || !ids || !t || !logits)
         tool_die(EXIT_RUNTIME, "out of memory");
     for (int r = 0; r < o->repeat; r++) {
         ds_error err;
@@ -339,7 +342,8 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
         double t0 = tool_now();
         for (int k = 0; k < o->gen; k++) {
             for (int b = 0; b < B; b++)
-                items[b] = (ds_batch_item){ctx[b], ids + (size_t)b * total + o->depth + k, 1, NULL, 0};
+                items[b] = (ds_batch_item){ctx[b], ids + (size_t)b * total + o->depth + k, 1,
+                                           logits + (size_t)b * mi->vocab_size, 0};
             if (ds_eval_batch(items, B, &err) != DS_OK)
                 tool_die_err(&err);
         }
@@ -348,6 +352,7 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
             ds_context_free(ctx[b]);
     }
     double v = median(t, o->repeat);
+    free(logits);
     free(ctx);
     free(items);
     free(ids);
