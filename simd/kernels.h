@@ -42,6 +42,10 @@ void ds_mat_row(const ds_mat *m, int r, float *out);
 void ds_gemv(const ds_mat *m, int r0, int nrows, const float *x, float *y);
 /* y[c] = sum_i W[r0 + i][c] * x[i] for every column c (transposed product). */
 void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y);
+/* Y[t] = ds_gemv_t(m, r0, nrows, X[t]) for t < n, each to the bit, the
+ * weights read once for several tokens where the kernel level can; X and
+ * Y have row strides ldx, ldy.  Serial (callers issue it per head). */
+void ds_gemm_t(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
 /* Y[t][i] = sum_c W[r0 + i][c] * X[t][c] for t < n; X has row stride ldx,
  * Y row stride ldy (both in floats). */
 void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,

@@ -728,7 +728,12 @@ static void avx512_gemm(const ds_mat *m, int r0, int nrows, const float *X, int 
         return;
     }
     const int ntiles = (nrows + RT - 1) / RT;
-#pragma omp parallel for schedule(static) if (ds_worth_threads((long)nrows * m->cols * n))
+    if (!ds_par_here((long)nrows * m->cols * n)) {   /* e.g. per head in MLA's region */
+        for (int tile = 0; tile < ntiles; tile++)
+            gemm_tile(m, r0, tile * RT, nrows - tile * RT < RT ? nrows - tile * RT : RT, X, ldx, n, Y, ldy);
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int tile = 0; tile < ntiles; tile++) {
         const int i0 = tile * RT;
         const int nr = nrows - i0 < RT ? nrows - i0 : RT;
@@ -960,6 +965,88 @@ NOINL void avx512_index_scores_approx(const float *qt, int nh, int dim, const fl
             const float sc = s[i] * 256.0f * ks[j + i];
             score[j + i] = sc;
             bound[j + i] = ds_index_bound(l1[i] * 256.0f * 1.0001f, c, sabs[i] * 256.0f, sc, ks[j + i], nh, dim);
+        }
+    }
+}
+
+/* ds_gemm_t: gemv_t_cols for GT_NT tokens x GT_NV column vectors at a
+ * time, each row's weights converted once for all the tokens of the tile.
+ * Every column takes the same multipliers, in the same row order, as
+ * gemv_t_cols (FP8: x * s * 256 per row, the column's scale block), so a
+ * token's sums are its gemv_t's to the bit. */
+enum { GT_NT = 4, GT_NV = 4 };
+
+INL void gemm_t_tile(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *X, int ldx, int NT, int c0,
+                     int pf, float *Y, int ldy)
+{
+    __m512 acc[GT_NT][GT_NV];
+    __mmask16 k[GT_NV];
+    const int left = m->cols - c0, sb = c0 / DS_QBLOCK;
+#pragma GCC unroll 4
+    for (int v = 0; v < GT_NV; v++) {
+        k[v] = VW * v < left ? tail_mask(left - VW * v) : 0;
+#pragma GCC unroll 4
+        for (int t = 0; t < GT_NT; t++)
+            acc[t][v] = _mm512_setzero_ps();
+    }
+    const size_t rb = ds_mat_row_bytes(m);
+    for (int i = 0; i < nrows; i++) {
+        const uint8_t *w = row_ptr(m, r0 + i);
+        const float s = dt == DS_DT_F8_E4M3 ? scale_row(m, r0 + i)[sb] : 1.0f;
+        if (pf)     /* whole rows, or the first tile would read every row's 64 bytes on demand */
+            prefetch_row_ahead(w, rb, i, nrows);
+        __m512 wv[GT_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < GT_NV; v++)
+            wv[v] = load_w(dt, w, c0 + VW * v, k[v]);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const float xi = X[(size_t)t * ldx + i];
+            const __m512 va = _mm512_set1_ps(dt == DS_DT_F8_E4M3 ? xi * s * 256.0f : xi);
+#pragma GCC unroll 4
+            for (int v = 0; v < GT_NV; v++)
+                acc[t][v] = _mm512_fmadd_ps(va, wv[v], acc[t][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GT_NV; v++)
+            if (k[v])
+                _mm512_mask_storeu_ps(Y + (size_t)t * ldy + c0 + VW * v, k[v], acc[t][v]);
+}
+
+INL void gemm_t_tokens(ds_dtype dt, const ds_mat *m, int r0, int nrows, const float *X, int ldx, int NT, int first,
+                       float *Y, int ldy)
+{
+    for (int c0 = 0; c0 < m->cols; c0 += GT_NV * VW)
+        gemm_t_tile(dt, m, r0, nrows, X, ldx, NT, c0, first && c0 == 0, Y, ldy);
+}
+
+#define GEMM_T_NT(DT) \
+    switch (nt) { \
+    case 1: gemm_t_tokens(DT, m, r0, nrows, X + (size_t)t * ldx, ldx, 1, t == 0, Y + (size_t)t * ldy, ldy); break; \
+    case 2: gemm_t_tokens(DT, m, r0, nrows, X + (size_t)t * ldx, ldx, 2, t == 0, Y + (size_t)t * ldy, ldy); break; \
+    case 3: gemm_t_tokens(DT, m, r0, nrows, X + (size_t)t * ldx, ldx, 3, t == 0, Y + (size_t)t * ldy, ldy); break; \
+    default: gemm_t_tokens(DT, m, r0, nrows, X + (size_t)t * ldx, ldx, GT_NT, t == 0, Y + (size_t)t * ldy, ldy); break; \
+    }
+
+/* Q8_0 / Q4_K (whole 256-column blocks in gemv_t_cols) and one token: the
+ * token's gemv_t, the matrix slice in cache after the first. */
+NOINL void avx512_gemm_t(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const ds_dtype dt = m->dtype;
+    if (n == 1 || (dt != DS_DT_F8_E4M3 && dt != DS_DT_BF16 && dt != DS_DT_F16)) {
+        for (int t = 0; t < n; t++)
+            avx512_gemv_t(m, r0, nrows, X + (size_t)t * ldx, Y + (size_t)t * ldy);
+        return;
+    }
+    for (int t = 0; t < n; t += GT_NT) {
+        const int nt = n - t < GT_NT ? n - t : GT_NT;
+        switch (dt) {
+        case DS_DT_F8_E4M3: GEMM_T_NT(DS_DT_F8_E4M3) break;
+        case DS_DT_BF16: GEMM_T_NT(DS_DT_BF16) break;
+        default: GEMM_T_NT(DS_DT_F16) break;
         }
     }
 }
@@ -1247,6 +1334,7 @@ const ds_kernels ds_kernels_avx512 = {
     .mat_row = avx512_mat_row,
     .gemv = avx512_gemv,
     .gemv_t = avx512_gemv_t,
+    .gemm_t = avx512_gemm_t,
     .gemm = avx512_gemm,
     .dot = avx512_dot,
     .axpy = avx512_axpy,

@@ -101,6 +101,18 @@ void ds_gemv_t(const ds_mat *m, int r0, int nrows, const float *x, float *y)
     ds_kernels_active()->gemv_t(local_copy(m), r0, nrows, x, y);
 }
 
+void ds_gemm_t(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const ds_kernels *k = ds_kernels_active();
+    m = local_copy(m);
+    if (k->gemm_t) {
+        k->gemm_t(m, r0, nrows, X, ldx, n, Y, ldy);
+        return;
+    }
+    for (int t = 0; t < n; t++)
+        k->gemv_t(m, r0, nrows, X + (size_t)t * ldx, Y + (size_t)t * ldy);
+}
+
 void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
     const ds_kernels *k = ds_kernels_active();

@@ -15,6 +15,9 @@ typedef struct ds_kernels {
     void (*mat_row)(const ds_mat *m, int r, float *out);
     void (*gemv)(const ds_mat *m, int r0, int nrows, const float *x, float *y);
     void (*gemv_t)(const ds_mat *m, int r0, int nrows, const float *x, float *y);
+    /* NULL where the level has none: one gemv_t per token serves (see
+     * ds_gemm_t; a form must give each token's gemv_t to the bit) */
+    void (*gemm_t)(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
     void (*gemm)(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
                  float *Y, int ldy);
     float (*dot)(const float *a, const float *b, int n);

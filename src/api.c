@@ -271,7 +271,6 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
     ds_model *m = ds_calloc(1, sizeof *m, err);
     if (!m)
         return DS_ERR_NOMEM;
-    pthread_mutex_init(&m->w_uk_mu, NULL);
     ds_status st = DS_ERR_NOMEM;
     m->dir = strdup(dir);
     char *path = malloc(strlen(dir) + 32);
@@ -326,7 +325,6 @@ void ds_model_free(ds_model *m)
     if (m->table)
         ds_table_free(m->table);
     free(m->dir);
-    pthread_mutex_destroy(&m->w_uk_mu);
     free(m);
 }
 

@@ -529,33 +529,22 @@ static ds_status attend_seq(const ds_mla_seq *sq, int layer, ds_index_proj *ip, 
     return st;
 }
 
-/* From this many decoding sequences their queries absorb together: the f32
- * W_UK is four times kv_b's FP8 bytes, and one query through kv_b (ds_gemv_t,
- * kv_b in cache after the first) costs about a quarter of the joint pass. */
-#define ABSORB_MIN_SEQS 4
-
 /* The absorbed queries (q_nope through W_UK) of nd decoding sequences,
  * whose rows of q are listed in rows[], into qabs [nd][heads * kvl]: one
- * product per head through the f32 W_UK for all of them, so it is read
- * once per step rather than once per sequence.  f32 like ds_gemv_t through
- * kv_b (which folds the block scale into the query instead), so the two
- * agree to f32 rounding.  qd: [nd][heads * qk] scratch.
- * Returns 0 where the kernel level has no ds_gemm_tn_f32 or there is no
- * memory for W_UK in f32. */
-static int absorb_queries(ds_model *m, int layer, const mla_dims *d, const float *q, const int *rows, int nd,
-                          float *qd, float *qabs)
+ * ds_gemm_t per head through kv_b for all of them, each row of W_UK
+ * converted once per step rather than once per sequence, and each query's
+ * result its own ds_gemv_t's (attend_absorbed) to the bit.  qd: [nd][heads
+ * * qk] scratch. */
+static void absorb_queries(const ds_layer_w *L, const mla_dims *d, const float *q, const int *rows, int nd, float *qd,
+                           float *qabs)
 {
-    const float *w_uk = ds_gemm_tn_fast() ? ds_weights_w_uk(m, layer) : NULL;
-    if (!w_uk)
-        return 0;
     const size_t qw = (size_t)d->nh * d->qk, aw = (size_t)d->nh * d->kvl;
     for (int j = 0; j < nd; j++)
         memcpy(qd + j * qw, q + (size_t)rows[j] * qw, sizeof(float) * qw);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int h = 0; h < d->nh; h++)
-        ds_gemm_tn_f32(w_uk + (size_t)h * d->nope * d->kvl, d->nope, d->kvl, qd + (size_t)h * d->qk, (int)qw,
-                       nd, qabs + (size_t)h * d->kvl, (int)aw);
-    return 1;
+        ds_gemm_t(&L->kv_b, h * d->kvb_rows, d->nope, qd + (size_t)h * d->qk, (int)qw, nd,
+                  qabs + (size_t)h * d->kvl, (int)aw);
 }
 
 ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, int bf16,
@@ -586,7 +575,7 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         nd += seqs[i].n == 1;
     float *olat = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
     float *ov = nd > 1 ? malloc(sizeof(float) * (size_t)nd * d.nh * d.vd) : NULL;
-    int absorb = nd >= ABSORB_MIN_SEQS;
+    int absorb = nd > 1;
     float *qabs = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.kvl) : NULL;
     float *qd = absorb ? malloc(sizeof(float) * (size_t)nd * d.nh * d.qk) : NULL;
     int *rows = absorb ? malloc(sizeof(int) * (size_t)nd) : NULL;
@@ -597,7 +586,7 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         for (int i = 0, j = 0; i < n_seqs; i++)
             if (seqs[i].n == 1)
                 rows[j++] = seqs[i].off;
-        absorb = absorb_queries(seqs[0].ctx->model, layer, &d, q, rows, nd, qd, qabs);
+        absorb_queries(L, &d, q, rows, nd, qd, qabs);
     }
     for (int i = 0, j = 0; i < n_seqs && st == DS_OK; i++) {
         const int dec = nd > 1 && seqs[i].n == 1;

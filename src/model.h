@@ -5,7 +5,6 @@
 #ifndef DS_MODEL_H
 #define DS_MODEL_H
 
-#include <pthread.h>
 #include <stdint.h>
 #include "dsinfer.h"
 #include "config.h"
@@ -21,7 +20,6 @@ typedef struct ds_layer_w {
     float *attn_norm, *ffn_norm;
     /* MLA */
     ds_mat q_a, q_b, kv_a, kv_b, o;
-    float *w_uk;           /* kv_b's W_UK rows in f32, [heads][nope][kvl]; made on first use (ds_weights_w_uk) */
     float *q_a_norm, *kv_a_norm;
     /* DSA lightning indexer (V3.2 only) */
     ds_mat idx_wq_b, idx_wk, idx_wproj;
@@ -80,7 +78,6 @@ struct ds_model {
     int64_t expert_bytes;  /* routed experts of the layers that run */
     int weights_in_ram;    /* the checkpoint was copied into process memory */
     int64_t dense_copy_bytes;  /* dense matrices copied into RAM by ds_weights_dense_to_ram */
-    pthread_mutex_t w_uk_mu;   /* makes layers[].w_uk */
 };
 
 /* Per-layer KV arena slices. */
@@ -128,9 +125,6 @@ static inline void ds_matmul(const ds_mat *m, int r0, int nrows, const float *X,
 
 /* weights.c */
 ds_status ds_weights_bind(ds_model *m, ds_error *err);
-/* Layer l's W_UK in f32 (see ds_layer_w.w_uk), made by the first caller;
- * NULL when there is no memory for it. */
-const float *ds_weights_w_uk(ds_model *m, int l);
 ds_status ds_weights_bind_expert(ds_model *m, int layer, int e, ds_ffn_w *w, ds_error *err);
 void *ds_model_own(ds_model *m, size_t bytes, ds_error *err);
 /* --numa replicate: one copy of every dense matrix in each node's memory. */

@@ -246,34 +246,6 @@ ds_status ds_weights_bind(ds_model *m, ds_error *err)
     return DS_OK;
 }
 
-/* w_uk: the W_UK rows of kv_b (each head's first nope rows) dequantized
- * to f32, [heads][nope][kvl], so the queries of several decoding sequences
- * absorb through it as one product per head (mla.c), in f32 like
- * ds_gemv_t through kv_b.  Four bytes a weight (4 MiB a layer at mid's
- * shapes, 32 MiB at V3's, 2 GiB over its 61 layers), so it is made on the
- * first step that needs it: a model never batched never holds it.  Under
- * w_uk_mu; ds_model_own is otherwise only called while loading. */
-const float *ds_weights_w_uk(ds_model *m, int l)
-{
-    ds_layer_w *L = &m->layers[l];
-    const float *w = __atomic_load_n(&L->w_uk, __ATOMIC_ACQUIRE);
-    if (w)
-        return w;
-    pthread_mutex_lock(&m->w_uk_mu);
-    if (!L->w_uk) {
-        const ds_config *c = &m->cfg;
-        const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, kvl = c->kv_lora_rank;
-        float *b = ds_model_own(m, sizeof(float) * (size_t)nh * nope * kvl, NULL);
-        for (int h = 0; b && h < nh; h++)
-            for (int d = 0; d < nope; d++)
-                ds_mat_row(&L->kv_b, h * (nope + c->v_head_dim) + d, b + ((size_t)h * nope + d) * kvl);
-        __atomic_store_n(&L->w_uk, b, __ATOMIC_RELEASE);
-    }
-    w = L->w_uk;
-    pthread_mutex_unlock(&m->w_uk_mu);
-    return w;
-}
-
 /* The dense matrices of the model: everything but the routed experts (owned
  * by the expert cache) and the embedding (one row per token).  fn is called
  * on each; stops at the first error. */

@@ -192,6 +192,35 @@ static void check_gemv_t(const ds_kernels *k, const test_mat *t, int r0, int nro
     free(x), free(y), free(want);
 }
 
+/* gemm_t must give each token its gemv_t to the bit (batched decode's
+ * absorbed queries equal a lone sequence's); Y's stride gap stays as it
+ * was.  Levels without a form of their own loop gemv_t (ds_gemm_t). */
+static void check_gemm_t(const ds_kernels *k, const test_mat *t, int r0, int nrows, int n, const char *what)
+{
+    if (!k->gemm_t)
+        return;
+    const int cols = t->m.cols, ldx = nrows + 3, ldy = cols + 5;
+    float *X = rand_vec((size_t)n * ldx), *Y = malloc(sizeof(float) * (size_t)n * ldy);
+    float *want = malloc(sizeof(float) * (size_t)cols);
+    for (size_t i = 0; i < (size_t)n * ldy; i++)
+        Y[i] = -777.0f;
+    k->gemm_t(&t->m, r0, nrows, X, ldx, n, Y, ldy);
+    for (int tk = 0; tk < n; tk++) {
+        k->gemv_t(&t->m, r0, nrows, X + (size_t)tk * ldx, want);
+        for (int c = 0; c < ldy; c++) {
+            const float got = Y[(size_t)tk * ldy + c];
+            checks++;
+            if (c >= cols ? got != -777.0f : memcmp(&got, &want[c], sizeof got) != 0) {
+                FAIL("%s %s: gemm_t r0=%d n=%d token %d col %d: %.9g vs gemv_t %.9g", k->name, what, r0, n, tk, c,
+                     got, c < cols ? want[c] : -777.0f);
+                goto out;
+            }
+        }
+    }
+out:
+    free(X), free(Y), free(want);
+}
+
 /* Y has stride ldy > nrows; the gap must stay untouched. */
 static void check_gemm(const ds_kernels *k, const test_mat *t, int r0, int nrows, int n, const char *what)
 {
@@ -251,6 +280,7 @@ static void check_matrices(const ds_kernels *k)
                     check_gemv_t(k, &t, rows / 3, rows - rows / 3 - 1, what);
                 }
                 for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++) {
+                    check_gemm_t(k, &t, rows > 2 ? 1 : 0, rows > 2 ? rows - 2 : rows, n_list[ni], what);
                     check_gemm(k, &t, 0, rows, n_list[ni], what);
                     if (rows > 2)
                         check_gemm(k, &t, 2, rows - 2, n_list[ni], what);
