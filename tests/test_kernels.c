@@ -384,6 +384,35 @@ out:
     free(X), free(Y), free(W);
 }
 
+/* Eight tokens at once (column chunks) against each token alone (whole
+ * rows): the same products in another order, so within sqrt(cols)
+ * roundings of mag for random signs (2 % of it seen), a bound far tighter than
+ * check_gemm_bf16_one's worst case; a chunk that paired the wrong
+ * activations, sums or scales (Q4_K's min terms are small next to that
+ * worst case) lands far outside it. */
+static void check_chunks_vs_alone(const test_mat *t, const char *what)
+{
+    enum { N = 8 };
+    const int rows = t->m.rows, cols = t->m.cols;
+    float *X = rand_vec((size_t)N * cols), *Y = malloc(sizeof(float) * (size_t)N * rows);
+    float *y1 = malloc(sizeof(float) * (size_t)rows);
+    ds_gemm_bf16(&t->m, 0, rows, X, cols, N, Y, rows);
+    for (int tk = 0; tk < N; tk++) {
+        ds_gemm_bf16(&t->m, 0, rows, X + (size_t)tk * cols, cols, 1, y1, rows);
+        for (int i = 0; i < rows; i++) {
+            const double tol = sqrt((double)cols) * ldexp(1.0, -24) * bf16_mag(t, i, X + (size_t)tk * cols);
+            checks++;
+            if (fabs((double)Y[(size_t)tk * rows + i] - y1[i]) > tol) {
+                FAIL("gemm_bf16 %s: 8 tokens vs alone: token %d row %d: %.9g vs %.9g (tol %.3g)", what, tk, i,
+                     Y[(size_t)tk * rows + i], y1[i], tol);
+                goto out;
+            }
+        }
+    }
+out:
+    free(X), free(Y), free(y1);
+}
+
 static void check_gemm_bf16(void)
 {
     /* 1000 x 129 and 600 x 300: past ds_worth_threads, the rows split across threads */
@@ -411,6 +440,24 @@ static void check_gemm_bf16(void)
                 }
                 free_mat(&t);
             }
+    }
+    /* Rows wide enough that 7 or 8 tokens' activations go by in column
+     * chunks (SMALL_X_BYTES in kernels_avx512bf16.c), each type's last
+     * chunk partial: 2600 = 2 x 1024 + 552 (a masked FP8 tail), Q8_0's 81
+     * blocks end on a lone one, Q4_K's 18 = 8 + 8 + 2. */
+    static const int wide_rows[] = {5, 67};
+    static const int wide_n[] = {7, 8, 13};
+    for (int kind = 0; kind < W_COUNT; kind++) {
+        const int cols = kind == W_Q8_0 ? 81 * 32 : kind == W_Q4_K ? 18 * 256 : 2600;
+        for (size_t ri = 0; ri < sizeof wide_rows / sizeof *wide_rows; ri++) {
+            test_mat t;
+            make_mat(&t, (enum wkind)kind, wide_rows[ri], cols);
+            snprintf(what, sizeof what, "%s %dx%d", wkind_names[kind], wide_rows[ri], cols);
+            for (size_t ni = 0; ni < sizeof wide_n / sizeof *wide_n; ni++)
+                check_gemm_bf16_one(&t, 1, wide_rows[ri] - 1, wide_n[ni], what);
+            check_chunks_vs_alone(&t, what);
+            free_mat(&t);
+        }
     }
 }
 
