@@ -331,6 +331,14 @@ void ds_index_proj_free(ds_index_proj *p)
     p->k = p->q = p->w = NULL;
 }
 
+/* A decode step that sees no more keys than index_topk selects them all,
+ * in position order, whatever their scores: neither the query nor the
+ * scores are needed (a traced run still computes them, for the trace). */
+static int all_keys_selected(const ds_context *c, int T, int start)
+{
+    return T == 1 && !c->trace && start + 1 <= c->model->cfg.index_topk;
+}
+
 ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, int T, int start, int32_t *sel,
                          int *nsel, int sel_stride, ds_error *err)
 {
@@ -344,6 +352,10 @@ ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, in
     /* Keys of these rows first: queries may select any of them. */
     for (int t = 0; t < T; t++)
         index_key(c, layer, p->k + (size_t)(row + t) * 2 * id, start + t);
+    if (all_keys_selected(c, T, start)) {   /* the query's transform would go unused */
+        free(q8);
+        return ds_indexer_select(c, layer, NULL, NULL, T, start, sel, nsel, sel_stride, err);
+    }
     float *wrow = p->w + (size_t)row * ih;
     const float head_scale = 1.0f / sqrtf((float)ih), dim_scale = 1.0f / sqrtf((float)id);
     for (int t = 0; t < T; t++) {
@@ -562,12 +574,12 @@ ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const f
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads, topk = cfg->index_topk;
     ds_status st = DS_OK;
 #ifdef DS_HAVE_CUDA
-    if (gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
+    if (!all_keys_selected(c, T, start) && gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
         return DS_OK;
 #endif
 
     int fail = 0;
-    if (T == 1 && !c->trace && start + 1 <= topk) {   /* every key is selected */
+    if (all_keys_selected(c, T, start)) {
         for (int j = 0; j <= start; j++)
             sel[j] = j;
         nsel[0] = start + 1;
