@@ -327,12 +327,16 @@ void ds_attn_pack_q(const float *qabs, int ldqa, const float *qr, int ldqr, int 
 {
     const int ncl = (kvl + 15) / 16, ncr = (rope + 15) / 16;
     memset(qp, 0, sizeof(float) * ds_attn_q_floats(nh, kvl, rope));
+    /* a head's 16 columns of a chunk are contiguous on both sides: copied
+     * as runs (element by element with a 1 KiB stride, 7 us a query) */
     for (int h = 0; h < nh; h++) {
         float *qb = qp + (size_t)(h / 16) * (ncl + ncr) * 256 + (h % 16) * 16;
-        for (int c = 0; c < kvl; c++)
-            qb[(size_t)(c / 16) * 256 + c % 16] = qabs[(size_t)h * ldqa + c];
-        for (int r = 0; r < rope; r++)
-            qb[(size_t)(ncl + r / 16) * 256 + r % 16] = qr[(size_t)h * ldqr + r];
+        for (int c = 0; c < kvl; c += 16)
+            memcpy(qb + (size_t)(c / 16) * 256, qabs + (size_t)h * ldqa + c,
+                   sizeof(float) * (size_t)(kvl - c < 16 ? kvl - c : 16));
+        for (int r = 0; r < rope; r += 16)
+            memcpy(qb + (size_t)(ncl + r / 16) * 256, qr + (size_t)h * ldqr + r,
+                   sizeof(float) * (size_t)(rope - r < 16 ? rope - r : 16));
     }
 }
 
