@@ -434,17 +434,35 @@ static void gemm_small(const ds_mat *m, int r0, int nrows, const float *X, int l
 static void avx512_mat_row(const ds_mat *m, int r, float *out) { convert_span(m, r, 0, m->cols, out); }
 
 /* Short rows (an attention head's slice of kv_b) are prefetched GEMV_AHEAD
- * rows ahead: the hardware prefetchers barely ramp up on them. */
+ * rows ahead: the hardware prefetchers barely ramp up on them.  The first
+ * GEMV_AHEAD rows of a range are fetched before it starts, or a head's
+ * slice would begin with that many misses one after another. */
 enum { GEMV_AHEAD = 8, GEMV_PF_MAX_BYTES = 2048 };
+
+/* Every cache line of [p, p + bytes) (rows of 288 bytes, Q4_K at 512
+ * columns, straddle one more line than bytes / 64). */
+INL void prefetch_span(const void *p, size_t bytes)
+{
+    const uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, e = (uintptr_t)p + bytes;
+    for (uintptr_t b = a; b < e; b += 64)
+        __builtin_prefetch((const void *)b, 0, 3);
+}
+
+/* Rows [i, i + n) of a range of nrows at w (rb bytes each), clipped. */
+INL void prefetch_short_rows(const uint8_t *w, size_t rb, int i, int n, int nrows)
+{
+    if (rb <= GEMV_PF_MAX_BYTES && i < nrows)
+        prefetch_span(w, (size_t)(i + n < nrows ? n : nrows - i) * rb);
+}
 
 NOINL void gemv_rows(const ds_mat *m, int r0, int i0, int i1, int nrows, const float *x, float *y)
 {
     const size_t rb = ds_mat_row_bytes(m);
-    const int pf = rb <= GEMV_PF_MAX_BYTES;
+    if (i0 < i1)
+        prefetch_short_rows(row_ptr(m, r0 + i0), rb, i0, GEMV_AHEAD, i1);
     for (int i = i0; i < i1; i++) {
-        if (pf && i + GEMV_AHEAD < nrows)
-            for (size_t b = 0; b < rb; b += 64)
-                __builtin_prefetch((const uint8_t *)row_ptr(m, r0 + i + GEMV_AHEAD) + b, 0, 3);
+        if (i + GEMV_AHEAD < i1)
+            prefetch_short_rows(row_ptr(m, r0 + i + GEMV_AHEAD), rb, i + GEMV_AHEAD, 1, nrows);
         y[i] = row_dot(m, r0 + i, x);
     }
 }
@@ -539,9 +557,9 @@ NOINL void row_axpy(const ds_mat *m, int r, float a, float *y)
  * fetched whole GEMV_AHEAD rows ahead of row i at w. */
 INL void prefetch_row_ahead(const uint8_t *w, size_t rb, int i, int nrows)
 {
-    if (rb <= GEMV_PF_MAX_BYTES && i + GEMV_AHEAD < nrows)
-        for (size_t b = 0; b < rb; b += 64)
-            __builtin_prefetch(w + GEMV_AHEAD * rb + b, 0, 3);
+    if (i == 0)
+        prefetch_short_rows(w, rb, 0, GEMV_AHEAD, nrows);
+    prefetch_short_rows(w + GEMV_AHEAD * rb, rb, i + GEMV_AHEAD, 1, nrows);
 }
 
 /* acc[v] += x_i * W[i][c0 + 16 v ..] for a Q8_0 / Q4_K row at w: each
