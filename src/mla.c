@@ -187,33 +187,62 @@ typedef struct fused_job {
     float scale;
 } fused_job;
 
-/* One thread's part of latent_sum_fused, inside its region or, for one
- * thread, called alone (the barriers and loops then bind to a team of
- * one): entering a region costs 1.5 us even under if (0). */
-static void fused_team(const fused_job *j)
+static void fused_scores(const fused_job *j, int t)
 {
-    const int t = omp_get_thread_num(), nk = j->nk, nhb = j->nhb;
     for (int g, k; (k = ds_split_next(j->split, t, 1, &g)) > 0;) {
-        const int i0 = g * j->bk, i1 = i0 + j->bk < nk ? i0 + j->bk : nk;
+        const int i0 = g * j->bk, i1 = i0 + j->bk < j->nk ? i0 + j->bk : j->nk;
         if (i1 > i0)
-            ds_attn_scores(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 - i0, j->qp, nhb, j->s + (size_t)i0 * 16, nk);
+            ds_attn_scores(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 - i0, j->qp, j->nhb, j->s + (size_t)i0 * 16,
+                           j->nk);
         j->owner[g] = t;
     }
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int b = 0; b < nhb; b++)
-        ds_attn_softmax(j->s + (size_t)b * nk * 16, nk, 1, nk, j->scale);
+}
+
+static void fused_wsum(const fused_job *j, int t)
+{
     for (int g = 0; g < j->nblk; g++) {
-        const int i0 = g * j->bk, i1 = i0 + j->bk < nk ? i0 + j->bk : nk;
+        const int i0 = g * j->bk, i1 = i0 + j->bk < j->nk ? i0 + j->bk : j->nk;
         if (j->owner[g] == t)   /* an empty block's partial is written as zeros */
-            ds_attn_wsum(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 > i0 ? i1 - i0 : 0, j->s + (size_t)i0 * 16, nhb,
-                         nk, j->part + (size_t)g * j->part_floats);
+            ds_attn_wsum(j->keys, j->sel ? j->sel + i0 : NULL, i0, i1 > i0 ? i1 - i0 : 0, j->s + (size_t)i0 * 16,
+                         j->nhb, j->nk, j->part + (size_t)g * j->part_floats);
     }
+}
+
+/* The partials from x on, in block order, into block 0's. */
+static void fused_add(const fused_job *j, size_t x)
+{
+    for (int g = 1; g < j->nblk; g++)
+        ds_axpy(1.0f, j->part + (size_t)g * j->part_floats + x, j->part + x, 256);
+}
+
+/* One thread's part of latent_sum_fused, inside its region. */
+static void fused_team(const fused_job *j)
+{
+    const int t = omp_get_thread_num();
+    fused_scores(j, t);
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (size_t x = 0; x < j->part_floats; x += 256)   /* the partials in block order, into block 0's */
-        for (int g = 1; g < j->nblk; g++)
-            ds_axpy(1.0f, j->part + (size_t)g * j->part_floats + x, j->part + x, 256);
+    for (int b = 0; b < j->nhb; b++)
+        ds_attn_softmax(j->s + (size_t)b * j->nk * 16, j->nk, 1, j->nk, j->scale);
+    fused_wsum(j, t);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < j->part_floats; x += 256)
+        fused_add(j, x);
+}
+
+/* The same for one thread, without a region (entering one costs 1.5 us
+ * even under if (0)) and without worksharing constructs, which inside
+ * another region (sequences attended in parallel) would bind to its
+ * team. */
+static void fused_alone(const fused_job *j)
+{
+    fused_scores(j, 0);
+    for (int b = 0; b < j->nhb; b++)
+        ds_attn_softmax(j->s + (size_t)b * j->nk * 16, j->nk, 1, j->nk, j->scale);
+    fused_wsum(j, 0);
+    for (size_t x = 0; x < j->part_floats; x += 256)
+        fused_add(j, x);
 }
 
 static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, const float *q, const float *qabs,
@@ -222,7 +251,7 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
     ds_attn_keys keys;
     ds_kv_attn_keys(c, layer, &keys);
     const int nhb = (d->nh + DS_ATTN_HB - 1) / DS_ATTN_HB, nc = (d->kvl + 15) / 16;
-    const int nt = nk >= 64 ? omp_get_max_threads() : 1;
+    const int nt = nk >= 64 && !omp_in_parallel() ? omp_get_max_threads() : 1;
     /* blocks of at least ATTN_BLOCK_MIN keys, a few per thread (each one
      * partial of nhb * nc * 256 floats) */
     int nblk = (nk + ATTN_BLOCK_MIN - 1) / ATTN_BLOCK_MIN;
@@ -247,7 +276,7 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
 #pragma omp parallel num_threads(nt)
         fused_team(&job);
     } else
-        fused_team(&job);
+        fused_alone(&job);
     for (int h = 0; h < d->nh; h++)   /* 16 contiguous columns of head h */
         for (int cc = 0; cc < nc; cc++) {
             const int w = d->kvl - 16 * cc < 16 ? d->kvl - 16 * cc : 16;
@@ -547,6 +576,55 @@ static void absorb_queries(const ds_layer_w *L, const mla_dims *d, const float *
                   qabs + (size_t)h * d->kvl, (int)aw);
 }
 
+/* Whether the decoding sequences of a step attend in parallel, a thread a
+ * sequence: their fixed costs (packing, a region and its barriers per
+ * sequence, the indexer's query) took longer than the attention itself at
+ * short contexts.  Not under a trace hook (its callback need not be
+ * thread-safe) nor with a device indexer, which serves one call at a time. */
+static int seqs_in_parallel(const ds_mla_seq *seqs, int n_seqs)
+{
+    if (omp_get_max_threads() < 2 || omp_in_parallel())
+        return 0;
+    for (int i = 0; i < n_seqs; i++)
+        if (seqs[i].ctx->trace || seqs[i].ctx->gpu_idx)
+            return 0;
+    return 1;
+}
+
+/* attend_seq for every decoding sequence (one token), whole sequences to
+ * whichever thread is free; the j-th of them leaves its weighted latents
+ * in olat[j] (and reads its absorbed query at qabs[j] where given).  Each
+ * runs the one-thread forms of the attention kernels, so its result is
+ * its own whatever the interleaving. */
+static ds_status attend_decoding(const ds_mla_seq *seqs, int n_seqs, int layer, ds_index_proj *ip, const float *q,
+                                 const float *qabs, int bf16, float *o, float *olat, ds_error *err)
+{
+    const mla_dims d = dims_of(&seqs[0].ctx->model->cfg);
+    int *slot = malloc(sizeof(int) * (size_t)n_seqs);
+    if (!slot)
+        return ds_fail(err, DS_ERR_NOMEM, "out of memory in attention");
+    for (int i = 0, j = 0; i < n_seqs; i++)
+        slot[i] = seqs[i].n == 1 ? j++ : -1;
+    ds_status st = DS_OK;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n_seqs; i++) {
+        if (slot[i] < 0)
+            continue;
+        const size_t at = (size_t)slot[i] * d.nh * d.kvl;
+        ds_error e;
+        const ds_status s = attend_seq(&seqs[i], layer, ip, q, qabs ? qabs + at : NULL, bf16, o, olat + at, &e);
+        if (s != DS_OK)
+#pragma omp critical(ds_mla_error)
+            if (st == DS_OK) {
+                st = s;
+                if (err)
+                    *err = e;
+            }
+    }
+    free(slot);
+    return st;
+}
+
 ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const float *x, int T, int bf16,
                          float *out, ds_error *err)
 {
@@ -588,12 +666,17 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
                 rows[j++] = seqs[i].off;
         absorb_queries(L, &d, q, rows, nd, qd, qabs);
     }
+    const int par = nd > 1 && seqs_in_parallel(seqs, n_seqs);
+    if (par)
+        st = attend_decoding(seqs, n_seqs, layer, m->cfg.is_v32 ? &ip : NULL, q, absorb ? qabs : NULL, bf16, o,
+                             olat, err);
     for (int i = 0, j = 0; i < n_seqs && st == DS_OK; i++) {
         const int dec = nd > 1 && seqs[i].n == 1;
         float *ol = dec ? olat + (size_t)j * d.nh * d.kvl : NULL;
         const float *qa = dec && absorb ? qabs + (size_t)j * d.nh * d.kvl : NULL;
         j += dec;
-        st = attend_seq(&seqs[i], layer, m->cfg.is_v32 ? &ip : NULL, q, qa, bf16, o, ol, err);
+        if (!(par && dec))
+            st = attend_seq(&seqs[i], layer, m->cfg.is_v32 ? &ip : NULL, q, qa, bf16, o, ol, err);
     }
     if (st == DS_OK && nd > 1) {
 #pragma omp parallel for schedule(dynamic, 1)

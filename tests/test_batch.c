@@ -35,35 +35,40 @@ static float max_diff(const float *a, const float *b, size_t n)
     return d;
 }
 
-/* Five sequences decoding in one step: from four on, their queries absorb
- * through W_UK in one product per head (mla.c) instead of one each.  Each
- * sequence is prefilled alone to its own length, twice (one copy decodes
- * in the batch, one alone), then three decode steps must agree. */
+/* Five sequences decoding in one step: their queries absorb through kv_b
+ * in one product per head and they attend in parallel, a thread each
+ * (mla.c).  Each sequence is prefilled alone to its own length, twice
+ * (one copy decodes in the batch, one alone), then three decode steps
+ * must agree. */
 static void test_many_decoding(ds_model *m)
 {
     enum { NS = 5, STEPS = 3 };
     const int V = ds_model_get_info(m)->vocab_size;
     ds_context *bc[NS], *sc[NS];
-    int32_t tok[NS][16];
+    /* past the model's index_topk (16) the indexer selects, and from 64
+     * keys a lone sequence's attention splits across threads: decoding
+     * sequences attend in parallel, one thread each */
+    static const int lens[NS] = {3, 7, 11, 19, 70};
+    int32_t tok[NS][80];
     float *lb = calloc((size_t)NS * V, sizeof(float)), *ls = calloc((size_t)V, sizeof(float));
     float worst = 0.0f;
     ds_error err;
     for (int s = 0; s < NS; s++) {
-        const int len = 3 + 2 * s;
-        for (int i = 0; i < 16; i++)
+        const int len = lens[s];
+        for (int i = 0; i < 80; i++)
             tok[s][i] = i ? (i * (17 + 6 * s) + 5 * s) % V : 0;
-        bc[s] = ctx(m, 64);
-        sc[s] = ctx(m, 64);
+        bc[s] = ctx(m, 96);
+        sc[s] = ctx(m, 96);
         CHECK(ds_eval(bc[s], tok[s], len, NULL, 0, &err) == DS_OK && ds_eval(sc[s], tok[s], len, NULL, 0, &err) == DS_OK,
               "prefill %d: %s", s, err.msg);
     }
     for (int k = 0; k < STEPS; k++) {
         ds_batch_item items[NS];
         for (int s = 0; s < NS; s++)
-            items[s] = (ds_batch_item){bc[s], &tok[s][3 + 2 * s + k], 1, lb + (size_t)s * V, 0};
+            items[s] = (ds_batch_item){bc[s], &tok[s][lens[s] + k], 1, lb + (size_t)s * V, 0};
         CHECK(ds_eval_batch(items, NS, &err) == DS_OK, "decode step %d: %s", k, err.msg);
         for (int s = 0; s < NS; s++) {
-            CHECK(ds_eval(sc[s], &tok[s][3 + 2 * s + k], 1, ls, 0, &err) == DS_OK, "alone %d: %s", s, err.msg);
+            CHECK(ds_eval(sc[s], &tok[s][lens[s] + k], 1, ls, 0, &err) == DS_OK, "alone %d: %s", s, err.msg);
             worst = fmaxf(worst, max_diff(lb + (size_t)s * V, ls, (size_t)V));
         }
     }
