@@ -251,11 +251,14 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
     ds_attn_keys keys;
     ds_kv_attn_keys(c, layer, &keys);
     const int nhb = (d->nh + DS_ATTN_HB - 1) / DS_ATTN_HB, nc = (d->kvl + 15) / 16;
-    const int nt = nk >= 64 && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    /* team: the threads a lone sequence's keys split across; one thread
+     * works alone inside another region (sequences attended in parallel)
+     * but on the same blocks, so its sums are the lone sequence's */
+    const int team = nk >= 64 ? omp_get_max_threads() : 1, nt = omp_in_parallel() ? 1 : team;
     /* blocks of at least ATTN_BLOCK_MIN keys, a few per thread (each one
      * partial of nhb * nc * 256 floats) */
     int nblk = (nk + ATTN_BLOCK_MIN - 1) / ATTN_BLOCK_MIN;
-    nblk = nblk < ATTN_BLOCKS_PER_THREAD * nt ? nblk : ATTN_BLOCKS_PER_THREAD * nt;
+    nblk = nblk < ATTN_BLOCKS_PER_THREAD * team ? nblk : ATTN_BLOCKS_PER_THREAD * team;
     nblk = nblk > 0 ? nblk : 1;
     const int bk = (nk + nblk - 1) / nblk;
     const size_t part_floats = (size_t)nhb * nc * 256;
@@ -594,8 +597,9 @@ static int seqs_in_parallel(const ds_mla_seq *seqs, int n_seqs)
 /* attend_seq for every decoding sequence (one token), whole sequences to
  * whichever thread is free; the j-th of them leaves its weighted latents
  * in olat[j] (and reads its absorbed query at qabs[j] where given).  Each
- * runs the one-thread forms of the attention kernels, so its result is
- * its own whatever the interleaving. */
+ * runs the one-thread forms of the attention kernels on the blocks a lone
+ * sequence would split across its team, so its weighted latents are the
+ * lone sequence's to the bit, whatever the interleaving. */
 static ds_status attend_decoding(const ds_mla_seq *seqs, int n_seqs, int layer, ds_index_proj *ip, const float *q,
                                  const float *qabs, int bf16, float *o, float *olat, ds_error *err)
 {
