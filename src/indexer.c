@@ -333,10 +333,14 @@ void ds_index_proj_free(ds_index_proj *p)
 
 /* A decode step that sees no more keys than index_topk selects them all,
  * in position order, whatever their scores: neither the query nor the
- * scores are needed (a traced run still computes them, for the trace). */
+ * scores are needed (a traced run still computes them, for the trace).
+ * With a device indexer the step still goes through gpu_select, whose key
+ * upload must see every position as it is written: after a truncation
+ * (the server's prefix reuse) the device may hold an older sequence's keys
+ * below its high-water mark. */
 static int all_keys_selected(const ds_context *c, int T, int start)
 {
-    return T == 1 && !c->trace && start + 1 <= c->model->cfg.index_topk;
+    return T == 1 && !c->trace && start + 1 <= c->model->cfg.index_topk && (!c->gpu_idx || c->gpu_idx_failed);
 }
 
 ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, int T, int start, int32_t *sel,
@@ -346,16 +350,14 @@ ds_status ds_indexer_run(ds_context *c, int layer, ds_index_proj *p, int row, in
     const ds_config *cfg = &m->cfg;
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads;
     pthread_once(&e4m3_int_once, fill_e4m3_int);
-    uint8_t *q8 = ds_calloc((size_t)T * ih * id, 1, err);
-    if (!q8)
-        return DS_ERR_NOMEM;
     /* Keys of these rows first: queries may select any of them. */
     for (int t = 0; t < T; t++)
         index_key(c, layer, p->k + (size_t)(row + t) * 2 * id, start + t);
-    if (all_keys_selected(c, T, start)) {   /* the query's transform would go unused */
-        free(q8);
+    if (all_keys_selected(c, T, start))   /* the query's transform would go unused */
         return ds_indexer_select(c, layer, NULL, NULL, T, start, sel, nsel, sel_stride, err);
-    }
+    uint8_t *q8 = ds_calloc((size_t)T * ih * id, 1, err);
+    if (!q8)
+        return DS_ERR_NOMEM;
     float *wrow = p->w + (size_t)row * ih;
     const float head_scale = 1.0f / sqrtf((float)ih), dim_scale = 1.0f / sqrtf((float)id);
     for (int t = 0; t < T; t++) {
@@ -574,7 +576,7 @@ ds_status ds_indexer_select(ds_context *c, int layer, const uint8_t *q8, const f
     const int id = cfg->index_head_dim, ih = cfg->index_n_heads, topk = cfg->index_topk;
     ds_status st = DS_OK;
 #ifdef DS_HAVE_CUDA
-    if (!all_keys_selected(c, T, start) && gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
+    if (gpu_select(c, layer, q8, wbuf, T, start, sel, nsel, sel_stride))
         return DS_OK;
 #endif
 
