@@ -130,16 +130,35 @@ NOINL float q8_0_row_dot(const ds_mat *m, int r, const float *x)
     return hsum(total);
 }
 
-/* The multipliers of sub-blocks 2g and 2g+1 of a Q4_K block: weight =
- * q * a - b with a = d * sc, b = dmin * m (both exact products). */
-INL void q4_k_pair(const uint8_t *blk, int g, __m512 a[2], __m512 bm[2])
+/* The multipliers of a Q4_K block's 8 sub-blocks, weight = q * a_j - b_j:
+ * a_j = d * sc_j in lane j, b_j = dmin * m_j in lane 8 + j (both exact
+ * products, as ds_q4_k_scale_min unpacks them).  Unpacked in vectors: the
+ * scalar unpacking per sub-block took longer than the 32 weights it
+ * scales in the f32 products (an attention head's W_UV, f32 decode). */
+INL __m512 q4_k_mults(const uint8_t *blk)
 {
-    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    /* lanes: sc0-3 = s0-3 & 63, sc4-7 = (s8-11 & 15) | (s0-3 >> 6) << 4,
+     * m0-3 = s4-7 & 63, m4-7 = (s8-11 >> 4) | (s4-7 >> 6) << 4 */
+    const __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(blk + DS_Q4_K_OFF_SCALES));
+    const __m128i lo = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i hi = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4);
+    const __m512i mask = _mm512_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15);
+    const __m512i v = _mm512_or_si512(_mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(lo), sh), mask),
+                                      _mm512_slli_epi32(_mm512_srli_epi32(_mm512_cvtepu8_epi32(hi), 6), 4));
+    uint32_t ddm;
+    memcpy(&ddm, blk, 4);
+    const __m512 d2 = _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_cvtsi32_si128((int)ddm)));   /* d, dmin */
+    const __m512 dd = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), d2);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(v), dd);
+}
+
+/* The multipliers of sub-blocks 2g and 2g+1 from q4_k_mults. */
+INL void q4_k_pair(__m512 mults, int g, __m512 a[2], __m512 bm[2])
+{
     for (int h = 0; h < 2; h++) {
-        int sc, mn;
-        ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, 2 * g + h, &sc, &mn);
-        a[h] = _mm512_set1_ps(d * (float)sc);
-        bm[h] = _mm512_set1_ps(dmin * (float)mn);
+        a[h] = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * g + h), mults);
+        bm[h] = _mm512_permutexvar_ps(_mm512_set1_epi32(8 + 2 * g + h), mults);
     }
 }
 
@@ -156,10 +175,11 @@ NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
 {
     const uint8_t *b = row_ptr(m, r);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES) {
+        const __m512 mults = q4_k_mults(b);
         for (int g = 0; g < 4; g++) {
             __m512 a[2], bm[2];
-            q4_k_pair(b, g, a, bm);
+            q4_k_pair(mults, g, a, bm);
             const float *xg = x + c0 + 64 * g;
             for (int l = 0; l < 32; l += VW) {
                 __m512 lo, hi;
@@ -168,6 +188,7 @@ NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
                 acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 32 + l), acc1);
             }
         }
+    }
     return hsum(_mm512_add_ps(acc0, acc1));
 }
 
@@ -181,9 +202,10 @@ INL void block_decode(ds_dtype dt, const uint8_t *b, float *out)
         _mm512_storeu_ps(out + 16, _mm512_mul_ps(q8x16(b + 18), d));
         return;
     }
+    const __m512 mults = q4_k_mults(b);
     for (int g = 0; g < 4; g++) {
         __m512 a[2], bm[2];
-        q4_k_pair(b, g, a, bm);
+        q4_k_pair(mults, g, a, bm);
         for (int l = 0; l < 32; l += VW) {
             __m512 lo, hi;
             q4_k_w16(b, g, l, a, bm, &lo, &hi);
@@ -357,12 +379,16 @@ INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, co
         }
         break;
     case DS_DT_Q4_K:
-        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES) {
+            __m512 mults[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++)
+                mults[i] = q4_k_mults(w[i] + b);
             for (int g = 0; g < 4; g++) {
                 prefetch_rows(pf, rb, (size_t)b + 36 * g, 36);
                 for (int i = 0; i < rb; i++) {
                     __m512 a[2], bm[2], lo0, hi0, lo1, hi1;
-                    q4_k_pair(w[i] + b, g, a, bm);
+                    q4_k_pair(mults[i], g, a, bm);
                     q4_k_w16(w[i] + b, g, 0, a, bm, &lo0, &hi0);
                     q4_k_w16(w[i] + b, g, VW, a, bm, &lo1, &hi1);
                     const int c = c0 + 64 * g;
@@ -372,6 +398,7 @@ INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, co
                     fma_tokens(acc, i, hi1, X, ldx, c + 48, nt, 0xffff);
                 }
             }
+        }
         break;
     default:
         break;
@@ -582,10 +609,11 @@ INL void gemv_t_row_q(ds_dtype dt, const uint8_t *w, int c0, int left, float xi,
         return;
     }
     const uint8_t *b = w + (size_t)(c0 / DS_Q4_K_BLOCK) * DS_Q4_K_BYTES;
+    const __m512 mults = q4_k_mults(b);
 #pragma GCC unroll 4
     for (int g = 0; g < 4; g++) {
         __m512 a[2], bm[2];
-        q4_k_pair(b, g, a, bm);
+        q4_k_pair(mults, g, a, bm);
 #pragma GCC unroll 2
         for (int l = 0; l < 2; l++) {
             __m512 lo, hi;
