@@ -254,12 +254,14 @@ static ds_status latent_sum_fused(ds_context *c, int layer, const mla_dims *d, c
     /* team: the threads a lone sequence's keys split across; one thread
      * works alone inside another region (sequences attended in parallel)
      * but on the same blocks, so its sums are the lone sequence's */
-    const int team = nk >= 64 ? omp_get_max_threads() : 1, nt = omp_in_parallel() ? 1 : team;
+    const int team = nk >= 64 ? omp_get_max_threads() : 1;
     /* blocks of at least ATTN_BLOCK_MIN keys, a few per thread (each one
      * partial of nhb * nc * 256 floats) */
     int nblk = (nk + ATTN_BLOCK_MIN - 1) / ATTN_BLOCK_MIN;
     nblk = nblk < ATTN_BLOCKS_PER_THREAD * team ? nblk : ATTN_BLOCKS_PER_THREAD * team;
     nblk = nblk > 0 ? nblk : 1;
+    /* a single block is one thread's work: a team would only wait on it */
+    const int nt = omp_in_parallel() || nblk == 1 ? 1 : team;
     const int bk = (nk + nblk - 1) / nblk;
     const size_t part_floats = (size_t)nhb * nc * 256;
     /* 64-byte aligned, not zeroed: ds_attn_pack_q and ds_attn_wsum write
