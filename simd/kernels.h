@@ -71,6 +71,22 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
  * instructions a weight than bf16 ones. */
 #define DS_GEMM_BF16_MIN_N 16
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+/* One of several products of a step with the same n tokens: rows
+ * [r0, r0 + nrows) of m against X (stride ldx) into Y (stride ldy). */
+typedef struct ds_gemm_part {
+    const ds_mat *m;
+    int r0, nrows;
+    const float *X;
+    int ldx;
+    float *Y;
+    int ldy;
+} ds_gemm_part;
+/* ds_gemm_bf16 of every part, each part's results its own call's to the
+ * bit.  Below DS_GEMM_BF16_MIN_N tokens on the streaming kernel the parts'
+ * rows are split across the threads in one region (products of the same
+ * activations, such as MLA's q_a and kv_a, were a region each, with a
+ * barrier each); activations shared by parts are packed once. */
+void ds_gemm_bf16_parts(const ds_gemm_part *p, int np, int n);
 /* ds_q4_k_act_round of n rows of X (stride ldx) into out [n][cols]. */
 void ds_q4_k_act_round_rows(const float *X, int ldx, int n, int cols, float *out);
 int ds_gemm_bf16_rounds(ds_dtype dt);

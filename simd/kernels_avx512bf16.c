@@ -464,6 +464,8 @@ enum {
 };
 
 enum xorder { X_NATURAL, X_PAIRS64 };
+int dsx_pf_bytes = 16384, dsx_hint = 3, dsx_far = 0;
+extern int dsx_pf_bytes, dsx_hint, dsx_far;
 
 /* What the tiles need of the matrix, worked out once per call: per-row
  * divisions and calls cost as much as a short row's arithmetic (an
@@ -941,9 +943,20 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const s
         const __m512i f = q4k_fields4(w, bo, RB);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
+            if (dsx_hint == 2) {
+            __builtin_prefetch(p[i] + bo, 0, 2);
+            __builtin_prefetch(p[i] + bo + 64, 0, 2);
+            __builtin_prefetch(p[i] + bo + 128, 0, 2);
+            } else {
             __builtin_prefetch(p[i] + bo, 0, 3);
             __builtin_prefetch(p[i] + bo + 64, 0, 3);
             __builtin_prefetch(p[i] + bo + 128, 0, 3);
+            }
+            if (dsx_far) {
+            __builtin_prefetch(p[i] + bo + dsx_far, 0, 2);
+            __builtin_prefetch(p[i] + bo + dsx_far + 64, 0, 2);
+            __builtin_prefetch(p[i] + bo + dsx_far + 128, 0, 2);
+            }
             const __m512i scw = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm512_extracti32x4_epi32(f, i & 3)));
             __m512i acc[SMALL_NT];
 #pragma GCC unroll 8
@@ -1105,75 +1118,176 @@ static void small_tiles(const small_mat *sm, ds_dtype dt, int r0, int nrows, int
     }
 }
 
-int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+/* Whether the streaming kernel takes m. */
+static int small_takes(const ds_mat *m)
 {
     const ds_dtype dt = m->dtype;
     if (dt != DS_DT_BF16 && dt != DS_DT_F8_E4M3 && dt != DS_DT_Q8_0 && dt != DS_DT_Q4_K)
         return 0;
     /* every CPU with AVX512_BF16 has VNNI too; VBMI is not in all */
     const ds_cpu_features *cf = ds_cpu_get_features();
-    if (!cf->avx512_vbmi || !cf->avx512_vnni || (dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK) ||
-        (dt == DS_DT_Q8_0 && m->cols % DS_Q8_0_BLOCK))
-        return 0;
-    pthread_once(&lut_once, lut_make);
-    const int cols = m->cols, ldb = (cols + XSTEP - 1) / XSTEP * XSTEP;
-    small_x sx = {0};
-    if (dt == DS_DT_Q4_K) {
-        const int nblk = cols / DS_Q4_K_BLOCK;
-        const size_t xq_b = up64((size_t)n * cols), xd_b = up64(sizeof(float) * (size_t)n * nblk);
-        uint8_t *buf = scratch_get(xq_b + xd_b + sizeof(float) * (size_t)n * 16 * nblk);
-        if (!buf)
-            return 0;
-        int8_t *xq = (int8_t *)buf;
-        float *xd = (float *)(buf + xq_b), *xs = (float *)(buf + xq_b + xd_b);
-        sx = (small_x){NULL, xq, xd, xs, 0, cols, nblk, 16 * nblk};
+    return cf->avx512_vbmi && cf->avx512_vnni && !(dt == DS_DT_Q4_K && m->cols % DS_Q4_K_BLOCK) &&
+           !(dt == DS_DT_Q8_0 && m->cols % DS_Q8_0_BLOCK);
+}
+
+/* How a part's activations are packed: Q4_K's int8 levels, or bf16 in
+ * the order its weights' conversion leaves them. */
+enum xkind { XK_Q4K, XK_NATURAL, XK_PAIRS64 };
+
+static enum xkind small_xkind(ds_dtype dt)
+{
+    return dt == DS_DT_Q4_K ? XK_Q4K : dt == DS_DT_BF16 ? XK_NATURAL : XK_PAIRS64;
+}
+
+static size_t small_x_bytes(enum xkind xk, int cols, int n)
+{
+    if (xk != XK_Q4K)
+        return up64(sizeof(uint16_t) * (size_t)n * ((cols + XSTEP - 1) / XSTEP * XSTEP));
+    const int nblk = cols / DS_Q4_K_BLOCK;
+    return up64((size_t)n * cols) + up64(sizeof(float) * (size_t)n * nblk) +
+           up64(sizeof(float) * (size_t)n * 16 * nblk);
+}
+
+/* n rows of X packed at buf (small_x_bytes of it) into *sx; 0 when a
+ * Q4_K activation block holds Inf or NaN. */
+static int small_x_pack(enum xkind xk, const float *X, int ldx, int n, int cols, uint8_t *buf, small_x *sx)
+{
+    if (xk != XK_Q4K) {
+        const int ldb = (cols + XSTEP - 1) / XSTEP * XSTEP;
+        uint16_t *xb = (uint16_t *)(void *)buf;
+        *sx = (small_x){xb, NULL, NULL, NULL, ldb, 0, 0, 0};
         for (int t = 0; t < n; t++)
-            if (!pack_x_q4k(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
-                            xs + (size_t)t * 16 * nblk))
-                return 0;
-    } else {
-        uint16_t *xb = scratch_get(sizeof(uint16_t) * (size_t)n * ldb);
-        if (!xb)
-            return 0;
-        sx = (small_x){xb, NULL, NULL, NULL, ldb, 0, 0, 0};
-        for (int t = 0; t < n; t++)
-            pack_x_small(X + (size_t)t * ldx, cols, dt == DS_DT_BF16 ? X_NATURAL : X_PAIRS64, ldb, xb + (size_t)t * ldb);
+            pack_x_small(X + (size_t)t * ldx, cols, xk == XK_NATURAL ? X_NATURAL : X_PAIRS64, ldb,
+                         xb + (size_t)t * ldb);
+        return 1;
     }
-    const size_t rb = ds_dtype_row_bytes(dt, cols);
-    const int rbk = SMALL_RB(dt, n < SMALL_NT ? n : SMALL_NT);
-    const size_t ahead = (SMALL_PF_BYTES + rb - 1) / rb;
-    const small_mat sm = {
+    const int nblk = cols / DS_Q4_K_BLOCK;
+    const size_t xq_b = up64((size_t)n * cols), xd_b = up64(sizeof(float) * (size_t)n * nblk);
+    int8_t *xq = (int8_t *)buf;
+    float *xd = (float *)(void *)(buf + xq_b), *xs = (float *)(void *)(buf + xq_b + xd_b);
+    *sx = (small_x){NULL, xq, xd, xs, 0, cols, nblk, 16 * nblk};
+    for (int t = 0; t < n; t++)
+        if (!pack_x_q4k(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                        xs + (size_t)t * 16 * nblk))
+            return 0;
+    return 1;
+}
+
+/* A part ready for the tiles: its matrix, packed activations and tiles. */
+typedef struct {
+    small_mat sm;
+    small_x sx;
+    ds_dtype dt;
+    int r0, nrows, rbk, ntile, ldy;
+    float *Y;
+} small_part;
+
+static small_mat small_mat_of(const ds_mat *m, int rbk)
+{
+    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols), ahead = ((size_t)dsx_pf_bytes + rb - 1) / rb;
+    return (small_mat){
         .data = (const uint8_t *)m->data,
         .last = (const uint8_t *)m->data + (size_t)(m->rows - 1) * rb,
         .rb = rb,
         .pfo = (ahead + rbk - 1) / rbk * rbk * rb,
         .scale = m->scale,
-        .cols = cols,
-        .nsb = (cols + DS_QBLOCK - 1) / DS_QBLOCK,
+        .cols = m->cols,
+        .nsb = (m->cols + DS_QBLOCK - 1) / DS_QBLOCK,
     };
-    /* each thread a contiguous range of whole tiles (worksplit.h: one that
-     * finishes early takes tiles from the back of another's), claimed
-     * ctile tiles at a time */
-    const int ntile = (nrows + rbk - 1) / rbk, ctile = 32;
-    const int nth = ds_worth_threads((long)nrows * cols) && !omp_in_parallel() ? omp_get_max_threads() : 1;
-    if (nth == 1) {
+}
+
+/* Each thread takes a contiguous range of whole tiles
+ * (worksplit.h: one that finishes early takes tiles from the back of
+ * another's), CTILE tiles a claim. */
+enum { CTILE = 32 };
+
+/* Tiles [g, g + k) of the parts' tiles in sequence; *next: where this
+ * thread's previous range ended (a range going on from it needs no fetch
+ * of its start). */
+static void small_parts_range(const small_part *pp, int np, int n, int g, int k, int *next)
+{
+    for (int i = 0, base = 0; i < np && k > 0; base += pp[i++].ntile) {
+        const int lo = g > base ? g : base, hi = g + k < base + pp[i].ntile ? g + k : base + pp[i].ntile;
+        if (hi <= lo)
+            continue;
+        small_tiles(&pp[i].sm, pp[i].dt, pp[i].r0, pp[i].nrows, pp[i].rbk, n, &pp[i].sx, pp[i].Y, pp[i].ldy, lo - base,
+                    hi - lo, lo == *next && lo > base);
+        *next = hi;
+    }
+}
+
+int ds_gemm_bf16_small_parts_avx512(const ds_gemm_part *p, int np, int n)
+{
+    if (np <= 0)
+        return 1;
+    for (int i = 0; i < np; i++)
+        if (!small_takes(p[i].m))
+            return 0;
+    pthread_once(&lut_once, lut_make);
+    /* activations packed once per distinct (X, ldx, cols, packing) */
+    int *src = malloc(sizeof(int) * (size_t)np);
+    size_t *off = malloc(sizeof(size_t) * (size_t)np);
+    small_part *pp = malloc(sizeof(small_part) * (size_t)np);
+    if (!src || !off || !pp) {
+        free(src), free(off), free(pp);
+        return 0;
+    }
+    size_t bytes = 0;
+    long work = 0;
+    int total = 0;
+    for (int i = 0; i < np; i++) {
+        const enum xkind xk = small_xkind(p[i].m->dtype);
+        src[i] = i;
+        for (int j = 0; j < i; j++)
+            if (src[j] == j && p[j].X == p[i].X && p[j].ldx == p[i].ldx && p[j].m->cols == p[i].m->cols &&
+                small_xkind(p[j].m->dtype) == xk) {
+                src[i] = j;
+                break;
+            }
+        if (src[i] == i) {
+            off[i] = bytes;
+            bytes += small_x_bytes(xk, p[i].m->cols, n);
+        }
+        const ds_dtype dt = p[i].m->dtype;
+        const int rbk = SMALL_RB(dt, n < SMALL_NT ? n : SMALL_NT);
+        pp[i] = (small_part){small_mat_of(p[i].m, rbk), {0}, dt, p[i].r0, p[i].nrows, rbk,
+                             (p[i].nrows + rbk - 1) / rbk, p[i].ldy, p[i].Y};
+        total += pp[i].ntile;
+        work += (long)p[i].nrows * p[i].m->cols;
+    }
+    uint8_t *buf = scratch_get(bytes);
+    int ok = buf != NULL;
+    for (int i = 0; i < np && ok; i++)
+        if (src[i] == i)
+            ok = small_x_pack(small_xkind(pp[i].dt), p[i].X, p[i].ldx, n, p[i].m->cols, buf + off[i], &pp[i].sx);
+        else
+            pp[i].sx = pp[src[i]].sx;
+    const int nth = ds_worth_threads(work) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    ds_split *split = ok && nth > 1 ? ds_split_begin(nth, total) : NULL;
+    if (ok && !split) {
         /* no region at all: entering one costs 1.5 us even under if (0),
          * 3 us inside the experts' region (measured here), where every
          * expert's three products come through this path */
-        for (int t0 = 0; t0 < ntile; t0 += ctile)
-            small_tiles(&sm, dt, r0, nrows, rbk, n, &sx, Y, ldy, t0, ntile - t0 < ctile ? ntile - t0 : ctile, t0 > 0);
-        return 1;
-    }
-    ds_split *split = ds_split_begin(nth, ntile);
-    if (!split)
-        return 0;   /* no memory: the rounded copy and the f32 kernels */
+        int next = -1;
+        for (int g = 0; g < total; g += CTILE)
+            small_parts_range(pp, np, n, g, total - g < CTILE ? total - g : CTILE, &next);
+    } else if (ok) {
 #pragma omp parallel num_threads(nth)
-    {
-        const int id = omp_get_thread_num();
-        for (int t0, k, next = -1; (k = ds_split_next(split, id, ctile, &t0)) > 0; next = t0 + k)
-            small_tiles(&sm, dt, r0, nrows, rbk, n, &sx, Y, ldy, t0, k, t0 == next);
+        {
+            const int id = omp_get_thread_num();
+            int next = -1;
+            for (int g, k; (k = ds_split_next(split, id, CTILE, &g)) > 0;)
+                small_parts_range(pp, np, n, g, k, &next);
+        }
     }
-    return 1;
+    free(src), free(off), free(pp);
+    return ok;
+}
+
+int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    const ds_gemm_part part = {m, r0, nrows, X, ldx, Y, ldy};
+    return ds_gemm_bf16_small_parts_avx512(&part, 1, n);
 }
 
 /* ---- the indexer's approximate scores ------------------------------------

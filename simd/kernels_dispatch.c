@@ -230,6 +230,20 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
     free(xq);
 }
 
+void ds_gemm_bf16_parts(const ds_gemm_part *p, int np, int n)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    /* a replicated matrix is split by node (gemm_bf16_small): on its own */
+    int one_region = ds_gemm_bf16_native() && n < DS_GEMM_BF16_MIN_N;
+    for (int i = 0; i < np && one_region; i++)
+        one_region = !p[i].m->copies && ds_gemm_bf16_rounds(p[i].m->dtype);
+    if (one_region && ds_gemm_bf16_small_parts_avx512(p, np, n))
+        return;
+#endif
+    for (int i = 0; i < np; i++)
+        ds_gemm_bf16(p[i].m, p[i].r0, p[i].nrows, p[i].X, p[i].ldx, n, p[i].Y, p[i].ldy);
+}
+
 int ds_gemm_tn_fast(void)
 {
     const ds_kernels *k = ds_kernels_active();

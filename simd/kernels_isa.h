@@ -102,6 +102,9 @@ int ds_gemm_bf16_avx512(const ds_mat *m, int r0, int nrows, const float *X, int 
  * when an activation block holds Inf or NaN. */
 int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y,
                               int ldy);
+/* The same for several parts (ds_gemm_bf16_parts) in one region; 0
+ * (nothing written) unless it takes every part. */
+int ds_gemm_bf16_small_parts_avx512(const ds_gemm_part *p, int np, int n);
 /* ds_q4_k_act_round (quant.h) on AVX-512F, bit for bit. */
 void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 /* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI straight from the key

@@ -295,8 +295,8 @@ static int gpu_select(ds_context *c, int layer, const uint8_t *q8, const float *
 }
 #endif
 
-ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const float *qr, int T, int bf16,
-                             ds_index_proj *p, ds_error *err)
+ds_status ds_indexer_parts(const ds_model *m, int layer, const float *x, const float *qr, int T, ds_index_proj *p,
+                           ds_gemm_part of_x[2], ds_gemm_part *of_qr, ds_error *err)
 {
     const ds_config *cfg = &m->cfg;
     const ds_layer_w *L = &m->layers[layer];
@@ -308,18 +308,31 @@ ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const
         ds_index_proj_free(p);
         return DS_ERR_NOMEM;
     }
+    of_x[0] = (ds_gemm_part){&L->idx_wk, 0, id, x, H, p->k, 2 * id};
+    of_x[1] = (ds_gemm_part){&L->idx_wproj, 0, ih, x, H, p->w, ih};
+    *of_qr = (ds_gemm_part){&L->idx_wq_b, 0, ih * id, qr, cfg->q_lora_rank, p->q, ih * id};
+    return DS_OK;
+}
+
+ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const float *qr, int T, int bf16,
+                             ds_index_proj *p, ds_error *err)
+{
+    ds_gemm_part px[2], pq;
+    const ds_status st = ds_indexer_parts(m, layer, x, qr, T, p, px, &pq, err);
+    if (st != DS_OK)
+        return st;
     /* The projections follow the step's precision like every other weight
      * product (in bf16 the selection is the reference's up to the rounding
      * of these activations, as the rest of the layer is).  In f32 the keys
      * go one row at a time: an FP8 key must not depend on the rows it was
      * computed with. */
     if (bf16)
-        ds_matmul(&L->idx_wk, 0, id, x, H, T, p->k, 2 * id, 1);
+        ds_matmul_parts(px, 1, T, 1);
     else
         for (int t = 0; t < T; t++)
-            ds_gemv(&L->idx_wk, 0, id, x + (size_t)t * H, p->k + (size_t)t * 2 * id);
-    ds_matmul(&L->idx_wq_b, 0, ih * id, qr, cfg->q_lora_rank, T, p->q, ih * id, bf16);
-    ds_matmul(&L->idx_wproj, 0, ih, x, H, T, p->w, ih, bf16);
+            ds_gemv(px[0].m, 0, px[0].nrows, x + (size_t)t * px[0].ldx, p->k + (size_t)t * px[0].ldy);
+    ds_matmul_parts(&pq, 1, T, bf16);
+    ds_matmul_parts(px + 1, 1, T, bf16);
     return DS_OK;
 }
 

@@ -510,17 +510,24 @@ out:
  * token's latent and rope key into its own sequence's cache and returns
  * the rotated queries [T][nh][qk] and the q LoRA output qr. */
 static void project(const ds_model *m, int layer, const ds_mla_seq *seqs, int n_seqs, const float *x, int T,
-                    int bf16, float *q, float *qr, float *kva)
+                    int bf16, float *q, float *qr, float *kva, const ds_gemm_part *idx_x, const ds_gemm_part *idx_qr)
 {
     const ds_layer_w *L = &m->layers[layer];
     const mla_dims d = dims_of(&m->cfg);
     const float eps = m->cfg.rms_norm_eps;
     const int kw = d.kvl + d.rope;
-    ds_matmul(&L->q_a, 0, d.ql, x, d.H, T, qr, d.ql, bf16);
+    /* the products of x, then those of the normalised q_a output, each
+     * group in one region (with the indexer's where given) */
+    ds_gemm_part px[4] = {{&L->q_a, 0, d.ql, x, d.H, qr, d.ql}, {&L->kv_a, 0, kw, x, d.H, kva, kw}};
+    ds_gemm_part pq[2] = {{&L->q_b, 0, d.nh * d.qk, qr, d.ql, q, d.nh * d.qk}};
+    if (idx_x) {
+        px[2] = idx_x[0], px[3] = idx_x[1];
+        pq[1] = *idx_qr;
+    }
+    ds_matmul_parts(px, idx_x ? 4 : 2, T, bf16);
     for (int t = 0; t < T; t++)
         ds_rmsnorm(qr + (size_t)t * d.ql, L->q_a_norm, eps, d.ql, qr + (size_t)t * d.ql);
-    ds_matmul(&L->q_b, 0, d.nh * d.qk, qr, d.ql, T, q, d.nh * d.qk, bf16);
-    ds_matmul(&L->kv_a, 0, kw, x, d.H, T, kva, kw, bf16);
+    ds_matmul_parts(pq, idx_x ? 2 : 1, T, bf16);
     for (int i = 0; i < n_seqs; i++) {
         ds_context *c = seqs[i].ctx;
         for (int k = 0; k < seqs[i].n; k++) {
@@ -647,8 +654,14 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
         st = DS_ERR_NOMEM;
         goto out;
     }
-    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva);
-    if (m->cfg.is_v32 && (st = ds_indexer_project(m, layer, x, qr, T, bf16, &ip, err)) != DS_OK)
+    /* in bf16 the indexer's projections join MLA's groups (in f32 its keys
+     * go one row at a time, ds_indexer_project) */
+    ds_gemm_part idx_x[2], idx_qr;
+    const int idx_grouped = m->cfg.is_v32 && bf16;
+    if (idx_grouped && (st = ds_indexer_parts(m, layer, x, qr, T, &ip, idx_x, &idx_qr, err)) != DS_OK)
+        goto out;
+    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva, idx_grouped ? idx_x : NULL, &idx_qr);
+    if (m->cfg.is_v32 && !idx_grouped && (st = ds_indexer_project(m, layer, x, qr, T, bf16, &ip, err)) != DS_OK)
         goto out;
     /* Decoding sequences (one token each) leave their weighted latents in
      * olat; their value projections through kv_b then run as one product

@@ -123,6 +123,18 @@ static inline void ds_matmul(const ds_mat *m, int r0, int nrows, const float *X,
         ds_gemm(m, r0, nrows, X, ldx, n, Y, ldy);
 }
 
+/* ds_matmul of several parts with the same n tokens (ds_gemm_bf16_parts:
+ * one region for all of them on the streaming kernel). */
+static inline void ds_matmul_parts(const ds_gemm_part *p, int np, int n, int bf16)
+{
+    if (bf16) {
+        ds_gemm_bf16_parts(p, np, n);
+        return;
+    }
+    for (int i = 0; i < np; i++)
+        ds_gemm(p[i].m, p[i].r0, p[i].nrows, p[i].X, p[i].ldx, n, p[i].Y, p[i].ldy);
+}
+
 /* weights.c */
 ds_status ds_weights_bind(ds_model *m, ds_error *err);
 ds_status ds_weights_bind_expert(ds_model *m, int layer, int e, ds_ffn_w *w, ds_error *err);
@@ -172,6 +184,11 @@ typedef struct ds_index_proj {
 } ds_index_proj;
 ds_status ds_indexer_project(const ds_model *m, int layer, const float *x, const float *qr, int T, int bf16,
                              ds_index_proj *p, ds_error *err);
+/* The same products of a bf16 step as parts of MLA's grouped ones
+ * (ds_matmul_parts): of_x[0..1] read x (key, head weights), *of_qr the
+ * normalised q_a output (query); allocates p's buffers, computes nothing. */
+ds_status ds_indexer_parts(const ds_model *m, int layer, const float *x, const float *qr, int T, ds_index_proj *p,
+                           ds_gemm_part of_x[2], ds_gemm_part *of_qr, ds_error *err);
 void ds_index_proj_free(ds_index_proj *p);
 /* One sequence's rows [row, row + T) of p (used up: rotated and scaled in
  * place), at cache positions [start, start + T): caches their index keys

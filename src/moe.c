@@ -27,8 +27,8 @@ static ds_status swiglu(const ds_ffn_w *w, const float *x, int n, int ldx, float
         free(u);
         return DS_ERR_NOMEM;
     }
-    ds_matmul(&w->gate, 0, I, x, ldx, n, g, I, bf16);
-    ds_matmul(&w->up, 0, I, x, ldx, n, u, I, bf16);
+    const ds_gemm_part gu[2] = {{&w->gate, 0, I, x, ldx, g, I}, {&w->up, 0, I, x, ldx, u, I}};
+    ds_matmul_parts(gu, 2, n, bf16);     /* one region, x packed once */
     for (size_t i = 0; i < (size_t)n * I; i++)
         g[i] = ds_silu(g[i]) * u[i];
     ds_matmul(&w->down, 0, H, g, I, n, out, ldo, bf16);
@@ -142,8 +142,8 @@ static void shared_chunks(const ds_ffn_w *w, const float *x, int T, int H, float
         if (r >= I)
             break;
         const int k = I - r < SHARED_ROWS ? I - r : SHARED_ROWS;
-        ds_matmul(&w->gate, r, k, x, H, T, g + r, I, bf16);
-        ds_matmul(&w->up, r, k, x, H, T, u + r, I, bf16);
+        const ds_gemm_part gu[2] = {{&w->gate, r, k, x, H, g + r, I}, {&w->up, r, k, x, H, u + r, I}};
+        ds_matmul_parts(gu, 2, T, bf16);
         for (int t = 0; t < T; t++)
             for (int j = r; j < r + k; j++)
                 g[(size_t)t * I + j] = ds_silu(g[(size_t)t * I + j]) * u[(size_t)t * I + j];

@@ -461,6 +461,51 @@ static void check_gemm_bf16(void)
     }
 }
 
+/* ds_gemm_bf16_parts: each part's results its own ds_gemm_bf16 call's to
+ * the bit, whether the parts share activations (packed once) or not,
+ * share a matrix, mix dtypes (FP8, Q8_0 and BF16 activations are packed
+ * alike, Q4_K's differently: same X, separate packs), or include a part
+ * the streaming kernel does not take (F32: every part on its own). */
+static void check_gemm_bf16_parts(void)
+{
+    enum { COLS = 512, NP = 6 };
+    static const int kinds[NP] = {W_Q4_K, W_F8_ANY, W_BF16, W_Q8_0, W_Q4_K, W_F32};
+    static const int rows[NP] = {600, 70, 33, 130, 600, 17};
+    static const int n_list[] = {1, 3, 8, 16};
+    test_mat t[NP];
+    for (int i = 0; i < NP; i++)
+        make_mat(&t[i], (enum wkind)kinds[i], rows[i], COLS);
+    for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++) {
+        const int n = n_list[ni];
+        float *X1 = rand_vec((size_t)n * (COLS + 5)), *X2 = rand_vec((size_t)n * (COLS + 5));   /* same stride */
+        for (int with_f32 = 0; with_f32 < 2; with_f32++) {
+            /* part 4 is part 0's matrix, other rows, other activations; part 3
+             * reads X1 at another stride */
+            ds_gemm_part p[NP] = {{&t[0].m, 3, 597, X1, COLS + 5, NULL, 600}, {&t[1].m, 0, 70, X1, COLS + 5, NULL, 71},
+                                  {&t[2].m, 1, 32, X2, COLS + 5, NULL, 35},   {&t[3].m, 0, 130, X1, COLS, NULL, 130},
+                                  {&t[4].m, 0, 200, X2, COLS + 5, NULL, 203}, {&t[5].m, 0, 17, X2, COLS + 5, NULL, 17}};
+            const int np = with_f32 ? NP : NP - 1;
+            float *want[NP];
+            for (int i = 0; i < np; i++) {
+                p[i].Y = calloc((size_t)n * p[i].ldy, sizeof(float));
+                want[i] = calloc((size_t)n * p[i].ldy, sizeof(float));
+                ds_gemm_bf16(p[i].m, p[i].r0, p[i].nrows, p[i].X, p[i].ldx, n, want[i], p[i].ldy);
+            }
+            ds_gemm_bf16_parts(p, np, n);
+            for (int i = 0; i < np; i++) {
+                checks++;
+                if (memcmp(p[i].Y, want[i], sizeof(float) * (size_t)n * p[i].ldy))
+                    FAIL("gemm_bf16_parts: part %d (%s, %d rows) of %d, %d tokens differs from its own call", i,
+                         wkind_names[kinds[i]], p[i].nrows, np, n);
+                free(p[i].Y), free(want[i]);
+            }
+        }
+        free(X1), free(X2);
+    }
+    for (int i = 0; i < NP; i++)
+        free_mat(&t[i]);
+}
+
 /* The rounding itself: x = 1 + 2^-10 is 1 in bf16 and 3 + 3 * 2^-8 rounds
  * up to 3 + 2^-6 (bf16 spacing at 3 is 2^-6), so an all-ones row gives
  * exactly cols * 1 and cols * (3 + 2^-6) where the exact product would
@@ -1077,6 +1122,7 @@ int main(int argc, char **argv)
     }
     const int before = failures;
     check_gemm_bf16();
+    check_gemm_bf16_parts();
     check_bf16_rounding();
     check_q4k_act_rounding();
     printf("\ngemm_bf16 (%s): %s\n", !ds_gemm_bf16_native()                   ? "rounded copy and f32 kernels"
