@@ -159,16 +159,41 @@ NOINL float q8_0_row_dot(const ds_mat *m, int r, const float *x)
     return hsum(total);
 }
 
-/* The multipliers of sub-blocks 2g and 2g+1 of a Q4_K block: weight =
- * q * a - b with a = d * sc, b = dmin * m (both exact products). */
-INL void q4_k_pair(const uint8_t *blk, int g, __m256 a[2], __m256 bm[2])
+/* The multipliers of a Q4_K block's 8 sub-blocks, weight = q * a_j - b_j:
+ * a_j = d * sc_j in lane j of mults[0], b_j = dmin * m_j in lane j of
+ * mults[1] (both exact products, as ds_q4_k_scale_min unpacks them).
+ * Unpacked in vectors once a block: the scalar unpacking per sub-block
+ * pair took longer than the 64 weights it scales. */
+INL void q4_k_mults(const uint8_t *blk, __m256 mults[2])
 {
-    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    /* sc0-3 = s0-3 & 63, sc4-7 = (s8-11 & 15) | (s0-3 >> 6) << 4,
+     * m0-3 = s4-7 & 63, m4-7 = (s8-11 >> 4) | (s4-7 >> 6) << 4 */
+    const __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(blk + DS_Q4_K_OFF_SCALES));
+    const __m256i mask = _mm256_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15);
+    /* byte indices of the 8 lanes (-1: 0) */
+    const __m128i ilo0 = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ilo1 = _mm_setr_epi8(4, 5, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ihi0 = _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ihi1 = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i lo[2] = {_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo0)),
+                           _mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo1))};
+    const __m256i hi[2] = {_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi0)),
+                           _mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi1))};
+    const __m256i sh[2] = {_mm256_setzero_si256(), _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)};
+    const float dd[2] = {f16_at(blk), f16_at(blk + 2)};
+    for (int k = 0; k < 2; k++) {
+        const __m256i v = _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(lo[k], sh[k]), mask),
+                                          _mm256_slli_epi32(_mm256_srli_epi32(hi[k], 6), 4));
+        mults[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(dd[k]));
+    }
+}
+
+/* The multipliers of sub-blocks 2g and 2g+1 from q4_k_mults. */
+INL void q4_k_pair(const __m256 mults[2], int g, __m256 a[2], __m256 bm[2])
+{
     for (int h = 0; h < 2; h++) {
-        int sc, mn;
-        ds_q4_k_scale_min(blk + DS_Q4_K_OFF_SCALES, 2 * g + h, &sc, &mn);
-        a[h] = _mm256_set1_ps(d * (float)sc);
-        bm[h] = _mm256_set1_ps(dmin * (float)mn);
+        a[h] = _mm256_permutevar8x32_ps(mults[0], _mm256_set1_epi32(2 * g + h));
+        bm[h] = _mm256_permutevar8x32_ps(mults[1], _mm256_set1_epi32(2 * g + h));
     }
 }
 
@@ -185,10 +210,12 @@ NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
 {
     const uint8_t *b = row_ptr(m, r);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+    for (int c0 = 0; c0 < m->cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES) {
+        __m256 mults[2];
+        q4_k_mults(b, mults);
         for (int g = 0; g < 4; g++) {
             __m256 a[2], bm[2];
-            q4_k_pair(b, g, a, bm);
+            q4_k_pair(mults, g, a, bm);
             const float *xg = x + c0 + 64 * g;
             for (int l = 0; l < 32; l += VW) {
                 __m256 lo, hi;
@@ -197,6 +224,7 @@ NOINL float q4_k_row_dot(const ds_mat *m, int r, const float *x)
                 acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 32 + l), acc1);
             }
         }
+    }
     return hsum(_mm256_add_ps(acc0, acc1));
 }
 
@@ -210,9 +238,11 @@ INL void block_decode(ds_dtype dt, const uint8_t *b, float *out)
             _mm256_storeu_ps(out + l, _mm256_mul_ps(q8x8(b + 2 + l), d));
         return;
     }
+    __m256 mults[2];
+    q4_k_mults(b, mults);
     for (int g = 0; g < 4; g++) {
         __m256 a[2], bm[2];
-        q4_k_pair(b, g, a, bm);
+        q4_k_pair(mults, g, a, bm);
         for (int l = 0; l < 32; l += VW) {
             __m256 lo, hi;
             q4_k_w8(b, g, l, a, bm, &lo, &hi);
@@ -422,12 +452,16 @@ INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, co
         }
         break;
     case DS_DT_Q4_K:
-        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES)
+        for (int c0 = 0, b = 0; c0 < cols; c0 += DS_Q4_K_BLOCK, b += DS_Q4_K_BYTES) {
+            __m256 mults[4][2];
+#pragma GCC unroll 4
+            for (int i = 0; i < rb; i++)
+                q4_k_mults(w[i] + b, mults[i]);
             for (int g = 0; g < 4; g++) {
                 prefetch_rows(pf, rb, (size_t)b + 36 * g, 36);
                 for (int i = 0; i < rb; i++) {
                     __m256 a[2], bm[2];
-                    q4_k_pair(w[i] + b, g, a, bm);
+                    q4_k_pair(mults[i], g, a, bm);
                     const int c = c0 + 64 * g;
 #pragma GCC unroll 4
                     for (int l = 0; l < 32; l += VW) {
@@ -438,6 +472,7 @@ INL void rows_dot(const ds_mat *m, const int row[], const int next[], int rb, co
                     }
                 }
             }
+        }
         break;
     default:
         break;
