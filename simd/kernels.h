@@ -68,7 +68,9 @@ void ds_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n,
  * (ds_q4_k_act_round in quant.h, about 2^-8 of the block's largest
  * value, against the 4-bit weights' 2^-5 of theirs), which bf16 holds
  * exactly; decode then sums int8 dots (VNNI), four times fewer
- * instructions a weight than bf16 ones. */
+ * instructions a weight than bf16 ones, and on CPUs without the
+ * AVX512_BF16 kernels int8 dots on AVX2 (vpmaddubsw / vpmaddwd) below
+ * DS_GEMM_BF16_MIN_N tokens. */
 #define DS_GEMM_BF16_MIN_N 16
 void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
 /* One of several products of a step with the same n tokens: rows

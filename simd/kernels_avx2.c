@@ -29,6 +29,7 @@
  * quantisation error, so it is left to a later, separately tested step. */
 #if defined(__x86_64__) || defined(__i386__)
 
+#include <float.h>
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -849,6 +850,131 @@ static void avx2_index_scores_fp8(const double *qt, int nh, int dim, const float
                                   const float *ks, int n, float *score)
 {
     ds_index_scores_fp8_with(&ds_kernels_avx2, qt, nh, dim, w, k8, ks, n, score);
+}
+
+/* ---- Q4_K against int8 activations (ds_gemm_bf16's rounded semantics) ----
+ * Each 256-column block of a token's x as int8 levels times 2^e
+ * (quant.h's ds_q4_k_act_round), multiplied by the weights' nibbles and
+ * summed exactly: in int16 pairs (vpmaddubsw, at most 2 x 15 x 127), then
+ * in int32 times the sub-block's 6-bit scale (vpmaddwd); d 2^e and the
+ * min terms are applied in f32.  The products of the AVX-512 decode
+ * kernel, on CPUs without its VNNI: the f32 path decoded every nibble to a
+ * float (about twice the instructions a weight). */
+
+/* x's blocks as levels (column order) in xq, 2^e in xd[b], each 32-column
+ * sub-block's level sum times 2^e in xs[8 b + j]; 0 for a block holding Inf
+ * or NaN (the rounded copy keeps it as it is). */
+T256 int ds_q4k_i8_pack_avx2(const float *x, int cols, int8_t *xq, float *xd, float *xs)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < cols / DS_Q4_K_BLOCK; b++) {
+        const float *v = x + (size_t)b * DS_Q4_K_BLOCK;
+        __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int k = 0; k < DS_Q4_K_BLOCK; k += VW) {
+            const __m256 a = _mm256_and_ps(_mm256_loadu_ps(v + k), absmask);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+            amax = _mm256_max_ps(amax, a);
+        }
+        float m8[8];
+        _mm256_storeu_ps(m8, amax);
+        float am = 0.0f;
+        for (int k = 0; k < 8; k++)
+            am = m8[k] > am ? m8[k] : am;
+        if (_mm256_movemask_ps(bad) || !(am <= FLT_MAX))
+            return 0;
+        const int e = ds_q4_k_act_exp(am);
+        const __m256 inv = _mm256_set1_ps(ds_pow2f(-e));
+        const float sc = ds_pow2f(e);
+        for (int j = 0; j < 8; j++) {      /* a sub-block: 4 vectors, nearest even as rintf */
+            __m256i q[4];
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 32 * j + VW * k), inv));
+            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(void *)(xq + (size_t)b * DS_Q4_K_BLOCK + 32 * j),
+                                _mm256_permutevar8x32_epi32(p, order));
+            const __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+            xs[8 * b + j] = (float)_mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1))) * sc;
+        }
+        xd[b] = sc;
+    }
+    return 1;
+}
+
+/* The 6-bit scales of a block, each twice in its dword (the int16 pair
+ * vpmaddwd multiplies), and dmin times its mins. */
+INL void q4k_i8_scales(const uint8_t *blk, __m256i *sc2, __m256 *mins)
+{
+    const __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(blk + DS_Q4_K_OFF_SCALES));
+    const __m256i mask = _mm256_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15);
+    const __m128i ilo0 = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ilo1 = _mm_setr_epi8(4, 5, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ihi0 = _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i ihi1 = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i sc = _mm256_or_si256(
+        _mm256_and_si256(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo0)), mask),
+        _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi0)), 6), 4));
+    const __m256i mn = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo1)),
+                                           _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                         mask),
+        _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi1)), 6), 4));
+    *sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+    *mins = _mm256_mul_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(f16_at(blk + 2)));
+}
+
+enum { I8_MAXT = 16 };
+
+/* Rows [r0, r0 + nrows) of a Q4_K matrix against n <= I8_MAXT tokens
+ * packed by ds_q4k_i8_pack_avx2 (token t at xq + t * cols, xd + t * nblk,
+ * xs + t * 8 * nblk). */
+T256 void ds_q4k_i8_rows_avx2(const ds_mat *m, int r0, int nrows, const int8_t *xq, const float *xd,
+                              const float *xs, int n, float *Y, int ldy)
+{
+    const int cols = m->cols, nblk = cols / DS_Q4_K_BLOCK;
+    const size_t rb = ds_mat_row_bytes(m);
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int i = 0; i < nrows; i++) {
+        const uint8_t *w = row_ptr(m, r0 + i);
+        __m256 tot[I8_MAXT];
+        for (int t = 0; t < n; t++)
+            tot[t] = _mm256_setzero_ps();
+        for (int b = 0; b < nblk; b++) {
+            const uint8_t *blk = w + (size_t)b * DS_Q4_K_BYTES;
+            __builtin_prefetch(blk + 8 * rb, 0, 3);        /* the row 8 ahead: short rows barely */
+            __builtin_prefetch(blk + 8 * rb + 64, 0, 3);   /* ramp the hardware prefetchers up */
+            __builtin_prefetch(blk + 8 * rb + 128, 0, 3);
+            __m256i sc2;
+            __m256 mins;
+            q4k_i8_scales(blk, &sc2, &mins);
+            const float d = f16_at(blk);
+            __m256i lo[4], hi[4];
+            for (int g = 0; g < 4; g++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + DS_Q4_K_OFF_QS + 32 * g));
+                lo[g] = _mm256_and_si256(q, low4);
+                hi[g] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            }
+            for (int t = 0; t < n; t++) {
+                const int8_t *x = xq + (size_t)t * cols + (size_t)b * DS_Q4_K_BLOCK;
+                __m256i acc = _mm256_setzero_si256();
+                for (int g = 0; g < 4; g++) {
+                    const __m256i slo = _mm256_permutevar8x32_epi32(sc2, _mm256_set1_epi32(2 * g));
+                    const __m256i shi = _mm256_permutevar8x32_epi32(sc2, _mm256_set1_epi32(2 * g + 1));
+                    const __m256i xl = _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * g));
+                    const __m256i xh = _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * g + 32));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(lo[g], xl), slo));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(hi[g], xh), shi));
+                }
+                const size_t tb = (size_t)t * nblk + b;
+                tot[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(d * xd[tb]), tot[t]);
+                tot[t] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(xs + 8 * tb), tot[t]);
+            }
+        }
+        for (int t = 0; t < n; t++)
+            Y[(size_t)t * ldy + i] = hsum(tot[t]);
+    }
 }
 
 const ds_kernels ds_kernels_avx2 = {

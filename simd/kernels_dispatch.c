@@ -189,6 +189,37 @@ static int gemm_bf16_small(const ds_mat *m, int r0, int nrows, const float *X, i
 }
 #endif
 
+int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+#if !defined(__x86_64__) && !defined(__i386__)
+    (void)m, (void)r0, (void)nrows, (void)X, (void)ldx, (void)n, (void)Y, (void)ldy;
+    return 0;
+#else
+    const int cols = m->cols, nblk = cols / DS_Q4_K_BLOCK;
+    if (m->dtype != DS_DT_Q4_K || cols % DS_Q4_K_BLOCK || n < 1 || n >= DS_GEMM_BF16_MIN_N ||
+        !ds_cpu_isa_supported(DS_ISA_AVX2))
+        return 0;
+    int8_t *xq = malloc((size_t)n * cols);
+    float *xd = malloc(sizeof(float) * (size_t)n * nblk), *xs = malloc(sizeof(float) * 8 * (size_t)n * nblk);
+    int ok = xq && xd && xs;
+    for (int t = 0; t < n && ok; t++)
+        ok = ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                                 xs + 8 * (size_t)t * nblk);
+    if (ok && ds_worth_threads((long)nrows * cols * n) && !omp_in_parallel() && omp_get_max_threads() > 1) {
+#pragma omp parallel
+        {
+            int lo, hi;
+            thread_rows(nrows, &lo, &hi);
+            if (hi > lo)
+                ds_q4k_i8_rows_avx2(local_copy(m), r0 + lo, hi - lo, xq, xd, xs, n, Y + lo, ldy);
+        }
+    } else if (ok)
+        ds_q4k_i8_rows_avx2(local_copy(m), r0, nrows, xq, xd, xs, n, Y, ldy);
+    free(xq), free(xd), free(xs);
+    return ok;
+#endif
+}
+
 void ds_q4_k_act_round_rows(const float *X, int ldx, int n, int cols, float *out)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -211,6 +242,10 @@ void ds_gemm_bf16(const ds_mat *m, int r0, int nrows, const float *X, int ldx, i
 #if defined(__x86_64__) || defined(__i386__)
     /* the decode kernel takes Q4_K's activations to int8 itself */
     if (ds_gemm_bf16_native() && n < DS_GEMM_BF16_MIN_N && gemm_bf16_small(m, r0, nrows, X, ldx, n, Y, ldy))
+        return;
+    /* without the AVX512_BF16 kernels, Q4_K decode sums int8 dots on AVX2 */
+    if ((ds_cpu_isa() == DS_ISA_AVX2 || ds_cpu_isa() == DS_ISA_AVX512) &&
+        ds_gemm_bf16_q4k_i8(m, r0, nrows, X, ldx, n, Y, ldy))
         return;
 #endif
     float *xq = NULL;

@@ -105,6 +105,13 @@ int ds_gemm_bf16_small_avx512(const ds_mat *m, int r0, int nrows, const float *X
 /* The same for several parts (ds_gemm_bf16_parts) in one region; 0
  * (nothing written) unless it takes every part. */
 int ds_gemm_bf16_small_parts_avx512(const ds_gemm_part *p, int np, int n);
+/* Q4_K against int8 activations on AVX2 (no VNNI needed): a token's
+ * blocks as levels, 2^e and sub-block sums (0 for a block holding Inf or
+ * NaN), then rows against n <= 16 tokens so packed; the products of the
+ * AVX-512 decode kernel. */
+int ds_q4k_i8_pack_avx2(const float *x, int cols, int8_t *xq, float *xd, float *xs);
+void ds_q4k_i8_rows_avx2(const ds_mat *m, int r0, int nrows, const int8_t *xq, const float *xd, const float *xs,
+                         int n, float *Y, int ldy);
 /* ds_q4_k_act_round (quant.h) on AVX-512F, bit for bit. */
 void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 /* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI straight from the key
@@ -113,6 +120,11 @@ void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
                                 const float *ks, int n, float *score, float *bound);
 #endif
+/* ds_gemm_bf16 of Q4_K weights for n < DS_GEMM_BF16_MIN_N tokens through
+ * ds_q4k_i8_* (rows split across the threads outside a region); 0 (nothing
+ * written) when it cannot run: not x86, no AVX2, columns not whole blocks,
+ * an activation block holding Inf or NaN, no memory. */
+int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
 
 /* The table of level isa, or NULL when this build or this CPU lacks it. */
 const ds_kernels *ds_kernels_for(ds_isa isa);

@@ -349,7 +349,16 @@ static double bf16_mag(const test_mat *t, int r, const float *x)
     return s;
 }
 
-static void check_gemm_bf16_one(const test_mat *t, int r0, int nrows, int n, const char *what)
+typedef void (*gemm_fn)(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
+
+/* ds_gemm_bf16_q4k_i8 as a gemm_fn (the AVX2 int8 form, whatever the
+ * level in use); a call it declines leaves Y as it was, and fails below. */
+static void gemm_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+    (void)ds_gemm_bf16_q4k_i8(m, r0, nrows, X, ldx, n, Y, ldy);
+}
+
+static void check_gemm_bf16_with(gemm_fn fn, const test_mat *t, int r0, int nrows, int n, const char *what)
 {
     const int cols = t->m.cols, ldx = cols + 5, ldy = nrows + 3;
     const int rounds = ds_gemm_bf16_rounds(t->m.dtype);
@@ -357,7 +366,7 @@ static void check_gemm_bf16_one(const test_mat *t, int r0, int nrows, int n, con
     float *Y = malloc(sizeof(float) * (size_t)n * ldy), *W = malloc(sizeof(float) * (size_t)n * ldy);
     for (size_t i = 0; i < (size_t)n * ldy; i++)
         Y[i] = W[i] = -777.0f;
-    ds_gemm_bf16(&t->m, r0, nrows, X, ldx, n, Y, ldy);
+    fn(&t->m, r0, nrows, X, ldx, n, Y, ldy);
     if (rounds)
         ds_gemm_bf16_ref(&t->m, r0, nrows, X, ldx, n, W, ldy);
     else
@@ -382,6 +391,47 @@ static void check_gemm_bf16_one(const test_mat *t, int r0, int nrows, int n, con
         }
 out:
     free(X), free(Y), free(W);
+}
+
+static void check_gemm_bf16_one(const test_mat *t, int r0, int nrows, int n, const char *what)
+{
+    check_gemm_bf16_with(ds_gemm_bf16, t, r0, nrows, n, what);
+}
+
+/* The AVX2 int8 form of Q4_K products (CPUs without AVX512_BF16 / VNNI
+ * decode through it) against the reference, as check_gemm_bf16_one: rows
+ * split across threads or not, 1-15 tokens, tails of rows. */
+static void check_gemm_q4k_i8(void)
+{
+    if (!ds_cpu_isa_supported(DS_ISA_AVX2))
+        return;
+    static const int rows_list[] = {1, 5, 33, 600};
+    static const int cols_list[] = {256, 768, 2048};
+    static const int n_list[] = {1, 2, 3, 8, 15};
+    char what[96];
+    for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+        for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
+            test_mat t;
+            make_mat(&t, W_Q4_K, rows_list[ri], cols_list[ci]);
+            snprintf(what, sizeof what, "Q4_K int8 (avx2) %dx%d", rows_list[ri], cols_list[ci]);
+            for (size_t ni = 0; ni < sizeof n_list / sizeof *n_list; ni++) {
+                check_gemm_bf16_with(gemm_q4k_i8, &t, 0, rows_list[ri], n_list[ni], what);
+                if (rows_list[ri] > 2)
+                    check_gemm_bf16_with(gemm_q4k_i8, &t, 2, rows_list[ri] - 2, n_list[ni], what);
+            }
+            free_mat(&t);
+        }
+    /* a block holding Inf or NaN: declined, nothing written */
+    test_mat t;
+    make_mat(&t, W_Q4_K, 3, 512);
+    float X[512], Y[3] = {-777.0f, -777.0f, -777.0f};
+    for (int c = 0; c < 512; c++)
+        X[c] = frand();
+    X[300] = NAN;
+    checks++;
+    if (ds_gemm_bf16_q4k_i8(&t.m, 0, 3, X, 512, 1, Y, 3) || Y[0] != -777.0f)
+        FAIL("gemm_q4k_i8 took a block holding NaN");
+    free_mat(&t);
 }
 
 /* Eight tokens at once (column chunks) against each token alone (whole
@@ -1123,6 +1173,7 @@ int main(int argc, char **argv)
     const int before = failures;
     check_gemm_bf16();
     check_gemm_bf16_parts();
+    check_gemm_q4k_i8();
     check_bf16_rounding();
     check_q4k_act_rounding();
     printf("\ngemm_bf16 (%s): %s\n", !ds_gemm_bf16_native()                   ? "rounded copy and f32 kernels"
