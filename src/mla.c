@@ -660,7 +660,8 @@ ds_status ds_mla_forward(const ds_mla_seq *seqs, int n_seqs, int layer, const fl
     const int idx_grouped = m->cfg.is_v32 && bf16;
     if (idx_grouped && (st = ds_indexer_parts(m, layer, x, qr, T, &ip, idx_x, &idx_qr, err)) != DS_OK)
         goto out;
-    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva, idx_grouped ? idx_x : NULL, &idx_qr);
+    project(m, layer, seqs, n_seqs, x, T, bf16, q, qr, kva, idx_grouped ? idx_x : NULL,
+            idx_grouped ? &idx_qr : NULL);
     if (m->cfg.is_v32 && !idx_grouped && (st = ds_indexer_project(m, layer, x, qr, T, bf16, &ip, err)) != DS_OK)
         goto out;
     /* Decoding sequences (one token each) leave their weighted latents in
