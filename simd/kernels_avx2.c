@@ -160,15 +160,13 @@ NOINL float q8_0_row_dot(const ds_mat *m, int r, const float *x)
     return hsum(total);
 }
 
-/* The multipliers of a Q4_K block's 8 sub-blocks, weight = q * a_j - b_j:
- * a_j = d * sc_j in lane j of mults[0], b_j = dmin * m_j in lane j of
- * mults[1] (both exact products, as ds_q4_k_scale_min unpacks them).
- * Unpacked in vectors once a block: the scalar unpacking per sub-block
- * pair took longer than the 64 weights it scales. */
-INL void q4_k_mults(const uint8_t *blk, __m256 mults[2])
+/* A Q4_K block's 8 6-bit scales and 8 mins, one a lane (as
+ * ds_q4_k_scale_min unpacks them): sc0-3 = s0-3 & 63, sc4-7 = (s8-11 & 15)
+ * | (s0-3 >> 6) << 4, m0-3 = s4-7 & 63, m4-7 = (s8-11 >> 4) | (s4-7 >> 6)
+ * << 4.  In vectors once a block: the scalar unpacking per sub-block pair
+ * took longer than the 64 weights it scales. */
+INL void q4_k_scales_mins(const uint8_t *blk, __m256i *sc, __m256i *mn)
 {
-    /* sc0-3 = s0-3 & 63, sc4-7 = (s8-11 & 15) | (s0-3 >> 6) << 4,
-     * m0-3 = s4-7 & 63, m4-7 = (s8-11 >> 4) | (s4-7 >> 6) << 4 */
     const __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(blk + DS_Q4_K_OFF_SCALES));
     const __m256i mask = _mm256_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15);
     /* byte indices of the 8 lanes (-1: 0) */
@@ -176,17 +174,23 @@ INL void q4_k_mults(const uint8_t *blk, __m256 mults[2])
     const __m128i ilo1 = _mm_setr_epi8(4, 5, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m128i ihi0 = _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m128i ihi1 = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i lo[2] = {_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo0)),
-                           _mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo1))};
-    const __m256i hi[2] = {_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi0)),
-                           _mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi1))};
-    const __m256i sh[2] = {_mm256_setzero_si256(), _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)};
-    const float dd[2] = {f16_at(blk), f16_at(blk + 2)};
-    for (int k = 0; k < 2; k++) {
-        const __m256i v = _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(lo[k], sh[k]), mask),
-                                          _mm256_slli_epi32(_mm256_srli_epi32(hi[k], 6), 4));
-        mults[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(dd[k]));
-    }
+    *sc = _mm256_or_si256(_mm256_and_si256(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo0)), mask),
+                          _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi0)), 6), 4));
+    const __m256i lo1 = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo1)),
+                                          _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    *mn = _mm256_or_si256(_mm256_and_si256(lo1, mask),
+                          _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi1)), 6), 4));
+}
+
+/* The multipliers of the 8 sub-blocks, weight = q * a_j - b_j: a_j =
+ * d * sc_j in lane j of mults[0], b_j = dmin * m_j in lane j of mults[1]
+ * (both exact products). */
+INL void q4_k_mults(const uint8_t *blk, __m256 mults[2])
+{
+    __m256i sc, mn;
+    q4_k_scales_mins(blk, &sc, &mn);
+    mults[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(sc), _mm256_set1_ps(f16_at(blk)));
+    mults[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(f16_at(blk + 2)));
 }
 
 /* The multipliers of sub-blocks 2g and 2g+1 from q4_k_mults. */
@@ -907,20 +911,8 @@ T256 int ds_q4k_i8_pack_avx2(const float *x, int cols, int8_t *xq, float *xd, fl
  * vpmaddwd multiplies), and dmin times its mins. */
 INL void q4k_i8_scales(const uint8_t *blk, __m256i *sc2, __m256 *mins)
 {
-    const __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(blk + DS_Q4_K_OFF_SCALES));
-    const __m256i mask = _mm256_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15);
-    const __m128i ilo0 = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i ilo1 = _mm_setr_epi8(4, 5, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i ihi0 = _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i ihi1 = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i sc = _mm256_or_si256(
-        _mm256_and_si256(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo0)), mask),
-        _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi0)), 6), 4));
-    const __m256i mn = _mm256_or_si256(
-        _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ilo1)),
-                                           _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                         mask),
-        _mm256_slli_epi32(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(s, ihi1)), 6), 4));
+    __m256i sc, mn;
+    q4_k_scales_mins(blk, &sc, &mn);
     *sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
     *mins = _mm256_mul_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(f16_at(blk + 2)));
 }
