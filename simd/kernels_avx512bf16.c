@@ -464,8 +464,6 @@ enum {
 };
 
 enum xorder { X_NATURAL, X_PAIRS64 };
-int dsx_pf_bytes = 16384, dsx_hint = 3, dsx_far = 0;
-extern int dsx_pf_bytes, dsx_hint, dsx_far;
 
 /* What the tiles need of the matrix, worked out once per call: per-row
  * divisions and calls cost as much as a short row's arithmetic (an
@@ -943,20 +941,9 @@ SINL void small_q4k(const small_mat *sm, int r0, int nr, int RB, int NT, const s
         const __m512i f = q4k_fields4(w, bo, RB);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
-            if (dsx_hint == 2) {
-            __builtin_prefetch(p[i] + bo, 0, 2);
-            __builtin_prefetch(p[i] + bo + 64, 0, 2);
-            __builtin_prefetch(p[i] + bo + 128, 0, 2);
-            } else {
             __builtin_prefetch(p[i] + bo, 0, 3);
             __builtin_prefetch(p[i] + bo + 64, 0, 3);
             __builtin_prefetch(p[i] + bo + 128, 0, 3);
-            }
-            if (dsx_far) {
-            __builtin_prefetch(p[i] + bo + dsx_far, 0, 2);
-            __builtin_prefetch(p[i] + bo + dsx_far + 64, 0, 2);
-            __builtin_prefetch(p[i] + bo + dsx_far + 128, 0, 2);
-            }
             const __m512i scw = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm512_extracti32x4_epi32(f, i & 3)));
             __m512i acc[SMALL_NT];
 #pragma GCC unroll 8
@@ -1184,7 +1171,7 @@ typedef struct {
 
 static small_mat small_mat_of(const ds_mat *m, int rbk)
 {
-    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols), ahead = ((size_t)dsx_pf_bytes + rb - 1) / rb;
+    const size_t rb = ds_dtype_row_bytes(m->dtype, m->cols), ahead = (SMALL_PF_BYTES + rb - 1) / rb;
     return (small_mat){
         .data = (const uint8_t *)m->data,
         .last = (const uint8_t *)m->data + (size_t)(m->rows - 1) * rb,
