@@ -199,9 +199,11 @@ int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int 
     if (m->dtype != DS_DT_Q4_K || cols % DS_Q4_K_BLOCK || n < 1 || n >= DS_GEMM_BF16_MIN_N ||
         !ds_cpu_isa_supported(DS_ISA_AVX2))
         return 0;
-    int8_t *xq = malloc((size_t)n * cols);
-    float *xd = malloc(sizeof(float) * (size_t)n * nblk), *xs = malloc(sizeof(float) * 8 * (size_t)n * nblk);
-    int ok = xq && xd && xs;
+    /* one allocation: 2^e and the sub-block sums (9 floats a block), then the levels */
+    float *xd = malloc(sizeof(float) * 9 * (size_t)n * nblk + (size_t)n * cols);
+    float *xs = xd ? xd + (size_t)n * nblk : NULL;
+    int8_t *xq = xd ? (int8_t *)(void *)(xs + 8 * (size_t)n * nblk) : NULL;
+    int ok = xd != NULL;
     for (int t = 0; t < n && ok; t++)
         ok = ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
                                  xs + 8 * (size_t)t * nblk);
@@ -215,7 +217,7 @@ int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int 
         }
     } else if (ok)
         ds_q4k_i8_rows_avx2(local_copy(m), r0, nrows, xq, xd, xs, n, Y, ldy);
-    free(xq), free(xd), free(xs);
+    free(xd);
     return ok;
 #endif
 }
