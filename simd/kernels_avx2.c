@@ -969,6 +969,120 @@ T256 void ds_q4k_i8_rows_avx2(const ds_mat *m, int r0, int nrows, const int8_t *
     }
 }
 
+/* ---- the same products for prefill: Q4_K x int8 levels as a GEMM -------
+ * A pair of rows is unpacked once into a panel (nibbles as bytes in sub-
+ * block order, each sub-block's scale as the int16 pair vpmaddwd takes, d,
+ * dmin * m) and then met by every token, two at a time, from registers:
+ * 2 rows x 2 tokens of block sums and of running totals.  Per 32 weights
+ * and token a vpmaddubsw, a vpmaddwd and an add where the f32 path spent
+ * four FMAs on decoded weights. */
+typedef struct q4k_i8_blk {
+    uint8_t q[8][32];       /* sub-block j's 32 quants, 0..15 */
+    int32_t sc2[8];         /* sub-block j's 6-bit scale in both int16 halves */
+    float mins[8];          /* dmin * m_j */
+    float d;
+} __attribute__((aligned(32))) q4k_i8_blk;
+
+INL void q4k_i8_unpack_row(const uint8_t *w, int nblk, q4k_i8_blk *out)
+{
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int b = 0; b < nblk; b++) {
+        const uint8_t *blk = w + (size_t)b * DS_Q4_K_BYTES;
+        __m256i sc2;
+        __m256 mins;
+        q4k_i8_scales(blk, &sc2, &mins);
+        for (int g = 0; g < 4; g++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + DS_Q4_K_OFF_QS + 32 * g));
+            _mm256_store_si256((__m256i *)(void *)out[b].q[2 * g], _mm256_and_si256(q, low4));
+            _mm256_store_si256((__m256i *)(void *)out[b].q[2 * g + 1],
+                               _mm256_and_si256(_mm256_srli_epi16(q, 4), low4));
+        }
+        _mm256_store_si256((__m256i *)(void *)out[b].sc2, sc2);
+        _mm256_store_ps(out[b].mins, mins);
+        out[b].d = f16_at(blk);
+    }
+}
+
+/* Rows p0, p1 (panels of nblk blocks) against tokens t0 .. t0 + NT - 1 (NT
+ * a constant after inlining) into out[r][t]. */
+INL void q4k_i8_tile(const q4k_i8_blk *p0, const q4k_i8_blk *p1, int nblk, const int8_t *xq, int cols,
+                     const float *xd, const float *xs, int t0, int NT, float out[2][2])
+{
+    __m256 tot[2][2];
+#pragma GCC unroll 2
+    for (int t = 0; t < NT; t++)
+        tot[0][t] = tot[1][t] = _mm256_setzero_ps();
+    for (int b = 0; b < nblk; b++) {
+        __m256i acc[2][2];
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++)
+            acc[0][t] = acc[1][t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(const void *)p0[b].q[j]);
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(const void *)p1[b].q[j]);
+            const __m256i s0 = _mm256_set1_epi32(p0[b].sc2[j]), s1 = _mm256_set1_epi32(p1[b].sc2[j]);
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++) {
+                const __m256i x = _mm256_loadu_si256(
+                    (const __m256i *)(const void *)(xq + (size_t)(t0 + t) * cols + (size_t)b * DS_Q4_K_BLOCK + 32 * j));
+                acc[0][t] = _mm256_add_epi32(acc[0][t], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x), s0));
+                acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x), s1));
+            }
+        }
+        const __m256 m0 = _mm256_load_ps(p0[b].mins), m1 = _mm256_load_ps(p1[b].mins);
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++) {
+            const size_t tb = (size_t)(t0 + t) * nblk + b;
+            const __m256 sums = _mm256_loadu_ps(xs + 8 * tb);
+            tot[0][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0][t]), _mm256_set1_ps(p0[b].d * xd[tb]), tot[0][t]);
+            tot[1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1][t]), _mm256_set1_ps(p1[b].d * xd[tb]), tot[1][t]);
+            tot[0][t] = _mm256_fnmadd_ps(m0, sums, tot[0][t]);
+            tot[1][t] = _mm256_fnmadd_ps(m1, sums, tot[1][t]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int t = 0; t < NT; t++) {
+        out[0][t] = hsum(tot[0][t]);
+        out[1][t] = hsum(tot[1][t]);
+    }
+}
+
+NOINL void q4k_i8_tile_n(const q4k_i8_blk *p0, const q4k_i8_blk *p1, int nblk, const int8_t *xq, int cols,
+                         const float *xd, const float *xs, int t0, int nt, float out[2][2])
+{
+    if (nt == 2)
+        q4k_i8_tile(p0, p1, nblk, xq, cols, xd, xs, t0, 2, out);
+    else
+        q4k_i8_tile(p0, p1, nblk, xq, cols, xd, xs, t0, 1, out);
+}
+
+T256 int ds_q4k_i8_gemm_avx2(const ds_mat *m, int r0, int nrows, const int8_t *xq, const float *xd,
+                             const float *xs, int n, float *Y, int ldy)
+{
+    const int cols = m->cols, nblk = cols / DS_Q4_K_BLOCK;
+    q4k_i8_blk *pan = aligned_alloc(32, sizeof(q4k_i8_blk) * 2 * (size_t)nblk);
+    if (!pan)
+        return 0;
+    for (int i = 0; i < nrows; i += 2) {
+        const int nr = nrows - i < 2 ? nrows - i : 2;
+        q4k_i8_unpack_row(row_ptr(m, r0 + i), nblk, pan);
+        if (nr == 2)
+            q4k_i8_unpack_row(row_ptr(m, r0 + i + 1), nblk, pan + nblk);
+        const q4k_i8_blk *p1 = nr == 2 ? pan + nblk : pan;   /* a lone last row: computed twice, stored once */
+        for (int t0 = 0; t0 < n; t0 += 2) {
+            const int nt = n - t0 < 2 ? n - t0 : 2;
+            float out[2][2];
+            q4k_i8_tile_n(pan, p1, nblk, xq, cols, xd, xs, t0, nt, out);
+            for (int t = 0; t < nt; t++)
+                for (int r = 0; r < nr; r++)
+                    Y[(size_t)(t0 + t) * ldy + i + r] = out[r][t];
+        }
+    }
+    free(pan);
+    return 1;
+}
+
 const ds_kernels ds_kernels_avx2 = {
     .name = "avx2",
     .mat_row = avx2_mat_row,

@@ -196,26 +196,35 @@ int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int 
     return 0;
 #else
     const int cols = m->cols, nblk = cols / DS_Q4_K_BLOCK;
-    if (m->dtype != DS_DT_Q4_K || cols % DS_Q4_K_BLOCK || n < 1 || n >= DS_GEMM_BF16_MIN_N ||
-        !ds_cpu_isa_supported(DS_ISA_AVX2))
+    /* from DS_GEMM_BF16_MIN_N tokens only at the AVX2 level: AVX-512's f32
+     * GEMM does as many multiply-adds an instruction */
+    const int gemm = n >= DS_GEMM_BF16_MIN_N;
+    if (m->dtype != DS_DT_Q4_K || cols % DS_Q4_K_BLOCK || n < 1 || !ds_cpu_isa_supported(DS_ISA_AVX2) ||
+        (gemm && ds_cpu_isa() != DS_ISA_AVX2))
         return 0;
     /* one allocation: 2^e and the sub-block sums (9 floats a block), then the levels */
     float *xd = malloc(sizeof(float) * 9 * (size_t)n * nblk + (size_t)n * cols);
     float *xs = xd ? xd + (size_t)n * nblk : NULL;
     int8_t *xq = xd ? (int8_t *)(void *)(xs + 8 * (size_t)n * nblk) : NULL;
     int ok = xd != NULL;
-    for (int t = 0; t < n && ok; t++)
-        ok = ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
-                                 xs + 8 * (size_t)t * nblk);
-    if (ok && ds_worth_threads((long)nrows * cols * n) && !omp_in_parallel() && omp_get_max_threads() > 1) {
-#pragma omp parallel
+    const int team = ds_worth_threads((long)nrows * cols * n) && !omp_in_parallel() && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) reduction(& : ok) if (team && gemm)
+    for (int t = 0; t < n; t++)
+        ok &= xd && ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                                        xs + 8 * (size_t)t * nblk);
+    if (ok && team) {
+#pragma omp parallel reduction(& : ok)
         {
             int lo, hi;
             thread_rows(nrows, &lo, &hi);
-            if (hi > lo)
+            if (hi > lo && gemm)
+                ok = ds_q4k_i8_gemm_avx2(local_copy(m), r0 + lo, hi - lo, xq, xd, xs, n, Y + lo, ldy);
+            else if (hi > lo)
                 ds_q4k_i8_rows_avx2(local_copy(m), r0 + lo, hi - lo, xq, xd, xs, n, Y + lo, ldy);
         }
-    } else if (ok)
+    } else if (ok && gemm)
+        ok = ds_q4k_i8_gemm_avx2(local_copy(m), r0, nrows, xq, xd, xs, n, Y, ldy);
+    else if (ok)
         ds_q4k_i8_rows_avx2(local_copy(m), r0, nrows, xq, xd, xs, n, Y, ldy);
     free(xd);
     return ok;

@@ -112,6 +112,10 @@ int ds_gemm_bf16_small_parts_avx512(const ds_gemm_part *p, int np, int n);
 int ds_q4k_i8_pack_avx2(const float *x, int cols, int8_t *xq, float *xd, float *xs);
 void ds_q4k_i8_rows_avx2(const ds_mat *m, int r0, int nrows, const int8_t *xq, const float *xd, const float *xs,
                          int n, float *Y, int ldy);
+/* The same rows against any number of tokens, as a GEMM (prefill); 0
+ * (nothing written) when out of memory. */
+int ds_q4k_i8_gemm_avx2(const ds_mat *m, int r0, int nrows, const int8_t *xq, const float *xd, const float *xs,
+                        int n, float *Y, int ldy);
 /* ds_q4_k_act_round (quant.h) on AVX-512F, bit for bit. */
 void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 /* ds_index_scores_fp8_approx on AVX512_BF16 + VBMI straight from the key

@@ -358,6 +358,27 @@ static void gemm_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int 
     (void)ds_gemm_bf16_q4k_i8(m, r0, nrows, X, ldx, n, Y, ldy);
 }
 
+/* The int8 GEMM (ds_gemm_bf16_q4k_i8 takes it from DS_GEMM_BF16_MIN_N
+ * tokens at the AVX2 level only) on any CPU with AVX2: the activations
+ * packed as that call packs them, the rows in one call. */
+static void gemm_q4k_i8_gemm(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    const int cols = m->cols, nblk = cols / DS_Q4_K_BLOCK;
+    int8_t *xq = malloc((size_t)n * cols);
+    float *xd = malloc(sizeof(float) * (size_t)n * nblk), *xs = malloc(sizeof(float) * 8 * (size_t)n * nblk);
+    int ok = 1;
+    for (int t = 0; t < n && ok; t++)
+        ok = ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                                 xs + 8 * (size_t)t * nblk);
+    if (ok)
+        (void)ds_q4k_i8_gemm_avx2(m, r0, nrows, xq, xd, xs, n, Y, ldy);
+    free(xq), free(xd), free(xs);
+#else
+    (void)m, (void)r0, (void)nrows, (void)X, (void)ldx, (void)n, (void)Y, (void)ldy;
+#endif
+}
+
 static void check_gemm_bf16_with(gemm_fn fn, const test_mat *t, int r0, int nrows, int n, const char *what)
 {
     const int cols = t->m.cols, ldx = cols + 5, ldy = nrows + 3;
@@ -408,6 +429,8 @@ static void check_gemm_q4k_i8(void)
     static const int rows_list[] = {1, 5, 33, 600};
     static const int cols_list[] = {256, 768, 2048};
     static const int n_list[] = {1, 2, 3, 8, 15};
+    /* the GEMM: odd token and row counts are its tails */
+    static const int gemm_n[] = {1, 2, 5, 16, 17, 40};
     char what[96];
     for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
         for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
@@ -418,6 +441,12 @@ static void check_gemm_q4k_i8(void)
                 check_gemm_bf16_with(gemm_q4k_i8, &t, 0, rows_list[ri], n_list[ni], what);
                 if (rows_list[ri] > 2)
                     check_gemm_bf16_with(gemm_q4k_i8, &t, 2, rows_list[ri] - 2, n_list[ni], what);
+            }
+            snprintf(what, sizeof what, "Q4_K int8 GEMM (avx2) %dx%d", rows_list[ri], cols_list[ci]);
+            for (size_t ni = 0; ni < sizeof gemm_n / sizeof *gemm_n; ni++) {
+                check_gemm_bf16_with(gemm_q4k_i8_gemm, &t, 0, rows_list[ri], gemm_n[ni], what);
+                if (rows_list[ri] > 2)
+                    check_gemm_bf16_with(gemm_q4k_i8_gemm, &t, 1, rows_list[ri] - 2, gemm_n[ni], what);
             }
             free_mat(&t);
         }
