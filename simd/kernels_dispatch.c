@@ -189,6 +189,16 @@ static int gemm_bf16_small(const ds_mat *m, int r0, int nrows, const float *X, i
 }
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+/* Token t of X into the int8 form (see ds_q4k_i8_pack_avx2). */
+static int q4k_i8_pack(const float *X, int ldx, int cols, int t, int8_t *xq, float *xd, float *xs)
+{
+    const int nblk = cols / DS_Q4_K_BLOCK;
+    return ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
+                               xs + 8 * (size_t)t * nblk);
+}
+#endif
+
 int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy)
 {
 #if !defined(__x86_64__) && !defined(__i386__)
@@ -208,10 +218,13 @@ int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int 
     int8_t *xq = xd ? (int8_t *)(void *)(xs + 8 * (size_t)n * nblk) : NULL;
     int ok = xd != NULL;
     const int team = ds_worth_threads((long)nrows * cols * n) && !omp_in_parallel() && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) reduction(& : ok) if (team && gemm)
-    for (int t = 0; t < n; t++)
-        ok &= xd && ds_q4k_i8_pack_avx2(X + (size_t)t * ldx, cols, xq + (size_t)t * cols, xd + (size_t)t * nblk,
-                                        xs + 8 * (size_t)t * nblk);
+    if (ok && team && gemm) {    /* decode packs a few tokens: no region for that */
+#pragma omp parallel for schedule(static) reduction(& : ok)
+        for (int t = 0; t < n; t++)
+            ok &= q4k_i8_pack(X, ldx, cols, t, xq, xd, xs);
+    } else
+        for (int t = 0; t < n && ok; t++)
+            ok = q4k_i8_pack(X, ldx, cols, t, xq, xd, xs);
     if (ok && team) {
 #pragma omp parallel reduction(& : ok)
         {
