@@ -253,12 +253,14 @@ out:
 
 static void check_matrices(const ds_kernels *k)
 {
-    static const int rows_list[] = {1, 3, 127, 129, 300};
+    /* row and token counts leave every remainder of the GEMM tiles (AVX2
+     * 3 rows x 4 tokens, AVX-512 4 x 4) */
+    static const int rows_list[] = {1, 2, 3, 127, 129, 300};
     static const int cols_list[] = {1, 7, 64, 127, 128, 129, 200, 511, 576};
     /* Whole blocks only: one, several, and past the 512-column GEMM chunk. */
     static const int q8_cols[] = {32, 96, 544};
     static const int q4_cols[] = {256, 768};
-    static const int n_list[] = {1, 2, 3, 4, 5, 8, 17};
+    static const int n_list[] = {1, 2, 3, 4, 5, 8, 14, 15, 17};
     char what[96];
     for (int kind = 0; kind < W_COUNT; kind++) {
         const int *cl = kind == W_Q8_0 ? q8_cols : kind == W_Q4_K ? q4_cols : cols_list;
