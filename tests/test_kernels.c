@@ -452,6 +452,28 @@ static void check_gemm_q4k_i8(void)
             }
             free_mat(&t);
         }
+#if defined(__x86_64__) || defined(__i386__)
+    /* the GEMM (prefill) and the row kernel (decode) give the same bits, so a
+     * token does not depend on which of them its step ran */
+    {
+        enum { R = 37, C = 768, N = 15, NB = C / DS_Q4_K_BLOCK };
+        test_mat t;
+        make_mat(&t, W_Q4_K, R, C);
+        float *X = rand_vec((size_t)N * C), *ya = malloc(sizeof(float) * N * R), *yb = malloc(sizeof(float) * N * R);
+        int8_t *xq = malloc((size_t)N * C);
+        float *xd = malloc(sizeof(float) * N * NB), *xs = malloc(sizeof(float) * 8 * N * NB);
+        int ok = 1;
+        for (int tk = 0; tk < N; tk++)
+            ok &= ds_q4k_i8_pack_avx2(X + (size_t)tk * C, C, xq + (size_t)tk * C, xd + tk * NB, xs + 8 * tk * NB);
+        ds_q4k_i8_rows_avx2(&t.m, 0, R, xq, xd, xs, N, ya, R);
+        ok &= ds_q4k_i8_gemm_avx2(&t.m, 0, R, xq, xd, xs, N, yb, R);
+        checks++;
+        if (!ok || memcmp(ya, yb, sizeof(float) * N * R))
+            FAIL("Q4_K int8: the GEMM and the row kernel differ in their bits");
+        free(X), free(ya), free(yb), free(xq), free(xd), free(xs);
+        free_mat(&t);
+    }
+#endif
     /* a block holding Inf or NaN: declined, nothing written */
     test_mat t;
     make_mat(&t, W_Q4_K, 3, 512);
