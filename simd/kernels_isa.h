@@ -124,10 +124,12 @@ void ds_q4_k_act_round_avx512(const float *x, int cols, float *out);
 int ds_index_scores_approx_bf16(const float *qt, int nh, int dim, const float *w, const uint8_t *tiles, int j0,
                                 const float *ks, int n, float *score, float *bound);
 #endif
-/* ds_gemm_bf16 of Q4_K weights for n < DS_GEMM_BF16_MIN_N tokens through
- * ds_q4k_i8_* (rows split across the threads outside a region); 0 (nothing
- * written) when it cannot run: not x86, no AVX2, columns not whole blocks,
- * an activation block holding Inf or NaN, no memory. */
+/* ds_gemm_bf16 of Q4_K weights through ds_q4k_i8_* (rows split across the
+ * threads outside a region): below DS_GEMM_BF16_MIN_N tokens the row
+ * kernel, from there at the AVX2 level only the GEMM; 0 when it cannot run:
+ * not x86, no AVX2, columns not whole blocks, an activation block holding
+ * Inf or NaN, no memory (nothing written, except rows of another thread
+ * when a GEMM panel found no memory: the caller then writes them all). */
 int ds_gemm_bf16_q4k_i8(const ds_mat *m, int r0, int nrows, const float *X, int ldx, int n, float *Y, int ldy);
 
 /* The table of level isa, or NULL when this build or this CPU lacks it. */
