@@ -83,6 +83,15 @@ assert abs(d["batch_gain"] - d["batch_decode_tps"] / d["decode_tps"]) < 1e-4 * d
 # tiny-dsa: all 14852272 bytes, less the 2 x 3146496 expert bytes of which a token uses 4/16,
 # less the 1024 x 512 BF16 embedding of which it reads one row
 assert d["active_bytes_per_token"] == 14852272 - 2 * 3146496 * 12 // 16 - 1024 * 512 * 2 + 512 * 2, d
+# a batched step of 3 reads each chosen expert once: 4 to 12 of the 16 in each of the 2 MoE
+# layers; its bytes are the dense ones (the token's, less its 8 experts of 196656 bytes) and those
+e, per = d["batch_experts_per_step"], 2 * 3146496 // 32
+assert 8 <= e <= 24, d
+step = d["active_bytes_per_token"] - 8 * per + e * per
+assert abs(d["batch_bytes_per_step"] - step) <= 1, (d, step)
+assert abs(d["batch_gain_bound"] - 3 * d["active_bytes_per_token"] / step) < 1e-4, d
+assert abs(d["batch_achieved_GBps"] - d["batch_decode_tps"] / 3 * step / 1e9) < 1e-4 * d["batch_achieved_GBps"], d
+assert abs(d["batch_roofline_pct"] - 100 * d["batch_achieved_GBps"] / d["membw_GBps"]) < 1e-3 * d["batch_roofline_pct"], d
 assert abs(d["compare"]["decode_ratio"] - d["decode_tps"] / 4.0) < 1e-4 * d["decode_tps"], d["compare"]
 assert abs(d["compare"]["prefill_ratio"] - d["prefill_tps"] / 2.0) < 1e-4 * d["prefill_tps"], d["compare"]
 # --layer-times: the 3 blocks and the head, whose bytes add up to the token's

@@ -319,8 +319,10 @@ static json_t *bench_layers(ds_model *m, const bench_opts *o, float *logits, dou
 /* Batched decode: o->batch sequences, each at o->depth, decoded together
  * one token each per ds_eval_batch step, each with its logits as the
  * server's and dsinfer-batch's steps (the head is part of a step's
- * cost); aggregate tokens/s (median). */
-static double bench_batch_decode(ds_model *m, const bench_opts *o)
+ * cost); aggregate tokens/s (median).  *experts: the routed experts the
+ * timed steps read, all MoE layers, per step (one expert cache access
+ * each: a step reads each chosen expert once, whatever its tokens). */
+static double bench_batch_decode(ds_model *m, const bench_opts *o, double *experts)
 {
     const ds_model_info *mi = ds_model_get_info(m);
     const int B = o->batch, total = o->depth + o->gen;
@@ -329,7 +331,7 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)(total ? total : 1));
     double *t = malloc(sizeof(double) * (size_t)o->repeat);
     float *logits = malloc(sizeof(float) * (size_t)B * (size_t)mi->vocab_size);
-    uint64_t st = o->seed + 2;
+    uint64_t st = o->seed + 2, accesses = 0;
     if (!ctx || !items || !ids || !t || !logits)
         tool_die(EXIT_RUNTIME, "out of memory");
     for (int r = 0; r < o->repeat; r++) {
@@ -339,6 +341,8 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
             ctx[b] = new_context(m, total, o->kv);
             reach_depth(ctx[b], o, ids + (size_t)b * total, o->seed + (uint64_t)r * 4096 + (uint64_t)b);
         }
+        ds_expert_stats es0, es1;
+        ds_model_expert_stats(m, &es0);
         double t0 = tool_now();
         for (int k = 0; k < o->gen; k++) {
             for (int b = 0; b < B; b++)
@@ -348,9 +352,12 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
                 tool_die_err(&err);
         }
         t[r] = (double)B * o->gen / (tool_now() - t0);
+        ds_model_expert_stats(m, &es1);
+        accesses += (es1.hits + es1.misses) - (es0.hits + es0.misses);
         for (int b = 0; b < B; b++)
             ds_context_free(ctx[b]);
     }
+    *experts = (double)accesses / ((double)o->repeat * o->gen);
     double v = median(t, o->repeat);
     free(logits);
     free(ctx);
@@ -358,6 +365,29 @@ static double bench_batch_decode(ds_model *m, const bench_opts *o)
     free(ids);
     free(t);
     return v;
+}
+
+/* What a batched step reads, from the experts it used: the dense weights
+ * once (the token's active bytes less its routed experts) and each chosen
+ * expert once.  B sequences decoded one at a time read B tokens' active
+ * bytes, so at equal bandwidth the batch gains B * active / step bytes:
+ * batch_gain_bound, the most it can gain where decode is bound by memory
+ * bandwidth.  The batch's other embedding rows (a few KiB) are not
+ * counted. */
+static void add_batch_bytes(json_t *j, const ds_model_info *mi, int B, double btg, double experts, double bw)
+{
+    const int moe_layers = mi->num_layers - mi->first_dense_layers;
+    if (moe_layers <= 0 || mi->n_routed_experts <= 0)
+        return;
+    const double per_expert = (double)mi->expert_bytes / ((double)moe_layers * mi->n_routed_experts);
+    const double dense = (double)mi->active_bytes_per_token - per_expert * mi->experts_per_token * moe_layers;
+    const double step = dense + per_expert * experts, gbps = btg / B * step / 1e9;
+    json_object_set_new(j, "batch_experts_per_step", json_real(experts));
+    json_object_set_new(j, "batch_bytes_per_step", json_integer((json_int_t)(step + 0.5)));
+    json_object_set_new(j, "batch_gain_bound", json_real((double)B * (double)mi->active_bytes_per_token / step));
+    json_object_set_new(j, "batch_achieved_GBps", json_real(gbps));
+    if (bw > 0)
+        json_object_set_new(j, "batch_roofline_pct", json_real(100.0 * gbps / bw));
 }
 
 /* Sequential read bandwidth of the disk holding the checkpoint: up to mib
@@ -541,7 +571,8 @@ int main(int argc, char **argv)
     ds_model_expert_stats(m, &es1);
     const char *disk_how = NULL;
     double disk = es1.streaming && o.gen ? measure_disk(model_dir, 1024, &disk_how) : 0.0;
-    double btg = o.gen && o.batch > 0 ? bench_batch_decode(m, &o) : 0.0;
+    double batch_experts = 0.0;
+    double btg = o.gen && o.batch > 0 ? bench_batch_decode(m, &o, &batch_experts) : 0.0;
     double bw = membw_mb ? measure_membw((size_t)membw_mb) : 0.0;
     json_t *layers = o.layer_times && o.gen ? bench_layers(m, &o, logits, bw) : NULL;
     struct rusage ru;
@@ -571,6 +602,8 @@ int main(int argc, char **argv)
         json_object_set_new(j, "batch_decode_tps", json_real(btg));
         if (tg > 0)
             json_object_set_new(j, "batch_gain", json_real(btg / tg));
+        if (btg > 0)
+            add_batch_bytes(j, mi, o.batch, btg, batch_experts, bw);
     }
     json_object_set_new(j, "repeat", json_integer(o.repeat));
     json_object_set_new(j, "peak_rss_mib", json_real(ru.ru_maxrss / 1024.0));
