@@ -15,6 +15,18 @@ serve_test_cleanup() {
     [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
     rm -rf "$T"
 }
+# need_python_and_model MODEL: skip the test (exit 77) without python3 or
+# without the embedded model MODEL.
+need_python_and_model() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "SKIP: no python3"
+        exit 77
+    fi
+    if [ ! -f "$1/config.json" ]; then
+        echo "SKIP: no embedded model at $1 (run make)"
+        exit 77
+    fi
+}
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
 

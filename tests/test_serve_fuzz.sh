@@ -24,14 +24,7 @@ RSS_SLACK_KB=65536
 . "$top_srcdir/tests/serve_lib.sh"
 serve_test_init
 
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "SKIP: no python3"
-    exit 77
-fi
-if [ ! -f "$MODEL/config.json" ]; then
-    echo "SKIP: no embedded model at $MODEL (run make)"
-    exit 77
-fi
+need_python_and_model "$MODEL"
 
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }

@@ -15,14 +15,7 @@ LOAD="$top_srcdir/tests/serve_load.py"
 . "$top_srcdir/tests/serve_lib.sh"
 serve_test_init
 
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "SKIP: no python3"
-    exit 77
-fi
-if [ ! -f "$MODEL/config.json" ]; then
-    echo "SKIP: no embedded model at $MODEL (run make)"
-    exit 77
-fi
+need_python_and_model "$MODEL"
 
 if start_server "$MODEL" "$T/serve.log" --ctx-size 256 --parallel 4 -q; then
     ok "server up at $URL"
