@@ -16,7 +16,8 @@ one JSON object: per phase the requests, errors, completion tokens,
 aggregate tokens/s and the p50 / p99 time to first token and inter-token
 gap; the gain (second phase's tokens/s over the first's); the RSS samples;
 whether /health answered at the end.  Exits 1 when any request failed or
-the server was not healthy at the end.  Speed is reported, never judged."""
+the server was not healthy at the end, 2 on bad arguments.  Speed is
+reported, never judged."""
 import argparse
 import http.client
 import json
@@ -164,6 +165,14 @@ def main():
     args = ap.parse_args()
     if args.prompt_len < 1 or args.vocab <= 100 + args.prompt_len or args.clients < 1 or args.max_tokens < 1:
         ap.error("need --prompt-len >= 1, --vocab > 100 + prompt-len, --clients >= 1, --max-tokens >= 1")
+    if not (args.seconds > 0 and args.single_seconds >= 0 and args.rss_every > 0):
+        ap.error("need --seconds > 0, --single-seconds >= 0 (0 skips that phase), --rss-every > 0")
+    try:
+        u = urllib.parse.urlsplit(args.url)
+        if u.scheme != "http" or not u.hostname or u.port is None:
+            raise ValueError("not http://HOST:PORT")
+    except ValueError as e:
+        ap.error(f"bad server URL {args.url!r} ({e}): want http://HOST:PORT")
     if not healthy(args.url):
         print(f"serve_load.py: no healthy server at {args.url}", file=sys.stderr)
         return 1

@@ -57,6 +57,10 @@ rc=$?
 [ $rc = 1 ] && grep -q '"errors": [1-9]' "$T/bad.out" && grep -q "status 400" "$T/bad.out" &&
     ok "refused requests: exit 1, errors counted" || bad "refused requests: rc $rc $(tail -c 500 "$T/bad.out")"
 stop_server
+python3 "$LOAD" "127.0.0.1:8080" >"$T/url.out" 2>&1
+rc=$?
+[ $rc = 2 ] && grep -q "bad server URL" "$T/url.out" && ok "URL without http:// -> 2" ||
+    bad "bad URL: rc $rc $(cat "$T/url.out")"
 python3 "$LOAD" "$URL" --single-seconds 1 --seconds 1 >"$T/none.out" 2>&1
 rc=$?
 [ $rc = 1 ] && grep -q "no healthy server" "$T/none.out" && ok "no server: exit 1" ||
