@@ -179,7 +179,7 @@ def main():
     res = {"url": args.url, "prompt_len": args.prompt_len, "max_tokens": args.max_tokens,
            "same_prompt": args.same_prompt}
     if args.single_seconds > 0:
-        res["single"] = finish_phase(*run_phase(args.url, 1, args.single_seconds, args)[:3], 1)
+        res["single"] = finish_phase(*run_phase(args.url, 1, args.single_seconds, args), 1)
     threads, st, t0 = run_phase(args.url, args.clients, args.seconds, args)
     samples = []
     while any(t.is_alive() for t in threads):
