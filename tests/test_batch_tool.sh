@@ -130,6 +130,18 @@ run -i "$T/big.jsonl" -o "$T/res.jsonl" --parallel 3 -n 8 2>"$T/res.err" &&
     grep -q "partial last line" "$T/res.err" &&
     ok "resume after kill -9 with $n_before records and a torn line" || bad "resume: $(cat "$T/res.err")"
 
+# ---- an output that is not this tool's is refused, unchanged ---------------
+# (a config or model file named by mistake: its last line must not be cut as
+# a torn record, nor records appended to it)
+printf '{"model": "x", "note": "no newline"}' >"$T/foreign1"
+printf '{"id": "r1", "response": null}\nnot a record\n' >"$T/foreign2"
+cp "$MODEL/tokenizer.json" "$T/foreign3"
+for f in foreign1 foreign2 foreign3; do
+    cp "$T/$f" "$T/$f.orig"
+    expect 1 "not a dsinfer-batch output" -m "$MODEL" --threads 1 -i "$T/big.jsonl" -o "$T/$f" -n 2 -q
+    cmp -s "$T/$f" "$T/$f.orig" && ok "$f left as it was" || bad "$f was changed"
+done
+
 # ---- shards ----------------------------------------------------------------
 head -n 12 "$T/big.jsonl" >"$T/sh.jsonl"
 sed -n '4,12p' "$T/mixed.jsonl" >>"$T/sh.jsonl"

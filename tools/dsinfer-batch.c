@@ -730,8 +730,6 @@ static void report_start(batch_run *run)
     const batch_output *out = &run->out;
     if (out->torn_bytes && !run->opt->quiet)
         note(run, "%s: cut off a partial last line (%zu bytes) left by an interrupted run", out->path, out->torn_bytes);
-    if (out->unreadable && !run->opt->quiet)
-        note(run, "%s: %ld complete lines are not records; their ids will be redone", out->path, out->unreadable);
     if (run->counts.resumed && !run->opt->quiet)
         note(run, "resuming: %ld of %ld requests already have a record in %s", run->counts.resumed,
              run->counts.total, out->path);

@@ -30,25 +30,47 @@ char *batch_record_key(const json_t *record, int *duplicate)
     return NULL;
 }
 
+/* Refuses a file this tool did not write: appending to it, or cutting its
+ * last line as a torn record, would damage what the user named by mistake
+ * (a config, a model shard). */
+static void refuse_foreign(const batch_output *out, const char *why, long line)
+{
+    tool_die(EXIT_USAGE, "%s: line %ld %s, so this is not a dsinfer-batch output; it was left as it is", out->path,
+             line, why);
+}
+
 /* One complete line of an existing output: an id completed, or one more
  * duplicate record of an id. */
-static void note_record(batch_output *out, const char *line, size_t len)
+static void note_record(batch_output *out, const char *line, size_t len, long lineno)
 {
     int dup;
     json_t *rec = json_loadb(line, len, 0, NULL);
     char *key = json_is_object(rec) ? batch_record_key(rec, &dup) : NULL;
-    if (!key) {
-        out->unreadable++;
-    } else {
-        batch_strmap_add(dup ? out->dups : out->done, key, 1);
-        out->records++;
-    }
-    free(key);
     json_decref(rec);
+    if (!key)
+        refuse_foreign(out, "is not a record with an id", lineno);
+    batch_strmap_add(dup ? out->dups : out->done, key, 1);
+    out->records++;
+    free(key);
+}
+
+/* Whether a last line without its newline can be a record cut by a crash:
+ * records are JSON objects whose first key is "id". */
+static int torn_record_start(const char *s, size_t n)
+{
+    static const char start[] = "{\"id\"";
+    size_t i = 0, k = 0;
+    for (; i < n && k < sizeof start - 1; i++) {
+        if (k == 1 && (s[i] == ' ' || s[i] == '\t'))
+            continue;
+        if (s[i] != start[k++])
+            return 0;
+    }
+    return 1;
 }
 
 /* Reads every complete line back; returns the offset just past the last
- * '\n' (what is beyond it is a torn write). */
+ * '\n' (what is beyond it is a torn write, checked to be one). */
 static off_t scan_records(batch_output *out)
 {
     FILE *f = fopen(out->path, "rb");
@@ -56,13 +78,18 @@ static off_t scan_records(batch_output *out)
     size_t cap = 0;
     ssize_t n;
     off_t end = 0;
+    long lineno = 0;
     if (!f)
         tool_die(EXIT_IO, "cannot read %s: %s", out->path, strerror(errno));
     while ((n = getline(&line, &cap, f)) > 0) {
-        if (line[n - 1] != '\n')
-            break;                   /* the partial last line */
+        lineno++;
+        if (line[n - 1] != '\n') {  /* the partial last line */
+            if (!torn_record_start(line, (size_t)n))
+                refuse_foreign(out, "has no newline and does not begin like a record", lineno);
+            break;
+        }
         end += n;
-        note_record(out, line, (size_t)n - 1);
+        note_record(out, line, (size_t)n - 1, lineno);
     }
     if (ferror(f))
         tool_die(EXIT_IO, "cannot read %s: %s", out->path, strerror(errno));

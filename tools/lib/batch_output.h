@@ -24,13 +24,13 @@ typedef struct batch_output {
     batch_strmap *done;      /* ids with a complete (non-duplicate) record */
     batch_strmap *dups;      /* id -> number of duplicate_id records written */
     long records;            /* complete records found on open */
-    long unreadable;         /* complete lines on open that are not records */
     size_t torn_bytes;       /* bytes of a partial last line cut off on open */
 } batch_output;
 
 /* Opens (creating) the output, takes an exclusive lock on it (a second job
  * on the same file is refused) and reads back its complete records.  Dies
- * with EXIT_IO on any failure. */
+ * with EXIT_IO on any failure, and with EXIT_USAGE, changing nothing, when
+ * the file holds anything but records (and a last one cut by a crash). */
 void batch_output_open(const char *path, batch_output *out);
 /* Appends one record as a single line and makes it durable.  Dies with
  * EXIT_IO when it cannot (after cutting off whatever part got written). */
