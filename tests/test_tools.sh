@@ -152,6 +152,22 @@ expect 2 "not a non-negative integer" "$B/dsinfer-eval" -m "$CASE/model" --token
 echo '{"prompt": [0, 1' >"$T/trunc.json"
 expect 2 "trunc.json" "$B/dsinfer-eval" -m "$CASE/model" --tokens "$T/trunc.json" -o "$T/x"
 expect 1 "kv-cache" "$B/dsinfer-eval" -m "$CASE/model" --tokens "$CASE/tokens.json" -o "$T/x" --kv-cache bf17
+# dsinfer-eval's outputs: never an input, each other, or the checkpoint; a
+# failed run (here an unwritable dump path, then a bad model) replaces none
+cp "$CASE/tokens.json" "$T/tok-in.json"
+cp -r "$CASE/model" "$T/cut-eval" && chmod -R u+w "$T/cut-eval"
+head -c 5000000 "$CASE/model/model-00002-of-00002.safetensors" >"$T/cut-eval/model-00002-of-00002.safetensors"
+expect 1 "is an input of this run" "$B/dsinfer-eval" -m "$CASE/model" --tokens "$T/tok-in.json" -o "$T/tok-in.json"
+cmp -s "$T/tok-in.json" "$CASE/tokens.json" && ok "eval: --tokens left as it was" || bad "eval overwrote --tokens"
+expect 1 "name the same file" "$B/dsinfer-eval" -m "$CASE/model" --tokens "$T/tok-in.json" -o "$T/l.f32" --dump-topk "$T/./l.f32"
+cp -r "$CASE/model" "$T/ckpt" && chmod -R u+w "$T/ckpt"
+expect 1 "would overwrite a file of the checkpoint" "$B/dsinfer-eval" -m "$T/ckpt" --tokens "$T/tok-in.json" -o "$T/ckpt/config.json"
+cmp -s "$T/ckpt/config.json" "$CASE/model/config.json" && ok "eval: config.json left as it was" || bad "eval overwrote config.json"
+echo precious >"$T/keep.f32"
+expect 3 "cannot create" "$B/dsinfer-eval" -m "$CASE/model" --tokens "$T/tok-in.json" -o "$T/keep.f32" --dump-topk "$T/no-dir/x"
+expect 2 "model-00002-of-00002.safetensors" "$B/dsinfer-eval" -m "$T/cut-eval" --tokens "$T/tok-in.json" -o "$T/keep.f32"
+[ "$(cat "$T/keep.f32")" = precious ] && [ -z "$(ls "$T" | grep 'keep.f32.tmp')" ] &&
+    ok "eval: a failed run leaves --out as it was and no temporaries" || bad "eval: --out replaced or temporaries left: $(ls "$T")"
 
 # a damaged checkpoint: truncated shard, corrupt header, missing tensor, wrong shape
 "$B/dsinfer-inspect" "$CASE/model" >"$T/inspect" && grep -q "validation: *OK" "$T/inspect" &&

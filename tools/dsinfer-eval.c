@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "common.h"
+#include "outfiles.h"
 
 const char *tool_name = "dsinfer-eval";
 
@@ -141,17 +142,27 @@ static int32_t *json_ids(json_t *root, const char *key, const char *path, int *n
     return ids;
 }
 
-static void write_file(const char *path, const void *a, size_t bytes_a, const void *b, size_t bytes_b)
+/* The output files, in the order of outs[] below. */
+enum { F_OUT, F_TOPK, F_SCORES, F_EXPERTS, F_EW, F_LAYERS, F_ROWS, N_FILES };
+static const char *const file_opts[N_FILES] = {"--out", "--dump-topk", "--dump-scores", "--dump-experts",
+                                                "--dump-expert-weights", "--dump-layers", "--dump-attn-rows"};
+
+/* Checks the output paths against each other, the tokens file and the
+ * checkpoint, then creates them all (as temporaries: see outfiles.h) before
+ * any work, so a bad path fails at once and a failed run replaces nothing. */
+static void open_outputs(const char *const paths[N_FILES], const char *tokens_path, const char *model_dir,
+                         tool_outfile *files[N_FILES])
 {
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        tool_die(EXIT_IO, "cannot create %s: %m", path);
-    if ((bytes_a && fwrite(a, 1, bytes_a, f) != bytes_a) || (bytes_b && fwrite(b, 1, bytes_b, f) != bytes_b)) {
-        fclose(f);
-        tool_die(EXIT_IO, "cannot write %s: %m", path);
-    }
-    if (fclose(f) != 0)
-        tool_die(EXIT_IO, "cannot write %s: %m", path);
+    const char *const ins[1] = {tokens_path};
+    tool_check_outputs(paths, file_opts, N_FILES, ins, 1, model_dir);
+    for (int i = 0; i < N_FILES; i++)
+        files[i] = paths[i] ? tool_outfile_open(paths[i]) : NULL;
+}
+
+static void put(tool_outfile *f, const void *data, size_t bytes)
+{
+    if (f)
+        tool_outfile_write(f, data, bytes);
 }
 
 int main(int argc, char **argv)
@@ -225,6 +236,9 @@ int main(int argc, char **argv)
     json_decref(root);
     if (P == 0)
         tool_die(EXIT_INPUT, "%s: \"prompt\" is empty", tokens_path);
+    const char *const paths[N_FILES] = {out_path, dump_topk, dump_scores, dump_experts, dump_ew, dump_layers, dump_rows};
+    tool_outfile *files[N_FILES];
+    open_outputs(paths, tokens_path, model_dir, files);
 
     ds_error err;
     ds_model *model;
@@ -305,19 +319,14 @@ int main(int argc, char **argv)
         if (ds_eval(ctx, dec + k, 1, logits + (size_t)(P + k) * V, 0, &err) != DS_OK)
             tool_die_err(&err);
     }
-    write_file(out_path, logits, sizeof(float) * V * (size_t)(P + D), NULL, 0);
-    if (dump_topk)
-        write_file(dump_topk, d.topk, d.topk ? ntopk * 4 : 0, NULL, 0);
-    if (dump_scores)
-        write_file(dump_scores, d.scores, d.scores ? nscores * 4 : 0, NULL, 0);
-    if (dump_experts)
-        write_file(dump_experts, d.experts, nexp * 4, NULL, 0);
-    if (dump_ew)
-        write_file(dump_ew, d.eweights, nexp * 4, NULL, 0);
-    if (dump_layers)
-        write_file(dump_layers, d.layers, (size_t)d.L * P * d.H * 4, NULL, 0);
-    if (dump_rows)
-        write_file(dump_rows, d.rows, (size_t)d.L * (P + D) * 4, NULL, 0);
+    put(files[F_OUT], logits, sizeof(float) * V * (size_t)(P + D));
+    put(files[F_TOPK], d.topk, d.topk ? ntopk * 4 : 0);
+    put(files[F_SCORES], d.scores, d.scores ? nscores * 4 : 0);
+    put(files[F_EXPERTS], d.experts, nexp * 4);
+    put(files[F_EW], d.eweights, nexp * 4);
+    put(files[F_LAYERS], d.layers, (size_t)d.L * P * d.H * 4);
+    put(files[F_ROWS], d.rows, (size_t)d.L * (P + D) * 4);
+    tool_outfiles_commit();
 
     free(logits);
     free(d.topk), free(d.scores), free(d.experts), free(d.eweights), free(d.layers), free(d.rows);
