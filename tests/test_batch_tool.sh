@@ -189,7 +189,8 @@ expect 1 "shard" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/x.jsonl" --shard 2/2
 expect 1 "progress" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/x.jsonl" --progress=loud
 echo "no placeholder" >"$T/badtmpl"
 expect 1 "{{text}}" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/x.jsonl" --template "$T/badtmpl"
-expect 1 "same file" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/stop.jsonl"
+expect 1 "is an input of this run" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/stop.jsonl"
+expect 1 "would overwrite a file of the checkpoint" -m "$MODEL" -i "$T/stop.jsonl" -o "$MODEL/config.json"
 expect 3 "config.json" -m "$T/nonexistent" -i "$T/stop.jsonl" -o "$T/x.jsonl"
 expect 3 "nonexistent.jsonl" -m "$MODEL" -i "$T/nonexistent.jsonl" -o "$T/x.jsonl"
 expect 3 "nodir" -m "$MODEL" -i "$T/stop.jsonl" -o "$T/nodir/x.jsonl"

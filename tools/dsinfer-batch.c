@@ -21,6 +21,7 @@
 #include "batch_record.h"
 #include "batch_util.h"
 #include "common.h"
+#include "outfiles.h"
 
 const char *tool_name = "dsinfer-batch";
 
@@ -218,12 +219,12 @@ static ds_json_schema *load_schema(const char *path, json_t **json)
 }
 
 /* Appending to the file being read would feed results back as requests. */
-static void check_distinct_files(const char *input, const char *output)
+/* The output is none of the files the run reads (nor the checkpoint's). */
+static void check_distinct_files(const options *o)
 {
-    struct stat si, so;
-    if (strcmp(input, "-") != 0 && stat(input, &si) == 0 && stat(output, &so) == 0 && si.st_dev == so.st_dev &&
-        si.st_ino == so.st_ino)
-        tool_die(EXIT_USAGE, "--input and --output are the same file");
+    const char *const outs[1] = {o->output}, *const opts[1] = {"--output"};
+    const char *const ins[3] = {strcmp(o->input, "-") ? o->input : NULL, o->template_path, o->schema_path};
+    tool_check_outputs(outs, opts, 1, ins, 3, o->model_dir);
 }
 
 /* ---- model ------------------------------------------------------------- */
@@ -685,7 +686,7 @@ static void run_loop(batch_run *run)
 static void open_files(batch_run *run)
 {
     const options *o = run->opt;
-    check_distinct_files(o->input, o->output);
+    check_distinct_files(o);
     if (batch_input_open(o->input, &run->in) != 0)
         tool_die(EXIT_IO, "cannot read %s: %s", o->input, strerror(errno));
     if (o->template_path)
