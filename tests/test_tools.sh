@@ -144,6 +144,9 @@ expect 1 "prompt-ids" "$B/dsinfer" -m "$CASE/model"
 expect 1 "unrecognized option\|invalid option" "$B/dsinfer" --bogus
 expect 1 "temperature" "$B/dsinfer" -m "$CASE/model" -p 0 --temperature -1
 expect 2 "outside the vocabulary" "$B/dsinfer" -m "$CASE/model" -p "0 5000"
+# a chat message or system prompt that is not UTF-8 is refused, not dropped
+expect 2 "chat: the text is not valid UTF-8" "$B/dsinfer" -m "$CASE/model" --chat "$(printf 'caf\351')" -n 1
+expect 2 "system: the text is not valid UTF-8" "$B/dsinfer" -m "$CASE/model" --system "$(printf '\377')" --chat hi -n 1
 expect 4 "context full" "$B/dsinfer" -m "$CASE/model" -p "0 1 2 3 4" -c 3
 expect 3 "config.json" "$B/dsinfer-inspect" "$T/nonexistent"
 expect 1 "required" "$B/dsinfer-eval" --model "$CASE/model"

@@ -117,13 +117,16 @@ static int32_t *encode_chat(const ds_tokenizer *t, const char *model_dir, const 
     size_t len;
     int32_t *ids;
     json_t *msgs = json_array();
-    if (system)
-        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", system));
-    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", user));
+    /* json_pack refuses text that is not UTF-8 (NULL, which an append would
+     * skip: the message would be dropped, not refused) */
+    if (system && json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", system)) != 0)
+        tool_die(EXIT_INPUT, "--system: the text is not valid UTF-8");
+    if (json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", user)) != 0)
+        tool_die(EXIT_INPUT, "--chat: the text is not valid UTF-8");
     conv = json_dumps(msgs, JSON_COMPACT);
     json_decref(msgs);
     if (!conv)
-        tool_die(EXIT_INPUT, "--chat/--system: the text is not valid UTF-8");
+        tool_die(EXIT_RUNTIME, "out of memory");
     ds_chat_options_init(&co);
     co.thinking = thinking;
     if (ds_chat_render(model_chat_format(model_dir), conv, strlen(conv), &co, &text, &len, &err) != DS_OK)
