@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "internal.h"
 #include "model.h"
 #include "cpu.h"
@@ -246,6 +247,27 @@ static ds_status check_limits(const ds_model *m, ds_error *err)
     return DS_OK;
 }
 
+int ds_default_threads(void)
+{
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const int omp = omp_get_max_threads(), ncpu = cpus > 0 ? (cpus < DS_MAX_THREADS ? (int)cpus : DS_MAX_THREADS) : 1;
+    return omp > DS_MAX_THREADS || (long)omp > 8L * ncpu ? ncpu : omp;
+}
+
+/* The OpenMP team a load sets up: the caller's count, else
+ * ds_default_threads (replacing an absurd OMP_NUM_THREADS before the first
+ * parallel region of the load). */
+static ds_status set_team(const ds_load_params *p, ds_error *err)
+{
+    if (p && (p->threads < 0 || p->threads > DS_MAX_THREADS))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "threads %d: expected 0 (all cores) to %d", p->threads,
+                       DS_MAX_THREADS);
+    const int n = p && p->threads > 0 ? p->threads : ds_default_threads();
+    if (n != omp_get_max_threads())
+        omp_set_num_threads(n);
+    return DS_OK;
+}
+
 /* The NUMA plan.  The OpenMP team of a thread that runs the model is pinned
  * to distinct cores on its first step (pin_if_first_step) unless the user
  * set OMP_PROC_BIND / OMP_PLACES: unpinned threads drift onto one core and
@@ -254,8 +276,7 @@ static ds_status check_limits(const ds_model *m, ds_error *err)
  * (HTTP workers) do not inherit a single-core mask. */
 static ds_status place_numa(ds_model *m, const ds_load_params *p, ds_error *err)
 {
-    int threads = p && p->threads > 0 ? p->threads : omp_get_max_threads();
-    ds_status st = ds_numa_create(threads, &m->numa, err);
+    ds_status st = ds_numa_create(omp_get_max_threads(), &m->numa, err);
     if (st != DS_OK)
         return st;
     m->pin_threads = ds_numa_nodes(m->numa) > 1 || (!getenv("OMP_PROC_BIND") && !getenv("OMP_PLACES"));
@@ -268,10 +289,13 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
     if (!dir || !out)
         return ds_fail(err, DS_ERR_INVALID_ARG, "ds_model_load: NULL argument");
     *out = NULL;
+    ds_status st = set_team(p, err);
+    if (st != DS_OK)
+        return st;
     ds_model *m = ds_calloc(1, sizeof *m, err);
     if (!m)
         return DS_ERR_NOMEM;
-    ds_status st = DS_ERR_NOMEM;
+    st = DS_ERR_NOMEM;
     m->dir = strdup(dir);
     char *path = malloc(strlen(dir) + 32);
     if (!m->dir || !path)
@@ -300,8 +324,6 @@ ds_status ds_model_load(const char *dir, const ds_load_params *p, ds_model **out
         st = count_layer_bytes(m, err);
     if (st != DS_OK)
         goto fail;
-    if (p && p->threads > 0)
-        omp_set_num_threads(p->threads);
     fill_info(m);
     free(path);
     *out = m;
@@ -378,6 +400,8 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown indexer device %d (0 = CPU, 1 = GPU)", p->indexer_device);
     if (p->precision != DS_PRECISION_F32 && p->precision != DS_PRECISION_BF16)
         return ds_fail(err, DS_ERR_INVALID_ARG, "unknown precision %d (0 = f32, 1 = bf16)", (int)p->precision);
+    if (p->threads < 0 || p->threads > DS_MAX_THREADS)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "threads %d: expected 0 (keep) to %d", p->threads, DS_MAX_THREADS);
     int size = p->ctx_size;
     if (size < 0)
         return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d is negative", size);

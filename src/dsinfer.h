@@ -38,6 +38,12 @@ const char *ds_version(void);
 /* SIMD level the kernels run with ("scalar", "avx2", "avx512", "neon"); chosen once from
  * the CPU, or forced with the environment variable DSINFER_ISA. */
 const char *ds_kernel_isa(void);
+/* Threads "all cores" (threads = 0 below) means: OpenMP's setting
+ * (OMP_NUM_THREADS, else one per CPU), unless that is more than 8 per
+ * online CPU or more than DS_MAX_THREADS (a typo such as 100000 would start
+ * that many threads in every parallel region), then one per online CPU. */
+#define DS_MAX_THREADS 4096
+int ds_default_threads(void);
 
 /* ---- model ---------------------------------------------------------- */
 typedef struct ds_model ds_model;
@@ -85,7 +91,7 @@ typedef enum ds_io_mode {
 enum { DS_NUMA_OFF = 0, DS_NUMA_ON = 1, DS_NUMA_REPLICATE = 2 };
 
 typedef struct ds_load_params {
-    int threads;             /* 0 = all cores */
+    int threads;             /* 0 = all cores (ds_default_threads); at most DS_MAX_THREADS */
     /* Bytes of RAM for routed-expert slabs: a budget smaller than the
      * experts keeps that many slabs in an expert cache and streams the others
      * from disk on demand.  0 (default) = auto: every expert stays mapped

@@ -104,6 +104,19 @@ PY
 "$B/dsinfer-bench" -m "$CASE/model" -p 4 -n 2 --membw-mb 0 --kv-cache fp8-compact |
     python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&
     ok "fp8-compact KV: 788 bytes per position and layer (bf16 rope key)" || bad "fp8-compact KV bytes"
+# OMP_NUM_THREADS: a sane value is the team, an absurd one (more than 8 a
+# CPU) is replaced by one thread a CPU instead of crashing every tool
+ncpu=$(getconf _NPROCESSORS_ONLN)
+for omp in 3 100000; do
+    want=$omp
+    [ "$omp" -gt $((8 * ncpu)) ] && want=$ncpu
+    OMP_NUM_THREADS=$omp "$B/dsinfer-bench" -m "$CASE/model" -p 2 -n 1 -r 1 --membw-mb 0 >"$T/omp.json" 2>"$T/omp.err" &&
+        python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['threads'] == $want, d['threads']" "$T/omp.json" &&
+        ok "OMP_NUM_THREADS=$omp: $want threads" || bad "OMP_NUM_THREADS=$omp: $(cat "$T/omp.err")"
+done
+OMP_NUM_THREADS=100000 "$B/dsinfer-quantize" -m "$CASE/model" -o "$T/omp-q8" --type q8_0 -q >/dev/null 2>"$T/omp.err" &&
+    ok "OMP_NUM_THREADS=100000 dsinfer-quantize" || bad "OMP_NUM_THREADS=100000 dsinfer-quantize: $(cat "$T/omp.err")"
+rm -rf "$T/omp-q8"
 # --depth-fill synthetic reaches the depth without prefill (filled caches, decode from there);
 # the JSON says which fill was used
 "$B/dsinfer-bench" -m "$CASE/model" -p 0 -n 2 -d 300 --depth-fill synthetic --membw-mb 0 -b 2 >"$T/synth.json" &&

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,17 @@
 #include "common.h"
 
 int tool_verbosity;
+
+/* Before any parallel region of a tool: an absurd OMP_NUM_THREADS (more
+ * than 8 per CPU, see ds_default_threads) would start that many threads
+ * in each and exhaust memory; the tools that never load a model
+ * (dsinfer-quantize's converters) go through no ds_model_load to catch it. */
+__attribute__((constructor)) static void tool_sane_threads(void)
+{
+    const int n = ds_default_threads();
+    if (n != omp_get_max_threads())
+        omp_set_num_threads(n);
+}
 
 /* "NAME: message\n" on stderr. */
 static void say(const char *fmt, va_list ap)
