@@ -85,6 +85,12 @@ for ty in q8_0 q4_k; do
 done
 "$B/dsinfer-inspect" "$T/q4_k" | grep -q "^  Q8_0 " && ok "inspect q4_k shows the Q8_0 fallbacks" ||
     bad "inspect q4_k: no Q8_0"
+# an already quantized source: its own type is kept (copied), another refused
+expect 2 "is already Q4_K, not q8_0" "$Q" --model "$T/q4_k" --out "$T/requant" --type q8_0
+[ ! -e "$T/requant/config.json" ] && ok "no output for a refused source" || bad "requant wrote a config"
+"$Q" --model "$T/q4_k" --out "$T/again" --type q4_k -q >"$T/again.json" 2>"$T/again.err" &&
+    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['converted'] == 0, d" "$T/again.json" &&
+    ok "q4_k to q4_k copies" || bad "q4_k to q4_k: $(cat "$T/again.err")"
 
 # logits of the converted models against the FP8 model (f32 KV cache)
 EV="$top_builddir/tools/dsinfer-eval"

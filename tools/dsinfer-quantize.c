@@ -209,13 +209,8 @@ static int kind_of(const char *name)
  * norms, biases, the router gate, the indexer's weights_proj and (unless
  * --head) lm_head and the MTP layer's shared_head stay as they are: they
  * are small or precision-critical. */
-static target tensor_target(const options *o, const ds_tensor *t)
+static target kind_target(const options *o, const char *n)
 {
-    const char *n = t->name;
-    if (t->ndim != 2 || !ends_with(n, ".weight"))
-        return T_KEEP;
-    if (t->dtype != DS_DT_F8_E4M3 && t->dtype != DS_DT_BF16 && t->dtype != DS_DT_F16 && t->dtype != DS_DT_F32)
-        return T_KEEP;
     if (is_head(n))
         return o->head;
     if (strstr(n, "embed_tokens") || strstr(n, "norm") || strstr(n, "bias") || ends_with(n, ".mlp.gate.weight") ||
@@ -228,27 +223,47 @@ static target tensor_target(const options *o, const ds_tensor *t)
     return o->type;
 }
 
-/* The output dtype of a converted [rows, cols] matrix: the target, or the
- * nearest format whose block divides the rows. */
-static ds_dtype target_dtype(plan *p, target ty, int64_t cols)
+/* The dtype a [rows, cols] matrix converted to ty gets: ty, or the
+ * nearest format whose block divides a row. */
+static ds_dtype output_dtype(target ty, int64_t cols)
 {
     switch (ty) {
     case T_FP8: return DS_DT_F8_E4M3;
-    case T_BF16:
-    case T_KEEP: return DS_DT_BF16;
     case T_Q4_K:
         if (cols % DS_Q4_K_BLOCK == 0)
             return DS_DT_Q4_K;
         /* fall through */
-    case T_Q8_0:
-        if (cols % DS_Q8_0_BLOCK == 0) {
-            p->fallback_q8 += ty == T_Q4_K;
-            return DS_DT_Q8_0;
-        }
-        p->fallback_bf16++;
-        return DS_DT_BF16;
+    case T_Q8_0: return cols % DS_Q8_0_BLOCK == 0 ? DS_DT_Q8_0 : DS_DT_BF16;
+    default: return DS_DT_BF16;
     }
-    return DS_DT_BF16;
+}
+
+/* A weight already in Q8_0 or Q4_K is copied when that is its target; to
+ * any other it is refused: converting it again would compound two
+ * roundings, and leaving it as it is would label the output with a type
+ * it does not have. */
+static target tensor_target(const options *o, const ds_tensor *t)
+{
+    if (t->ndim != 2 || !ends_with(t->name, ".weight"))
+        return T_KEEP;
+    const target ty = kind_target(o, t->name);
+    if (t->dtype != DS_DT_Q8_0 && t->dtype != DS_DT_Q4_K)
+        return t->dtype == DS_DT_F8_E4M3 || t->dtype == DS_DT_BF16 || t->dtype == DS_DT_F16 || t->dtype == DS_DT_F32
+                   ? ty
+                   : T_KEEP;
+    if (ty == T_KEEP || output_dtype(ty, t->shape[1]) == t->dtype)
+        return T_KEEP;
+    tool_die(EXIT_INPUT, "%s: '%s' is already %s, not %s; dsinfer-quantize converts FP8, BF16, F16 and F32 weights, "
+             "so start from the original checkpoint", o->in, t->name, ds_dtype_name(t->dtype), target_names[ty]);
+}
+
+/* output_dtype, counting the fallbacks for the report. */
+static ds_dtype target_dtype(plan *p, target ty, int64_t cols)
+{
+    const ds_dtype dt = output_dtype(ty, cols);
+    p->fallback_q8 += ty == T_Q4_K && dt == DS_DT_Q8_0;
+    p->fallback_bf16 += (ty == T_Q4_K || ty == T_Q8_0) && dt == DS_DT_BF16;
+    return dt;
 }
 
 static out_tensor *plan_push(plan *p, const ds_tensor *src, const char *name, ds_dtype dt, enum how how)
