@@ -402,6 +402,8 @@ static ds_status parse_file(ds_tensor_table *t, int file, ds_error *err)
     json_decref(root);
     if (s)
         return s;
+    if (t->n_tensors == first)   /* a file of no tensors ("{}"): t->tensors may be NULL */
+        return DS_OK;
     /* Ordering by offset both finds overlaps and gives a stable, file-order
      * iteration independent of the JSON key order. */
     qsort(t->tensors + first, (size_t)(t->n_tensors - first), sizeof *t->tensors, cmp_offset);
