@@ -29,7 +29,9 @@ ds_status ds_map_file(const char *path, ds_mapped_file *out, ds_error *err)
     if (!out->path)
         return ds_fail(err, DS_ERR_NOMEM, "%s: out of memory", path);
 
-    out->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in a model directory is refused below instead of
+     * waiting in open() for a writer; regular files ignore the flag */
+    out->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (out->fd < 0)
         return map_fail(out, err, DS_ERR_IO, path, "cannot open", errno);
 

@@ -358,21 +358,35 @@ static ds_status read_config(const cfg_ctx *c, json_t *root, ds_config *cfg)
     return DS_OK;
 }
 
+ds_status ds_json_file_load(const char *path, size_t flags, json_t **root, ds_error *err)
+{
+    ds_mapped_file f;
+    *root = NULL;
+    ds_status s = ds_map_file(path, &f, err);
+    if (s)
+        return s;
+    if (f.size == 0) {
+        ds_unmap_file(&f);
+        return ds_fail(err, DS_ERR_FORMAT, "%s: the file is empty", path);
+    }
+    json_error_t je;
+    *root = json_loadb((const char *)f.base, (size_t)f.size, flags, &je);
+    ds_unmap_file(&f);
+    if (!*root)
+        return ds_fail(err, DS_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)", path, je.text, je.line,
+                       je.column);
+    return DS_OK;
+}
+
 ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err)
 {
     if (!path || !cfg)
         return ds_fail(err, DS_ERR_INVALID_ARG, "ds_config_load: NULL argument");
     memset(cfg, 0, sizeof *cfg);
-    ds_mapped_file f;
-    ds_status s = ds_map_file(path, &f, err);
+    json_t *root;
+    ds_status s = ds_json_file_load(path, JSON_REJECT_DUPLICATES, &root, err);
     if (s)
         return s;
-    json_error_t je;
-    json_t *root = json_loadb((const char *)f.base, (size_t)f.size, JSON_REJECT_DUPLICATES, &je);
-    ds_unmap_file(&f);
-    if (!root)
-        return ds_fail(err, DS_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)", path,
-                       je.text, je.line, je.column);
     cfg_ctx c = {path, "", err};
     if (!json_is_object(root))
         s = ds_fail(err, DS_ERR_FORMAT, "%s: not a JSON object", path);

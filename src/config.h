@@ -43,6 +43,13 @@ typedef struct ds_config {
 /* Parses and validates DIR/config.json (path is the file). Errors name the
  * file and the key. */
 ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err);
+
+/* A checkpoint's JSON file (config, index, tokenizer) into *root, parsed
+ * with jansson flags; DS_ERR_IO when it cannot be read or is not a regular
+ * file (a FIFO is refused, not waited on), DS_ERR_FORMAT when it is empty
+ * or not JSON, the message naming the file. */
+struct json_t;
+ds_status ds_json_file_load(const char *path, size_t flags, struct json_t **root, ds_error *err);
 /* Validation of relations between fields (positive sizes, groups divide
  * experts, ...); called by ds_config_load, exposed for tests. */
 ds_status ds_config_check(const ds_config *cfg, const char *path, ds_error *err);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "config.h"
 #include "format.h"
 #include "internal.h"
 #include "mapfile.h"
@@ -488,17 +489,7 @@ static ds_status check_index(const ds_tensor_table *t, const char *index_path, j
 
 static ds_status load_index_json(const char *index_path, json_t **root, ds_error *err)
 {
-    ds_mapped_file f;
-    ds_status s = ds_map_file(index_path, &f, err);
-    if (s)
-        return s;
-    json_error_t je;
-    *root = json_loadb((const char *)f.base, (size_t)f.size, JSON_REJECT_DUPLICATES, &je);
-    ds_unmap_file(&f);
-    if (!*root)
-        return ds_fail(err, DS_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)",
-                       index_path, je.text, je.line, je.column);
-    return DS_OK;
+    return ds_json_file_load(index_path, JSON_REJECT_DUPLICATES, root, err);
 }
 
 static ds_status open_index(ds_tensor_table *t, const char *dir, const char *index_path,

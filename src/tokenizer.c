@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <jansson.h>
+#include "config.h"
 #include "tokenizer_internal.h"
 
 /* ======================================================================
@@ -815,15 +816,15 @@ static ds_status config_template(ds_tokenizer *t, const json_t *cfg, ds_error *e
 static ds_status load_config(ds_tokenizer *t, const char *path, ds_error *err)
 {
     struct stat sb;
-    json_error_t je;
+    json_t *cfg;
     if (stat(path, &sb) != 0)
         return DS_OK;           /* optional */
-    json_t *cfg = json_load_file(path, 0, &je);
-    if (!cfg)
-        return ds_fail(err, DS_ERR_FORMAT, "%s:%d: %s", path, je.line, je.text);
+    ds_status st = ds_json_file_load(path, 0, &cfg, err);
+    if (st != DS_OK)
+        return st;
     t->bos_id = config_token(t, cfg, "bos_token");
     t->eos_id = config_token(t, cfg, "eos_token");
-    ds_status st = config_template(t, cfg, err);
+    st = config_template(t, cfg, err);
     json_decref(cfg);
     return st;
 }
@@ -879,7 +880,6 @@ ds_status ds_tokenizer_load(const char *path_or_dir, ds_tokenizer **out, ds_erro
 {
     char *json_path = NULL, *cfg_path = NULL;
     json_t *root = NULL;
-    json_error_t je;
     ds_tokenizer *t = NULL;
     ds_status st;
     if (!path_or_dir || !out)
@@ -887,17 +887,8 @@ ds_status ds_tokenizer_load(const char *path_or_dir, ds_tokenizer **out, ds_erro
     *out = NULL;
     if ((st = resolve_paths(path_or_dir, &json_path, &cfg_path, err)))
         goto done;
-    FILE *f = fopen(json_path, "rb");
-    if (!f) {
-        st = ds_fail(err, DS_ERR_IO, "%s: %s", json_path, strerror(errno));
+    if ((st = ds_json_file_load(json_path, 0, &root, err)))
         goto done;
-    }
-    root = json_loadf(f, 0, &je);
-    fclose(f);
-    if (!root) {
-        st = ds_fail(err, DS_ERR_FORMAT, "%s:%d: %s", json_path, je.line, je.text);
-        goto done;
-    }
     if (!(t = calloc(1, sizeof *t))) {
         st = nomem(err);
         goto done;

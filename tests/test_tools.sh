@@ -200,6 +200,25 @@ expect 2 "model-00001-of-00002.safetensors" "$B/dsinfer-inspect" "$T/cut"
 cp "$CASE/model/model-00001-of-00002.safetensors" "$T/cut/"
 sed 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$CASE/model/config.json" >"$T/cut/config.json"
 expect 2 "q_b_proj.weight' has shape \[768, 256\], but config.json implies \[1536, 256\]" "$B/dsinfer-inspect" "$T/cut"
+# a FIFO where a checkpoint file belongs is refused, not waited on; an empty
+# config or index is named as empty
+cp -r "$CASE/model" "$T/odd" && chmod -R u+w "$T/odd"
+for f in config.json model-00001-of-00002.safetensors tokenizer.json; do
+    [ -f "$T/odd/$f" ] || continue
+    mv "$T/odd/$f" "$T/odd/$f.keep" && mkfifo "$T/odd/$f"
+    expect 3 "$f: not a regular file" timeout 60 "$B/dsinfer" -m "$T/odd" --prompt hi -n 1
+    rm "$T/odd/$f" && mv "$T/odd/$f.keep" "$T/odd/$f"
+done
+if [ -f "$top_builddir/models/tiny/tokenizer.json" ]; then   # the embedded model's own tokenizer
+    mkdir "$T/odd-tok" && for f in "$top_builddir"/models/tiny/*; do ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$T/odd-tok/"; done
+    rm "$T/odd-tok/tokenizer.json" && mkfifo "$T/odd-tok/tokenizer.json"
+    expect 3 "tokenizer.json: not a regular file" timeout 60 "$B/dsinfer" -m "$T/odd-tok" --prompt hi -n 1
+fi
+for f in config.json model.safetensors.index.json; do
+    mv "$T/odd/$f" "$T/odd/$f.keep" && : >"$T/odd/$f"
+    expect 2 "$f: the file is empty" "$B/dsinfer-inspect" "$T/odd"
+    mv "$T/odd/$f.keep" "$T/odd/$f"
+done
 sed 's/"model_type": "deepseek_v32"/"model_type": "llama"/' "$CASE/model/config.json" >"$T/cut/config.json"
 expect 2 "model_type" "$B/dsinfer-inspect" "$T/cut"
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "common.h"
@@ -99,7 +100,10 @@ static int32_t *encode_text(const ds_tokenizer *t, const char *text, int *n)
 static ds_chat_format model_chat_format(const char *model_dir)
 {
     char path[4096];
+    struct stat st;
     join_path(path, sizeof path, model_dir, "config.json");
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))   /* a FIFO would block json_load_file */
+        return ds_chat_format_for_model(NULL);
     json_t *cfg = json_load_file(path, 0, NULL);
     ds_chat_format f = ds_chat_format_for_model(json_string_value(json_object_get(cfg, "model_type")));
     json_decref(cfg);
