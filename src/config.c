@@ -508,6 +508,16 @@ static ds_status check_rope(const ds_config *cfg, const char *path, ds_error *er
                        path, cfg->beta_fast, cfg->beta_slow);
     if (!isfinite(cfg->mscale) || !isfinite(cfg->mscale_all_dim))
         return ds_fail(err, DS_ERR_FORMAT, "%s: rope_scaling.mscale is not finite", path);
+    /* what rope.c makes of them: the rotation gain mscale(mscale) /
+     * mscale(mscale_all_dim) and the softmax gain mscale(mscale_all_dim)^2
+     * (a huge or negative mscale would give inf / NaN attention, silently) */
+    const float m = ds_yarn_mscale(cfg->rope_factor, cfg->mscale),
+                m_all = cfg->mscale_all_dim != 0.0 ? ds_yarn_mscale(cfg->rope_factor, cfg->mscale_all_dim) : 1.0f;
+    if (!(m > 0 && m_all > 0 && isfinite(m / m_all) && isfinite(m_all * m_all) && m_all * m_all > 0))
+        return ds_fail(err, DS_ERR_FORMAT,
+                       "%s: rope_scaling.mscale %g / mscale_all_dim %g with factor %g give the attention a "
+                       "gain of %g / %g: both must be finite and positive",
+                       path, cfg->mscale, cfg->mscale_all_dim, cfg->rope_factor, (double)m, (double)m_all);
     return DS_OK;
 }
 

@@ -49,6 +49,11 @@ ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err);
  * file (a FIFO is refused, not waited on), DS_ERR_FORMAT when it is empty
  * or not JSON, the message naming the file. */
 struct json_t;
+
+/* rope.c: YaRN's magnitude factor 0.1 mscale ln(factor) + 1 (1 when
+ * factor <= 1), as the float the kernels take; ds_config_check keeps every
+ * one a config yields finite and positive. */
+float ds_yarn_mscale(double factor, double mscale);
 ds_status ds_json_file_load(const char *path, size_t flags, struct json_t **root, ds_error *err);
 /* Validation of relations between fields (positive sizes, groups divide
  * experts, ...); called by ds_config_load, exposed for tests. */

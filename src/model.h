@@ -148,7 +148,6 @@ void ds_weights_free_replicas(ds_model *m);
 
 /* rope.c */
 ds_status ds_rope_init(ds_model *m, ds_error *err);
-float ds_yarn_mscale(double factor, double mscale);
 void ds_yarn_freqs(const ds_config *cfg, float *freq);
 void ds_rope_interleaved(float *x, int dim, int pos, const float *freq, float mscale);
 void ds_rope_halves(float *x, int dim, int pos, const float *freq, float mscale);

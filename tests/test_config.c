@@ -283,6 +283,24 @@ static void test_errors(void)
                 with(base_v3(), "rope_scaling", json_pack("{s:s, s:s, s:i}", "type", "yarn", "factor", "4",
                                                           "original_max_position_embeddings", 64)),
                 DS_ERR_FORMAT, "'rope_scaling.factor'");
+    /* mscale values whose gains would be inf, NaN or negative (the attention
+     * would be inf / NaN with no error) */
+    static const double bad_ms[][2] = {{1e300, 1}, {1, 1e20}, {-100, 1}, {1, -1e3}};
+    for (int k = 0; k < 4; k++)
+        expect_fail("yarn mscale gain",
+                    with(base_v3(), "rope_scaling",
+                         json_pack("{s:s, s:f, s:i, s:f, s:f}", "type", "yarn", "factor", 40.0,
+                                   "original_max_position_embeddings", 64, "mscale", bad_ms[k][0],
+                                   "mscale_all_dim", bad_ms[k][1])),
+                    DS_ERR_FORMAT, "must be finite and positive");
+    {
+        ds_config c;
+        expect_ok("yarn mscale 0.707",
+                  with(base_v3(), "rope_scaling",
+                       json_pack("{s:s, s:f, s:i, s:f, s:f}", "type", "yarn", "factor", 40.0,
+                                 "original_max_position_embeddings", 64, "mscale", 0.707, "mscale_all_dim", 0.707)),
+                  &c);
+    }
     expect_fail("quant awq",
                 with(base_v3(), "quantization_config", json_pack("{s:s}", "quant_method", "awq")),
                 DS_ERR_UNSUPPORTED, "quant_method 'awq'");
