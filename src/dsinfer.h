@@ -275,6 +275,8 @@ void ds_sampler_params_init(ds_sampler_params *p);
 typedef struct ds_sampler ds_sampler;
 ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_error *err);
 void ds_sampler_free(ds_sampler *s);
+/* The chosen token id; -1 when vocab_size <= 0 or a logit is NaN (the
+ * forward pass met a weight holding NaN or Inf: no token is meaningful). */
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int vocab_size);
 
 /* ---- JSON Schema constrained decoding ---------------------------------- */

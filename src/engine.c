@@ -453,8 +453,17 @@ static void absorb(ds_engine *e, int n, emit *em, int *nem, done *d, int *nd)
             finish_slot(e, i, DS_FINISH_ERROR, d, nd);     /* the grammar allows no token (cannot happen) */
             continue;
         }
-        int32_t tok = r->jm ? sample_constrained(e, r, it->logits, e->m->cfg.eos_token_id)
-                            : ds_sampler_sample(r->smp, it->logits, r->sample_vocab);
+        int32_t tok;
+        if (!r->jm)
+            tok = ds_sampler_sample(r->smp, it->logits, r->sample_vocab);
+        else if (ds_logits_have_nan(it->logits, r->sample_vocab))
+            tok = -1;
+        else
+            tok = sample_constrained(e, r, it->logits, e->m->cfg.eos_token_id);
+        if (tok < 0) {
+            finish_slot(e, i, DS_FINISH_ERROR, d, nd);     /* NaN logits: a corrupt weight */
+            continue;
+        }
         r->generated++;
         e->st.generated_tokens++;
         em[(*nem)++] = (emit){r, tok, it->logits};

@@ -28,6 +28,9 @@ uint64_t ds_mem_available(void);
 /* Tests only: 1 makes the sampler sort every token for top-k / top-p, the
  * plain form its candidate histogram must match token for token. */
 void ds_sampler_set_full_sort(ds_sampler *s, int on);
+/* Whether any of v[0..n) is NaN: logits of a forward pass through a weight
+ * that holds NaN or Inf, which no token can be chosen from. */
+int ds_logits_have_nan(const float *v, int n);
 
 /* Benchmarks only (dsinfer-bench --depth-fill synthetic): fills the KV and
  * indexer caches of positions [0, n) with seeded random entries in the layout

@@ -142,9 +142,17 @@ static int cut_candidates(const float *prob, int n, int top_k, float top_p, doub
     return nc;
 }
 
+int ds_logits_have_nan(const float *v, int n)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        bad |= v[i] != v[i];
+    return bad;
+}
+
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
 {
-    if (n <= 0)
+    if (n <= 0 || ds_logits_have_nan(logits, n))
         return -1;
     if (s->p.temperature <= 0.0f)
         return argmax(logits, n);

@@ -156,6 +156,12 @@ static ds_status bind_vec(ds_model *m, const char *name, int n, float **out, ds_
     if (!f)
         return DS_ERR_NOMEM;
     ds_convert_to_f32(t->dtype, t->data, f, (size_t)n);
+    /* norms and biases are read once, so a NaN or Inf here (a corrupt
+     * file) is cheap to refuse at load instead of yielding NaN logits */
+    for (int i = 0; i < n; i++)
+        if (!isfinite(f[i]))
+            return ds_fail(err, DS_ERR_FORMAT, "%s: tensor '%s' holds %g at index %d", file_of(m, t), name,
+                           (double)f[i], i);
     *out = f;
     return DS_OK;
 }

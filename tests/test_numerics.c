@@ -662,6 +662,19 @@ static void test_sampler_nucleus(void)
         }
         ds_sampler_free(s);
     }
+    /* a NaN logit (a corrupt weight upstream) chooses nothing, greedy or not */
+    const float nan_logits[4] = {0.0f, NAN, 1.0f, 2.0f};
+    for (int greedy = 0; greedy < 2; greedy++) {
+        ds_sampler_params p;
+        ds_sampler_params_init(&p);
+        p.temperature = greedy ? 0.0f : 0.8f;
+        ds_sampler *s = NULL;
+        CHECK(ds_sampler_create(&p, &s, NULL) == DS_OK, "sampler create");
+        CHECK(s && ds_sampler_sample(s, nan_logits, 4) == -1, "NaN logits (greedy %d): not -1", greedy);
+        const int32_t t = s ? ds_sampler_sample(s, nan_logits + 2, 2) : -1;
+        CHECK(greedy ? t == 1 : t == 0 || t == 1, "finite logits after NaN ones (greedy %d): %d", greedy, (int)t);
+        ds_sampler_free(s);
+    }
 }
 
 /* The candidate histogram must pick exactly the token sorting every token

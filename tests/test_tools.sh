@@ -200,6 +200,65 @@ expect 2 "model-00001-of-00002.safetensors" "$B/dsinfer-inspect" "$T/cut"
 cp "$CASE/model/model-00001-of-00002.safetensors" "$T/cut/"
 sed 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$CASE/model/config.json" >"$T/cut/config.json"
 expect 2 "q_b_proj.weight' has shape \[768, 256\], but config.json implies \[1536, 256\]" "$B/dsinfer-inspect" "$T/cut"
+# a norm holding NaN is refused at load (it would make every logit NaN)
+python3 - "$T/odd-nan" "$CASE/model" <<'PY'
+import json, os, shutil, struct, sys
+dst, src = sys.argv[1:3]
+shutil.copytree(src, dst)
+for f in sorted(os.listdir(dst)):
+    if not f.endswith(".safetensors"):
+        continue
+    p = os.path.join(dst, f)
+    os.chmod(p, 0o644)
+    with open(p, "r+b") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        h = json.loads(fh.read(n))
+        t = h.get("model.norm.weight")
+        if t:
+            fh.seek(8 + n + t["data_offsets"][0])
+            fh.write({"BF16": b"\xc0\x7f", "F32": b"\x00\x00\xc0\x7f", "F16": b"\x00\x7e"}[t["dtype"]])
+PY
+expect 2 "model.norm.weight' holds nan at index 0" "$B/dsinfer" -m "$T/odd-nan" -p 0 -n 1
+# a NaN in token 0's embedding row (matrices are not scanned at load): NaN
+# logits are an error, not token 0 every step; in the engine, an error record
+python3 - "$T/odd-emb" "$CASE/model" <<'PY'
+import json, os, shutil, struct, sys
+dst, src = sys.argv[1:3]
+shutil.copytree(src, dst)
+for f in sorted(os.listdir(dst)):
+    if not f.endswith(".safetensors"):
+        continue
+    p = os.path.join(dst, f)
+    os.chmod(p, 0o644)
+    with open(p, "r+b") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        h = json.loads(fh.read(n))
+        t = h.get("model.embed_tokens.weight")
+        if t:
+            fh.seek(8 + n + t["data_offsets"][0])
+            fh.write({"BF16": b"\xc0\x7f", "F32": b"\x00\x00\xc0\x7f"}[t["dtype"]])
+PY
+expect 4 "logits of step 0 are NaN" "$B/dsinfer" -m "$T/odd-emb" -p 0 -n 2
+if [ -f "$top_builddir/models/tiny/tokenizer.json" ]; then   # text prompts need the full vocabulary
+    python3 - "$T/odd-emb2" "$top_builddir/models/tiny" <<'PY'
+import json, os, shutil, struct, sys
+dst, src = sys.argv[1:3]
+shutil.copytree(src, dst)
+for f in sorted(os.listdir(dst)):
+    if f.endswith(".safetensors"):
+        with open(os.path.join(dst, f), "r+b") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            t = json.loads(fh.read(n)).get("lm_head.weight")
+            if t:   # token 0's logit is NaN at every position
+                fh.seek(8 + n + t["data_offsets"][0])
+                fh.write(b"\xc0\x7f")
+PY
+    echo '{"id": "n1", "prompt": "hi"}' >"$T/nan.jsonl"
+    "$B/dsinfer-batch" -m "$T/odd-emb2" -i "$T/nan.jsonl" -o "$T/nan.out" -n 2 -q 2>"$T/nan.err"
+    grep -q '"generation_error"' "$T/nan.out" && ok "dsinfer-batch: NaN logits give an error record" ||
+        bad "dsinfer-batch NaN logits: $(cat "$T/nan.out" "$T/nan.err")"
+    rm -rf "$T/odd-emb2"
+fi
 # a FIFO where a checkpoint file belongs is refused, not waited on; an empty
 # config or index is named as empty
 cp -r "$CASE/model" "$T/odd" && chmod -R u+w "$T/odd"

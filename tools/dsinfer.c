@@ -278,6 +278,9 @@ int main(int argc, char **argv)
         /* with a tokenizer, never sample the checkpoint's padding ids (they have no text) */
         int nv = tok && ds_tokenizer_vocab_size(tok) < mi->vocab_size ? ds_tokenizer_vocab_size(tok) : mi->vocab_size;
         int32_t id = ds_sampler_sample(smp, logits, nv);
+        if (id < 0)
+            tool_die(EXIT_RUNTIME, "the logits of step %d are NaN: a weight of %s holds NaN or Inf", generated,
+                     model_dir);
         int eos = id == mi->eos_token_id && !ignore_eos;
         if (dt)
             print_piece(dt, id, 0);
