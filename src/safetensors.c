@@ -51,6 +51,8 @@ static shown_name show(const char *name)
         unsigned char c = (unsigned char)name[i];
         r.s[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
     }
+    while (keep < n && keep > 0 && ((unsigned char)name[keep] & 0xc0) == 0x80)
+        keep--;                 /* not inside a UTF-8 sequence: the message may go into JSON */
     if (keep < n)
         memcpy(r.s + keep, "...", 3), keep += 3;
     r.s[keep] = 0;

@@ -323,6 +323,25 @@ static void test_bad_headers(void)
     expect_header_fail("badjson", "{\"a\": {\"dtype\": ", 0, DS_ERR_FORMAT, "invalid JSON", NULL);
     expect_header_fail("trailing", "{} x", 0, DS_ERR_FORMAT, "invalid JSON", NULL);
     expect_header_fail("array", "[1, 2]", 0, DS_ERR_FORMAT, "not an object", NULL);
+    {
+        /* a long name of 2-byte characters is shortened at a character
+         * boundary: the message stays UTF-8 (it may be put into JSON) */
+        char hdr[1024], name[512];
+        size_t k = 0;
+        name[k++] = 'a';
+        for (int i = 0; i < 100; i++)
+            name[k++] = (char)0xc3, name[k++] = (char)0xa9;
+        name[k] = 0;
+        snprintf(hdr, sizeof hdr, "{\"%s\": {\"dtype\": \"XX\", \"shape\": [1], \"data_offsets\": [0, 1]}}", name);
+        write_st(path_in(tmpdir, "long-name.safetensors"), hdr, 1);
+        ds_tensor_table *t = NULL;
+        ds_error e = {0};
+        ds_status st = ds_table_open_file(path_in(tmpdir, "long-name.safetensors"), &t, &e);
+        const char *dots = strstr(e.msg, "...");
+        CHECK(st != DS_OK && dots && ((unsigned char)dots[-1] == 0xa9), "long name cut inside a character: %s", e.msg);
+        if (st == DS_OK)
+            ds_table_free(t);
+    }
     expect_header_fail("notobj", "{\"w.weight\": 5}", 0, DS_ERR_FORMAT, "'w.weight'", "not an object");
     expect_header_fail("overlap",
                        "{" ENTRY("x.weight", "F32", "[2,3]", "[0,24]") ","

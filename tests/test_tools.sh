@@ -104,6 +104,22 @@ PY
 "$B/dsinfer-bench" -m "$CASE/model" -p 4 -n 2 --membw-mb 0 --kv-cache fp8-compact |
     python3 -c "import json, sys; d = json.load(sys.stdin); assert d['kv_cache'] == 'fp8-compact' and d['kv_bytes_per_token_layer'] == 788, d" &&
     ok "fp8-compact KV: 788 bytes per position and layer (bf16 rope key)" || bad "fp8-compact KV bytes"
+# inspect --json prints its report even when the path is not UTF-8
+mkdir "$T/$(printf 'd\351')" && "$B/dsinfer-inspect" --json "$T/$(printf 'd\351')" >"$T/nonutf.json" 2>/dev/null
+rc=$?
+[ "$rc" = 3 ] && python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['valid'] is False and 'd?' in d['model'], d" "$T/nonutf.json" &&
+    ok "inspect --json, a path that is not UTF-8" || bad "inspect --json non-UTF-8 path -> $rc: $(cat "$T/nonutf.json")"
+# a report that cannot be written (stdout on a full device) is an I/O error
+if [ -w /dev/full ]; then
+    for cmd in "dsinfer-inspect $CASE/model" "dsinfer-inspect --json $CASE/model" \
+        "dsinfer-bench -m $CASE/model -p 2 -n 1 -r 1 --membw-mb 0" "dsinfer-tokenize --text hi" "dsinfer-eval --help"; do
+        # shellcheck disable=SC2086
+        "$B"/$cmd >/dev/full 2>"$T/full.err"
+        rc=$?
+        [ "$rc" = 3 ] && grep -q "standard output" "$T/full.err" && ok "$cmd >/dev/full -> 3" ||
+            bad "$cmd >/dev/full -> $rc: $(cat "$T/full.err")"
+    done
+fi
 # OMP_NUM_THREADS: a sane value is the team, an absurd one (more than 8 a
 # CPU) is replaced by one thread a CPU instead of crashing every tool
 ncpu=$(getconf _NPROCESSORS_ONLN)

@@ -24,7 +24,7 @@ static void usage(FILE *f)
         "      --mem-budget SIZE  validate with this expert-cache budget (as the runtime would load it)\n"
         "      --io MODE     uring, pread or auto: how a streaming load reads experts\n"
         TOOL_HELP_NUMA
-        "  -q, --quiet       print errors only\n"
+        "  -q, --quiet       nothing on stderr but errors (the report still goes to stdout)\n"
         "  -v, --verbose     describe the model, kernels and expert cache on stderr\n"
         "  -h, --help        show this help\n"
         "  -V, --version     show the version\n"
@@ -33,6 +33,25 @@ static void usage(FILE *f)
 }
 
 #define MAX_DT 16
+
+/* s as a JSON string; a path or message that is not UTF-8 (a directory
+ * named in another encoding) has its bytes above 0x7f shown as '?', so
+ * the report is still printed. */
+static json_t *text_json(const char *s)
+{
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    char *a = strdup(s);
+    if (!a)
+        tool_die(EXIT_RUNTIME, "out of memory");
+    for (char *p = a; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    j = json_string(a);
+    free(a);
+    return j;
+}
 
 int main(int argc, char **argv)
 {
@@ -74,7 +93,7 @@ int main(int argc, char **argv)
     ds_model *m;
     if (ds_model_load(dir, &lp, &m, &err) != DS_OK) {
         if (json) {
-            json_t *j = json_pack("{s:s, s:b, s:s}", "model", dir, "valid", 0, "error", err.msg);
+            json_t *j = json_pack("{s:o, s:b, s:o}", "model", text_json(dir), "valid", 0, "error", text_json(err.msg));
             char *txt = j ? json_dumps(j, JSON_PRESERVE_ORDER) : NULL;
             if (txt)
                 puts(txt);
@@ -118,7 +137,7 @@ int main(int argc, char **argv)
     }
     if (json) {
         json_t *j = json_object();
-        json_object_set_new(j, "model", json_string(dir));
+        json_object_set_new(j, "model", text_json(dir));
         json_object_set_new(j, "valid", json_true());
         json_object_set_new(j, "model_type", json_string(i->model_type));
         json_object_set_new(j, "vocab_size", json_integer(i->vocab_size));

@@ -13,12 +13,24 @@
 
 int tool_verbosity;
 
-/* Before any parallel region of a tool: an absurd OMP_NUM_THREADS (more
- * than 8 per CPU, see ds_default_threads) would start that many threads
- * in each and exhaust memory; the tools that never load a model
- * (dsinfer-quantize's converters) go through no ds_model_load to catch it. */
-__attribute__((constructor)) static void tool_sane_threads(void)
+/* At exit: a report that could not be written (a full disk, /dev/full)
+ * must not end in status 0.  Registered first, so it runs after the other
+ * handlers (outfiles.c's clean-up). */
+static void check_stdout(void)
 {
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "%s: cannot write standard output: %s\n", tool_name, strerror(errno ? errno : EIO));
+        _exit(EXIT_IO);
+    }
+}
+
+/* Before main.  An absurd OMP_NUM_THREADS (more than 8 per CPU, see
+ * ds_default_threads) would start that many threads in every parallel
+ * region and exhaust memory; the tools that never load a model
+ * (dsinfer-quantize's converters) go through no ds_model_load to catch it. */
+__attribute__((constructor)) static void tool_start(void)
+{
+    atexit(check_stdout);
     const int n = ds_default_threads();
     if (n != omp_get_max_threads())
         omp_set_num_threads(n);
