@@ -120,7 +120,8 @@ uint64_t tool_parse_u64(const char *opt, const char *s)
 {
     char *end;
     errno = 0;
-    if (*s == '-')
+    /* strtoull skips blanks, then takes "-1" as 2^64 - 1 */
+    if (*s < '0' || *s > '9')
         tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected a non-negative integer)", opt, s);
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || end == s || *end)
@@ -223,7 +224,10 @@ int64_t tool_parse_budget(const char *opt, const char *s)
         return DS_EXPERT_BUDGET_ALL;
     if (*s < '0' || *s > '9')
         tool_die(EXIT_USAGE, "invalid value for %s: '%s' (expected auto, all or a size such as 12G)", opt, s);
-    return tool_parse_size(opt, s);
+    const int64_t v = tool_parse_size(opt, s);
+    if (v <= 0)   /* 0 is the API's "auto": a budget of nothing is a mistake, not a request for it */
+        tool_die(EXIT_USAGE, "invalid value for %s: '%s' (a budget of 0 bytes; auto is the default)", opt, s);
+    return v;
 }
 
 ds_kv_type tool_parse_kv(const char *opt, const char *s)
