@@ -174,7 +174,7 @@ expect 1 "unrecognized option\|invalid option" "$B/dsinfer" --bogus
 expect 1 "temperature" "$B/dsinfer" -m "$CASE/model" -p 0 --temperature -1
 expect 1 "expected a non-negative integer" "$B/dsinfer" -m "$CASE/model" -p 0 --seed " -1"
 expect 1 "a budget of 0 bytes" "$B/dsinfer" -m "$CASE/model" -p 0 --mem-budget 0
-expect 1 "a budget of 0 bytes" "$B/dsinfer" -m "$CASE/model" -p 0 --mem-budget 0.4K
+expect 1 "a budget of 0 bytes" "$B/dsinfer" -m "$CASE/model" -p 0 --mem-budget 0.4
 expect 2 "outside the vocabulary" "$B/dsinfer" -m "$CASE/model" -p "0 5000"
 # a chat message or system prompt that is not UTF-8 is refused, not dropped
 expect 2 "chat: the text is not valid UTF-8" "$B/dsinfer" -m "$CASE/model" --chat "$(printf 'caf\351')" -n 1
