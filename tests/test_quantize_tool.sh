@@ -10,7 +10,7 @@ B="$top_builddir/tools"
 Q="$B/dsinfer-quantize"
 CASE="$top_srcdir/tests/data/tiny-dsa"
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+trap 'umount "$T/small" 2>/dev/null; rm -rf "$T"' EXIT
 fails=0
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
@@ -85,6 +85,14 @@ for ty in q8_0 q4_k; do
 done
 "$B/dsinfer-inspect" "$T/q4_k" | grep -q "^  Q8_0 " && ok "inspect q4_k shows the Q8_0 fallbacks" ||
     bad "inspect q4_k: no Q8_0"
+# a full disk (a 4 MiB tmpfs, where root may mount one): exit 3 and no
+# partial shard left to keep the disk full
+if [ "$(id -u)" = 0 ] && mkdir "$T/small" && mount -t tmpfs -o size=4M tmpfs "$T/small" 2>/dev/null; then
+    expect 3 "No space left on device" "$Q" --model "$CASE/model" --out "$T/small/q" --type bf16
+    [ -z "$(ls -A "$T/small/q" 2>/dev/null)" ] && ok "no partial shard on a full disk" ||
+        bad "full disk left: $(ls -l "$T/small/q")"
+    umount "$T/small"
+fi
 # an already quantized source: its own type is kept (copied), another refused
 expect 2 "is already Q4_K, not q8_0" "$Q" --model "$T/q4_k" --out "$T/requant" --type q8_0
 [ ! -e "$T/requant/config.json" ] && ok "no output for a refused source" || bad "requant wrote a config"

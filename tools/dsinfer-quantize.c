@@ -540,9 +540,14 @@ static void strip_scales(const float *x, int nrows, int cols, float *scales)
     }
 }
 
+/* A failed write (a full disk) removes the shard's temporary before the
+ * exit, or it would keep the disk full. */
 static void die_writer(st_writer *w)
 {
-    tool_die(EXIT_IO, "%s", st_writer_error(w));
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", st_writer_error(w));
+    st_writer_abort(w);
+    tool_die(EXIT_IO, "%s", msg);
 }
 
 /* Converts one tensor strip by strip (rows decoded, encoded and measured in
