@@ -378,6 +378,14 @@ ds_status ds_json_file_load(const char *path, size_t flags, json_t **root, ds_er
     return DS_OK;
 }
 
+static ds_status config_from_json(json_t *root, const char *path, ds_config *cfg, ds_error *err)
+{
+    cfg_ctx c = {path, "", err};
+    ds_status s = json_is_object(root) ? read_config(&c, root, cfg)
+                                       : ds_fail(err, DS_ERR_FORMAT, "%s: not a JSON object", path);
+    return s ? s : ds_config_check(cfg, path, err);
+}
+
 ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err)
 {
     if (!path || !cfg)
@@ -387,13 +395,24 @@ ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err)
     ds_status s = ds_json_file_load(path, JSON_REJECT_DUPLICATES, &root, err);
     if (s)
         return s;
-    cfg_ctx c = {path, "", err};
-    if (!json_is_object(root))
-        s = ds_fail(err, DS_ERR_FORMAT, "%s: not a JSON object", path);
-    else
-        s = read_config(&c, root, cfg);
+    s = config_from_json(root, path, cfg, err);
     json_decref(root);
-    return s ? s : ds_config_check(cfg, path, err);
+    return s;
+}
+
+ds_status ds_config_parse(const char *text, size_t len, const char *name, ds_config *cfg, ds_error *err)
+{
+    if (!text || !name || !cfg)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_config_parse: NULL argument");
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t je;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return ds_fail(err, DS_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)", name, je.text, je.line,
+                       je.column);
+    ds_status s = config_from_json(root, name, cfg, err);
+    json_decref(root);
+    return s;
 }
 
 /* ---- relations between fields ------------------------------------------- */

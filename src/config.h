@@ -43,6 +43,9 @@ typedef struct ds_config {
 /* Parses and validates DIR/config.json (path is the file). Errors name the
  * file and the key. */
 ds_status ds_config_load(const char *path, ds_config *cfg, ds_error *err);
+/* The same from config.json's text (name: what messages call it), for
+ * dsinfer-mkmodel to refuse a config before writing a checkpoint. */
+ds_status ds_config_parse(const char *text, size_t len, const char *name, ds_config *cfg, ds_error *err);
 
 /* A checkpoint's JSON file (config, index, tokenizer) into *root, parsed
  * with jansson flags; DS_ERR_IO when it cannot be read or is not a regular

@@ -220,6 +220,11 @@ expect 1 "malformed --set" --out "$tmp/x" --set n_group
 expect 2 "n_group not dividing the experts" --out "$tmp/x" --config "$tmp/small.json" --set n_group=3 --no-tokenizer
 expect 2 "unknown model_type" --out "$tmp/x" --config "$tmp/small.json" --set model_type=llama --no-tokenizer
 expect 2 "negative size" --out "$tmp/x" --config "$tmp/small.json" --set hidden_size=-4 --no-tokenizer
+# values the loader refuses are refused before anything is written
+for kv in rope_theta=-1 scoring_func=relu rope_scaling.factor=abc norm_topk_prob=7 routed_scaling_factor=0; do
+    expect 2 "--set $kv" --out "$tmp/x-$kv" --config "$tmp/small.json" --set "$kv" --no-tokenizer
+    [ ! -e "$tmp/x-$kv/config.json" ] && ok "--set $kv: nothing written" || fail "--set $kv wrote a checkpoint"
+done
 echo '[1, 2]' >"$tmp/notobj.json"
 expect 2 "--config not an object" --out "$tmp/x" --config "$tmp/notobj.json"
 expect 3 "missing --config file" --out "$tmp/x" --config "$tmp/nonexistent.json"

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "common.h"
+#include "config.h"
 #include "dtype.h"
 #include "st_writer.h"
 
@@ -1065,6 +1066,13 @@ int main(int argc, char **argv)
     json_decref(final);
     if (!cfg_text)
         die_oom();
+    /* the runtime's own rules, before any shard is written: a --set the
+     * loader would refuse (a negative rope_theta, an unknown scoring_func)
+     * is refused here (exit 2), not written as a checkpoint nothing loads */
+    ds_config check;
+    ds_error cerr;
+    if (ds_config_parse(cfg_text, strlen(cfg_text), "the config", &check, &cerr) != DS_OK)
+        tool_die(EXIT_INPUT, "%s", cerr.msg);
 
     /* Tokenizer sources. */
     char *tok_cands[3] = {0}, *tcfg_cands[4] = {0};
