@@ -329,6 +329,12 @@ for spec in "dsinfer --prompt-ids 1" "dsinfer-eval --tokens $T/tok.json -o $T/o.
     expect 2 "config.json" "$B/$tool" -m "$T/badmodel" $args
 done
 expect 3 "nonexistent" "$B/dsinfer-tokenize" -m "$T/nonexistent" --text hi
+# options that would be ignored are refused; a missing --batch-json file
+# fails before the tokenizer loads
+expect 1 "bench encodes" "$B/dsinfer-tokenize" --bench 3 --decode 1,2,3
+expect 1 "bench encodes" "$B/dsinfer-tokenize" --bench 3 --render-chat "$T/x.json"
+expect 1 "go with --render-chat" "$B/dsinfer-tokenize" --thinking --text hi
+expect 3 "cannot open" "$B/dsinfer-tokenize" --batch-json "$T/nonexistent.json"
 # -v describes the model and the kernels; -q leaves stderr empty
 "$B/dsinfer" -v -m "$CASE/model" -p "0 831" -n 2 >/dev/null 2>"$T/verbose"
 grep -q "loaded .*layers" "$T/verbose" && grep -q "kernels: " "$T/verbose" && grep -q "expert cache" "$T/verbose" &&

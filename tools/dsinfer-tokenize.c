@@ -97,6 +97,7 @@ static void parse_args(int argc, char **argv, opts *o)
     };
     int c;
     memset(o, 0, sizeof *o);
+    int thinking_set = 0;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "m:qvhV", lo, NULL)) != -1) {
         switch (c) {
@@ -111,8 +112,8 @@ static void parse_args(int argc, char **argv, opts *o)
         case O_NOSPEC: o->no_special = 1; break;
         case O_RENDER: o->render = optarg; break;
         case O_PARSE: o->parse = 1; break;
-        case O_THINK: o->thinking = 1; break;
-        case O_NOTHINK: o->thinking = 0; break;
+        case O_THINK: o->thinking = 1, thinking_set = 1; break;
+        case O_NOTHINK: o->thinking = 0, thinking_set = 1; break;
         case O_NOBOS: o->no_bos = 1; break;
         case O_FORMAT: o->chat_format = optarg; break;
         case O_CHATIDS: o->ids = 1; break;
@@ -139,6 +140,10 @@ static void parse_args(int argc, char **argv, opts *o)
         tool_die(EXIT_USAGE, "--chat-format goes with --render-chat or --parse-completion");
     if (o->ids_only && o->json)
         tool_die(EXIT_USAGE, "--ids-only and --json exclude each other");
+    if (thinking_set && !o->render && !o->parse)
+        tool_die(EXIT_USAGE, "--thinking and --no-thinking go with --render-chat or --parse-completion");
+    if (o->bench && (o->decode || o->batch || o->render || o->parse))
+        tool_die(EXIT_USAGE, "--bench encodes --text, --file or standard input");
 }
 
 /* The installed tokenizer file NAME, else the source tree's copy (so the
@@ -343,7 +348,9 @@ static void batch_one(const ds_tokenizer *t, const opts *o, const json_t *s, siz
     free(ids);
 }
 
-static void do_batch(const ds_tokenizer *t, const opts *o)
+/* The --batch-json list, read before the tokenizer loads (a bad file
+ * fails at once, with nothing else held). */
+static json_t *load_batch(const opts *o)
 {
     json_error_t je;
     FILE *f = fopen(o->batch, "rb");
@@ -356,6 +363,11 @@ static void do_batch(const ds_tokenizer *t, const opts *o)
         tool_die(EXIT_INPUT, "%s:%d: %s", o->batch, je.line, je.text);
     if (!json_is_array(root))
         tool_die(EXIT_INPUT, "%s: expected a JSON list of strings", o->batch);
+    return root;
+}
+
+static void do_batch(const ds_tokenizer *t, const opts *o, json_t *root)
+{
     putchar('[');
     for (size_t i = 0; i < json_array_size(root); i++) {
         if (i)
@@ -472,11 +484,12 @@ int main(int argc, char **argv)
             tool_die(EXIT_IO, "error writing standard output: %s", strerror(errno));
         return EXIT_OK;
     }
+    json_t *batch = o.batch ? load_batch(&o) : NULL;
     ds_tokenizer *t = load_tokenizer(&o, "tokenizer.json");
     if (o.bench)
         do_bench(t, &o);
     else if (o.batch)
-        do_batch(t, &o);
+        do_batch(t, &o, batch);
     else if (o.decode)
         do_decode(t, &o);
     else
