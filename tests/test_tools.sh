@@ -219,59 +219,34 @@ expect 2 "model-00001-of-00002.safetensors" "$B/dsinfer-inspect" "$T/cut"
 cp "$CASE/model/model-00001-of-00002.safetensors" "$T/cut/"
 sed 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$CASE/model/config.json" >"$T/cut/config.json"
 expect 2 "q_b_proj.weight' has shape \[768, 256\], but config.json implies \[1536, 256\]" "$B/dsinfer-inspect" "$T/cut"
-# a norm holding NaN is refused at load (it would make every logit NaN)
-python3 - "$T/odd-nan" "$CASE/model" <<'PY'
+# nan_copy SRC DST TENSOR: a copy of checkpoint SRC whose TENSOR's first
+# element is NaN
+nan_copy() {
+    python3 - "$1" "$2" "$3" <<'PY'
 import json, os, shutil, struct, sys
-dst, src = sys.argv[1:3]
-shutil.copytree(src, dst)
-for f in sorted(os.listdir(dst)):
-    if not f.endswith(".safetensors"):
-        continue
-    p = os.path.join(dst, f)
-    os.chmod(p, 0o644)
-    with open(p, "r+b") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        h = json.loads(fh.read(n))
-        t = h.get("model.norm.weight")
-        if t:
-            fh.seek(8 + n + t["data_offsets"][0])
-            fh.write({"BF16": b"\xc0\x7f", "F32": b"\x00\x00\xc0\x7f", "F16": b"\x00\x7e"}[t["dtype"]])
-PY
-expect 2 "model.norm.weight' holds nan at index 0" "$B/dsinfer" -m "$T/odd-nan" -p 0 -n 1
-# a NaN in token 0's embedding row (matrices are not scanned at load): NaN
-# logits are an error, not token 0 every step; in the engine, an error record
-python3 - "$T/odd-emb" "$CASE/model" <<'PY'
-import json, os, shutil, struct, sys
-dst, src = sys.argv[1:3]
-shutil.copytree(src, dst)
-for f in sorted(os.listdir(dst)):
-    if not f.endswith(".safetensors"):
-        continue
-    p = os.path.join(dst, f)
-    os.chmod(p, 0o644)
-    with open(p, "r+b") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        h = json.loads(fh.read(n))
-        t = h.get("model.embed_tokens.weight")
-        if t:
-            fh.seek(8 + n + t["data_offsets"][0])
-            fh.write({"BF16": b"\xc0\x7f", "F32": b"\x00\x00\xc0\x7f"}[t["dtype"]])
-PY
-expect 4 "logits of step 0 are NaN" "$B/dsinfer" -m "$T/odd-emb" -p 0 -n 2
-if [ -f "$top_builddir/models/tiny/tokenizer.json" ]; then   # text prompts need the full vocabulary
-    python3 - "$T/odd-emb2" "$top_builddir/models/tiny" <<'PY'
-import json, os, shutil, struct, sys
-dst, src = sys.argv[1:3]
+src, dst, name = sys.argv[1:4]
 shutil.copytree(src, dst)
 for f in sorted(os.listdir(dst)):
     if f.endswith(".safetensors"):
-        with open(os.path.join(dst, f), "r+b") as fh:
+        p = os.path.join(dst, f)
+        os.chmod(p, 0o644)
+        with open(p, "r+b") as fh:
             n = struct.unpack("<Q", fh.read(8))[0]
-            t = json.loads(fh.read(n)).get("lm_head.weight")
-            if t:   # token 0's logit is NaN at every position
+            t = json.loads(fh.read(n)).get(name)
+            if t:
                 fh.seek(8 + n + t["data_offsets"][0])
-                fh.write(b"\xc0\x7f")
+                fh.write({"BF16": b"\xc0\x7f", "F32": b"\x00\x00\xc0\x7f", "F16": b"\x00\x7e"}[t["dtype"]])
 PY
+}
+# a norm holding NaN is refused at load (it would make every logit NaN)
+nan_copy "$CASE/model" "$T/odd-nan" model.norm.weight
+expect 2 "model.norm.weight' holds nan at index 0" "$B/dsinfer" -m "$T/odd-nan" -p 0 -n 1
+# a NaN in token 0's embedding row (matrices are not scanned at load): NaN
+# logits are an error, not token 0 every step; in the engine, an error record
+nan_copy "$CASE/model" "$T/odd-emb" model.embed_tokens.weight
+expect 4 "logits of step 0 are NaN" "$B/dsinfer" -m "$T/odd-emb" -p 0 -n 2
+if [ -f "$top_builddir/models/tiny/tokenizer.json" ]; then   # text prompts need the full vocabulary
+    nan_copy "$top_builddir/models/tiny" "$T/odd-emb2" lm_head.weight   # token 0's logit NaN everywhere
     echo '{"id": "n1", "prompt": "hi"}' >"$T/nan.jsonl"
     "$B/dsinfer-batch" -m "$T/odd-emb2" -i "$T/nan.jsonl" -o "$T/nan.out" -n 2 -q 2>"$T/nan.err"
     grep -q '"generation_error"' "$T/nan.out" && ok "dsinfer-batch: NaN logits give an error record" ||
