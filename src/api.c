@@ -262,6 +262,14 @@ static ds_status set_team(const ds_load_params *p, ds_error *err)
     if (p && (p->threads < 0 || p->threads > DS_MAX_THREADS))
         return ds_fail(err, DS_ERR_INVALID_ARG, "threads %d: expected 0 (all cores) to %d", p->threads,
                        DS_MAX_THREADS);
+    /* the other enumerations too: an unknown value is not a default */
+    if (p && (p->numa < DS_NUMA_OFF || p->numa > DS_NUMA_REPLICATE))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "numa %d: expected DS_NUMA_OFF, DS_NUMA_ON or DS_NUMA_REPLICATE",
+                       p->numa);
+    if (p && (p->io < DS_IO_MODE_AUTO || p->io > DS_IO_MODE_PREAD))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "io %d: expected DS_IO_MODE_AUTO, _URING or _PREAD", (int)p->io);
+    if (p && (p->weights_in_ram < -1 || p->weights_in_ram > 1))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "weights_in_ram %d: expected -1 (auto), 0 or 1", p->weights_in_ram);
     const int n = p && p->threads > 0 ? p->threads : ds_default_threads();
     if (n != omp_get_max_threads())
         omp_set_num_threads(n);
@@ -403,8 +411,8 @@ ds_status ds_context_create(ds_model *m, const ds_context_params *p, ds_context 
     if (p->threads < 0 || p->threads > DS_MAX_THREADS)
         return ds_fail(err, DS_ERR_INVALID_ARG, "threads %d: expected 0 (keep) to %d", p->threads, DS_MAX_THREADS);
     int size = p->ctx_size;
-    if (size < 0)
-        return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d is negative", size);
+    if (size < 0 || size > DS_MAX_CTX_SIZE)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "context size %d: expected 0 (default) to %d", size, DS_MAX_CTX_SIZE);
     if (size == 0)
         size = m->cfg.max_position_embeddings < 4096 ? m->cfg.max_position_embeddings : 4096;
     ds_context *c = ds_calloc(1, sizeof *c, err);
@@ -448,15 +456,19 @@ const char *ds_context_indexer_note(const ds_context *c)
 
 ds_status ds_context_truncate(ds_context *c, int pos, ds_error *err)
 {
-    if (!c || pos < 0 || pos > c->pos)
-        return ds_fail(err, DS_ERR_INVALID_ARG, "cannot truncate the context to position %d (it holds %d)",
-                       pos, c ? c->pos : 0);
+    if (!c)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_context_truncate: NULL context");
+    if (pos < 0 || pos > c->pos)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "cannot truncate the context to position %d (it holds %d)", pos,
+                       c->pos);
     c->pos = pos;
     return DS_OK;
 }
 
 void ds_context_set_trace(ds_context *c, ds_trace_fn fn, void *user)
 {
+    if (!c)
+        return;
     c->trace = fn;
     c->trace_user = user;
 }
@@ -502,8 +514,10 @@ int ds_model_tensor_count(const ds_model *m) { return m ? ds_table_count(m->tabl
 
 ds_status ds_model_tensor_info(const ds_model *m, int i, ds_tensor_info *out, ds_error *err)
 {
-    if (!m || !out || i < 0 || i >= ds_table_count(m->table))
-        return ds_fail(err, DS_ERR_INVALID_ARG, "tensor index %d out of range", i);
+    if (!m || !out)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_model_tensor_info: NULL argument");
+    if (i < 0 || i >= ds_table_count(m->table))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "tensor index %d out of range [0, %d)", i, ds_table_count(m->table));
     const ds_tensor *t = ds_table_at(m->table, i);
     out->name = t->name;
     out->dtype = ds_dtype_name(t->dtype);

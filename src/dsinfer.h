@@ -43,6 +43,7 @@ const char *ds_kernel_isa(void);
  * online CPU or more than DS_MAX_THREADS (a typo such as 100000 would start
  * that many threads in every parallel region), then one per online CPU. */
 #define DS_MAX_THREADS 4096
+#define DS_MAX_CTX_SIZE (1 << 24)   /* positions a context may hold */
 int ds_default_threads(void);
 
 /* ---- model ---------------------------------------------------------- */
@@ -193,7 +194,8 @@ const char *ds_precision_name(ds_precision p);
 int ds_precision_bf16_native(void);
 
 typedef struct ds_context_params {
-    int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max */
+    int ctx_size;            /* positions in the KV arena; 0 = 4096 capped by the model's max;
+                                at most DS_MAX_CTX_SIZE */
     ds_kv_type kv_type;
     int threads;             /* 0 = keep the current OpenMP setting */
     /* DSA indexer scoring + top-k: 0 = CPU, 1 = GPU when the build has CUDA
@@ -224,7 +226,7 @@ int ds_context_kv_locked(const ds_context *c);
 size_t ds_context_kv_bytes(const ds_context *c);
 /* KV bytes per position and layer of a cache type: 916 for DS_KV_FP8 and 788
  * for DS_KV_FP8_COMPACT at DeepSeek-V3.2's dimensions. */
-size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t);
+size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t);   /* 0: NULL m or unknown t */
 
 /* Runs n tokens at the context's current position (prefill when n > 1,
  * decode when n == 1) and appends them to the cache.  logits receives
@@ -275,8 +277,9 @@ void ds_sampler_params_init(ds_sampler_params *p);
 typedef struct ds_sampler ds_sampler;
 ds_status ds_sampler_create(const ds_sampler_params *p, ds_sampler **out, ds_error *err);
 void ds_sampler_free(ds_sampler *s);
-/* The chosen token id; -1 when vocab_size <= 0 or a logit is NaN (the
- * forward pass met a weight holding NaN or Inf: no token is meaningful). */
+/* The chosen token id; -1 when s or logits is NULL, vocab_size <= 0, a
+ * logit is NaN (the forward pass met a weight holding NaN or Inf: no token
+ * is meaningful) or every logit is -Inf.  A +Inf logit is chosen. */
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int vocab_size);
 
 /* ---- JSON Schema constrained decoding ---------------------------------- */
@@ -319,7 +322,7 @@ int ds_json_matcher_can_end(const ds_json_matcher *m);
 int ds_json_matcher_done(const ds_json_matcher *m);
 /* allowed[id] = 1 for each id < n whose token may come next, else 0; eos_id
  * (ignored when < 0) is allowed exactly when the value can end.  Returns the
- * number allowed. */
+ * number allowed (0 for a NULL argument or n <= 0). */
 int ds_json_matcher_allowed(ds_json_matcher *m, const ds_json_vocab *v, int32_t eos_id, uint8_t *allowed, int n);
 
 /* ---- engine: continuous batching of many sequences ---------------------- */
@@ -390,6 +393,8 @@ typedef struct ds_engine_stats {
 } ds_engine_stats;
 
 ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **out, ds_error *err);
+/* Requests still queued or running get their final callback
+ * (DS_FINISH_CANCELLED) before the engine is freed. */
 void ds_engine_free(ds_engine *e);
 /* Queues a request; *id identifies it in callbacks and ds_engine_cancel. */
 ds_status ds_engine_submit(ds_engine *e, const ds_request *r, uint64_t *id, ds_error *err);

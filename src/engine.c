@@ -4,6 +4,7 @@
  * each, prefills a chunk within the step's token budget).  Finished
  * sequences leave their KV in the slot so a later request with the same
  * prefix (a shared system prompt) skips recomputing it. */
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -90,9 +91,13 @@ ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **o
     ds_engine_params_init(&def);
     if (!p)
         p = &def;
-    if (p->max_seqs < 1 || p->max_seqs > 4096 || p->max_step_tokens < 1 || p->prefill_chunk < 1 || p->ctx_size < 0)
-        return ds_fail(err, DS_ERR_INVALID_ARG,
-                       "engine: max_seqs must be in [1, 4096], max_step_tokens and prefill_chunk >= 1");
+    if (p->max_seqs < 1 || p->max_seqs > 4096)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "engine: max_seqs %d is not in [1, 4096]", p->max_seqs);
+    if (p->max_step_tokens < 1 || p->prefill_chunk < 1)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "engine: max_step_tokens %d and prefill_chunk %d must be >= 1",
+                       p->max_step_tokens, p->prefill_chunk);
+    if (p->ctx_size < 0)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "engine: ctx_size %d is negative", p->ctx_size);
     ds_engine *e = ds_calloc(1, sizeof *e, err);
     if (!e)
         return DS_ERR_NOMEM;
@@ -120,6 +125,12 @@ ds_status ds_engine_create(ds_model *m, const ds_engine_params *p, ds_engine **o
         st = ds_context_create(m, &cp, &e->slots[i].ctx, err);
         if (st != DS_OK)
             goto fail;
+        /* the stats count positions in an int */
+        if (i == 0 && (int64_t)ds_context_size(e->slots[0].ctx) * p->max_seqs > INT_MAX) {
+            st = ds_fail(err, DS_ERR_INVALID_ARG, "engine: %d sequences of %d positions exceed 2^31 - 1 positions",
+                         p->max_seqs, ds_context_size(e->slots[0].ctx));
+            goto fail;
+        }
         e->slots[i].hist = ds_calloc((size_t)ds_context_size(e->slots[i].ctx), sizeof(int32_t), err);
         if (!e->slots[i].hist) {
             st = DS_ERR_NOMEM;
@@ -140,11 +151,16 @@ void ds_engine_free(ds_engine *e)
 {
     if (!e)
         return;
+    /* every request gets its final callback (as cancelled), so whatever the
+     * application holds for it is released */
     for (req *r = e->wait_head, *n; r; r = n) {
         n = r->next;
+        r->cb(r->user, r->id, -1, NULL, DS_FINISH_CANCELLED);
         free_req(r);
     }
     for (int i = 0; e->slots && i < e->p.max_seqs; i++) {
+        if (e->slots[i].r)
+            e->slots[i].r->cb(e->slots[i].r->user, e->slots[i].r->id, -1, NULL, DS_FINISH_CANCELLED);
         free_req(e->slots[i].r);
         ds_context_free(e->slots[i].ctx);
         free(e->slots[i].hist);
@@ -182,15 +198,16 @@ static ds_status json_constraint(ds_engine *e, req *r, const ds_request *rq, ds_
 ds_status ds_engine_submit(ds_engine *e, const ds_request *rq, uint64_t *id, ds_error *err)
 {
     ds_error_clear(err);
-    if (!e || !rq || !rq->on_token || (!rq->prompt && rq->n_prompt > 0))
-        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_engine_submit: NULL argument or callback");
+    if (!e || !rq || !rq->on_token || (!rq->prompt && rq->n_prompt > 0) || (!rq->stop_ids && rq->n_stop_ids > 0))
+        return ds_fail(err, DS_ERR_INVALID_ARG, "ds_engine_submit: NULL argument, callback, prompt or stop_ids");
     if (rq->n_prompt < 1)
         return ds_fail(err, DS_ERR_INPUT, "the prompt is empty");
     if (rq->n_prompt >= e->p.ctx_size)
         return ds_fail(err, DS_ERR_INPUT, "the prompt has %d tokens; the context holds %d (prompt + at least one generated token)",
                        rq->n_prompt, e->p.ctx_size);
     if (rq->max_tokens < 0 || rq->n_stop_ids < 0 || rq->sample_vocab < 0)
-        return ds_fail(err, DS_ERR_INVALID_ARG, "max_tokens and n_stop_ids must be >= 0");
+        return ds_fail(err, DS_ERR_INVALID_ARG, "max_tokens %d, n_stop_ids %d and sample_vocab %d must be >= 0",
+                       rq->max_tokens, rq->n_stop_ids, rq->sample_vocab);
     for (int i = 0; i < rq->n_prompt; i++)
         if (rq->prompt[i] < 0 || rq->prompt[i] >= e->vocab)
             return ds_fail(err, DS_ERR_INPUT, "prompt token %d (id %d) is outside the vocabulary [0, %d)", i,
@@ -246,6 +263,12 @@ void ds_engine_cancel(ds_engine *e, uint64_t id)
 
 void ds_engine_get_stats(ds_engine *e, ds_engine_stats *s)
 {
+    if (!s)
+        return;
+    if (!e) {
+        memset(s, 0, sizeof *s);
+        return;
+    }
     pthread_mutex_lock(&e->mu);
     *s = e->st;
     s->kv_used = 0;
@@ -478,6 +501,10 @@ static void absorb(ds_engine *e, int n, emit *em, int *nem, done *d, int *nd)
 int ds_engine_step(ds_engine *e, ds_error *err)
 {
     ds_error_clear(err);
+    if (!e) {
+        ds_fail(err, DS_ERR_INVALID_ARG, "ds_engine_step: NULL engine");
+        return -1;
+    }
     const int cap = e->p.max_seqs;
     done d[2 * cap + 64];
     emit em[cap];

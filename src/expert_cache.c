@@ -653,6 +653,8 @@ int ds_experts_streaming(const ds_expert_cache *c) { return c->streaming; }
 
 void ds_model_expert_stats(ds_model *m, ds_expert_stats *s)
 {
+    if (!s)
+        return;
     if (m && m->experts)
         ds_experts_stats(m->experts, s);
     else

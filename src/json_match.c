@@ -643,6 +643,8 @@ ds_status ds_json_matcher_clone(const ds_json_matcher *m, ds_json_matcher **out,
 
 int ds_json_matcher_feed(ds_json_matcher *m, const char *bytes, size_t len)
 {
+    if (!m || (!bytes && len))
+        return 0;
     js_state s;
     copy_state(&s, &m->st);
     for (size_t i = 0; i < len; i++)
@@ -652,9 +654,9 @@ int ds_json_matcher_feed(ds_json_matcher *m, const char *bytes, size_t len)
     return 1;
 }
 
-int ds_json_matcher_can_end(const ds_json_matcher *m) { return state_can_end(&m->st); }
+int ds_json_matcher_can_end(const ds_json_matcher *m) { return m && state_can_end(&m->st); }
 
-int ds_json_matcher_done(const ds_json_matcher *m) { return m->st.depth == 1 && m->st.f[0].phase == ROOT_DONE; }
+int ds_json_matcher_done(const ds_json_matcher *m) { return m && m->st.depth == 1 && m->st.f[0].phase == ROOT_DONE; }
 
 /* Marks every token under the trie node's children reachable from walk[level]. */
 static void walk_trie(ds_json_matcher *m, int32_t first, int level)
@@ -677,6 +679,8 @@ static void walk_trie(ds_json_matcher *m, int32_t first, int level)
 
 int ds_json_matcher_allowed(ds_json_matcher *m, const ds_json_vocab *v, int32_t eos_id, uint8_t *allowed, int n)
 {
+    if (!m || !v || !allowed || n <= 0)
+        return 0;
     memset(allowed, 0, (size_t)n);
     m->allowed = allowed;
     m->n_allowed = 0;

@@ -216,6 +216,8 @@ const float *ds_kv_rope(const ds_context *c, int layer, int pos, float *tmp)
 
 size_t ds_kv_bytes_per_position_layer(const ds_model *m, ds_kv_type t)
 {
+    if (!m || (t != DS_KV_F32 && t != DS_KV_FP8 && t != DS_KV_FP8_COMPACT))
+        return 0;
     const ds_config *cfg = &m->cfg;
     const size_t kvl = (size_t)cfg->kv_lora_rank, nb = (kvl + DS_QBLOCK - 1) / DS_QBLOCK;
     size_t b = t == DS_KV_F32 ? kvl * 4 : kvl + nb * 4;

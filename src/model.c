@@ -4,6 +4,7 @@
  * tokens together -> residual, then final norm and lm_head.  A sequence may
  * bring several tokens (prefill, also at start > 0: chunked prefill) or one
  * (decode). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -24,15 +25,18 @@ static ds_status check_items(const ds_batch_item *items, int n, ds_error *err)
 {
     for (int i = 0; i < n; i++) {
         const ds_context *c = items[i].ctx;
+        char who[32] = "";      /* which item, when a batch has several */
+        if (n > 1)
+            snprintf(who, sizeof who, "batch item %d: ", i);
         if (items[i].n <= 0)
-            return ds_fail(err, DS_ERR_INVALID_ARG, "no tokens to evaluate");
+            return ds_fail(err, DS_ERR_INVALID_ARG, "%sno tokens to evaluate", who);
         if (items[i].n > c->ctx_size - c->pos)
             return ds_fail(err, DS_ERR_CONTEXT_FULL,
-                           "context full: %d cached + %d new tokens exceed the context size %d (raise --ctx-size)",
-                           c->pos, items[i].n, c->ctx_size);
+                           "%scontext full: %d cached + %d new tokens exceed the context size %d (raise --ctx-size)",
+                           who, c->pos, items[i].n, c->ctx_size);
         for (int t = 0; t < items[i].n; t++)
             if (items[i].tokens[t] < 0 || items[i].tokens[t] >= c->model->cfg.vocab_size)
-                return ds_fail(err, DS_ERR_INPUT, "token id %d at index %d is outside the vocabulary [0, %d)",
+                return ds_fail(err, DS_ERR_INPUT, "%stoken id %d at index %d is outside the vocabulary [0, %d)", who,
                                items[i].tokens[t], t, c->model->cfg.vocab_size);
     }
     return DS_OK;

@@ -152,10 +152,13 @@ int ds_logits_have_nan(const float *v, int n)
 
 int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
 {
-    if (n <= 0 || ds_logits_have_nan(logits, n))
+    if (!s || !logits || n <= 0 || ds_logits_have_nan(logits, n))
         return -1;
-    if (s->p.temperature <= 0.0f)
-        return argmax(logits, n);
+    /* +Inf: that token (the first); all -Inf (every token masked): none
+     * (exp(inf - inf) would make every probability NaN) */
+    const int best = argmax(logits, n);
+    if (s->p.temperature <= 0.0f || isinf(logits[best]))
+        return logits[best] == -INFINITY ? -1 : best;
     if (s->cap < n) {
         float *np = realloc(s->prob, sizeof(float) * (size_t)n);
         if (np)
@@ -167,7 +170,7 @@ int32_t ds_sampler_sample(ds_sampler *s, const float *logits, int n)
             return argmax(logits, n);
         s->cap = n;
     }
-    float mx = logits[argmax(logits, n)];
+    float mx = logits[best];
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         s->prob[i] = expf((logits[i] - mx) / s->p.temperature);

@@ -385,7 +385,61 @@ int main(void)
     int32_t oov[2] = {0, V};
     bad = request(oov, 2, 1, &x);
     CHECK(ds_engine_submit(e, &bad, NULL, &err) == DS_ERR_INPUT && strstr(err.msg, "vocabulary"), "bad id");
+    bad = request(prompts[0], 3, 1, &x);
+    bad.n_stop_ids = 2;     /* and stop_ids NULL */
+    CHECK(ds_engine_submit(e, &bad, NULL, &err) == DS_ERR_INVALID_ARG && strstr(err.msg, "stop_ids"),
+          "stop_ids NULL: %s", err.msg);
+    bad = request(prompts[0], 3, 1, &x);
+    bad.sample_vocab = -1;
+    CHECK(ds_engine_submit(e, &bad, NULL, &err) == DS_ERR_INVALID_ARG && strstr(err.msg, "sample_vocab -1"),
+          "sample_vocab -1: %s", err.msg);
+
+    /* freeing the engine ends every request with its final callback, queued
+     * or running (the application frees what it holds for them there) */
+    out fr[3];
+    memset(fr, 0, sizeof fr);
+    for (int r = 0; r < 3; r++) {
+        ds_request rq = request(prompts[r], plen[r], 30, &fr[r]);
+        ds_engine_submit(e, &rq, NULL, &err);
+    }
+    ds_engine_step(e, &err);     /* one running, two waiting (3 slots, budget 24) or all running */
     ds_engine_free(e);
+    for (int r = 0; r < 3; r++)
+        CHECK(fr[r].finals == 1 && fr[r].why == DS_FINISH_CANCELLED, "free: request %d final %d reason %d", r,
+              fr[r].finals, fr[r].why);
+
+    /* API misuse gets an error, not a crash */
+    ds_engine_stats st0;
+    ds_engine_get_stats(NULL, &st0);
+    CHECK(st0.slots == 0 && st0.kv_capacity == 0, "stats of NULL engine");
+    CHECK(ds_engine_step(NULL, &err) == -1 && strstr(err.msg, "NULL"), "step NULL: %s", err.msg);
+    ds_engine_params ep;
+    ds_engine_params_init(&ep);
+    ep.max_seqs = 4096, ep.ctx_size = 524288;
+    ds_engine *huge = NULL;
+    CHECK(ds_engine_create(m, &ep, &huge, &err) != DS_OK && !huge, "4096 x 524288 positions accepted");
+    ep.max_seqs = 2, ep.ctx_size = -1;
+    CHECK(ds_engine_create(m, &ep, &huge, &err) == DS_ERR_INVALID_ARG && strstr(err.msg, "ctx_size -1"),
+          "ctx_size -1: %s", err.msg);
+    ds_context_params cp;
+    ds_context_params_init(&cp);
+    cp.ctx_size = DS_MAX_CTX_SIZE + 1;
+    ds_context *cx = NULL;
+    CHECK(ds_context_create(m, &cp, &cx, &err) == DS_ERR_INVALID_ARG && !cx, "ctx_size beyond DS_MAX_CTX_SIZE");
+    CHECK(ds_context_truncate(NULL, 0, &err) == DS_ERR_INVALID_ARG && strstr(err.msg, "NULL"), "truncate NULL");
+    ds_context_set_trace(NULL, NULL, NULL);
+    CHECK(ds_kv_bytes_per_position_layer(NULL, DS_KV_FP8) == 0 && ds_kv_bytes_per_position_layer(m, (ds_kv_type)9) == 0,
+          "kv bytes of NULL / unknown type");
+    ds_model_expert_stats(m, NULL);
+    CHECK(ds_model_tensor_info(m, 0, NULL, &err) == DS_ERR_INVALID_ARG && strstr(err.msg, "NULL"), "tensor_info NULL");
+    static const struct { int numa, io, ram; } badp[] = {{7, 0, -1}, {-1, 0, -1}, {1, 42, -1}, {1, 0, 5}};
+    for (int k = 0; k < 4; k++) {
+        ds_load_params lp;
+        ds_load_params_init(&lp);
+        lp.numa = badp[k].numa, lp.io = (ds_io_mode)badp[k].io, lp.weights_in_ram = badp[k].ram;
+        ds_model *bm = NULL;
+        CHECK(ds_model_load(dir, &lp, &bm, &err) == DS_ERR_INVALID_ARG && !bm, "load params %d accepted", k);
+    }
     ds_model_free(m);
     printf(failures ? "%d checks failed\n" : "all engine checks passed\n", failures);
     return failures != 0;

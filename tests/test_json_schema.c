@@ -431,6 +431,15 @@ static void token_walks(void)
             }
             if (ds_json_matcher_can_end(m))
                 check_output(walk_schemas[si], buf, len, "token");
+            if (w == 0) {   /* misuse is refused, not a crash or a 2^64-byte memset */
+                CHECK(ds_json_matcher_allowed(m, v, eos, allowed, -1) == 0 &&
+                          ds_json_matcher_allowed(m, NULL, eos, allowed, n) == 0 &&
+                          ds_json_matcher_allowed(NULL, v, eos, allowed, n) == 0,
+                      "allowed with n -1 or NULL");
+                CHECK(!ds_json_matcher_feed(NULL, "1", 1) && !ds_json_matcher_done(NULL) &&
+                          !ds_json_matcher_can_end(NULL),
+                      "NULL matcher");
+            }
             ds_json_matcher_free(m);
         }
         ds_json_schema_free(s);

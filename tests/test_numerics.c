@@ -673,6 +673,12 @@ static void test_sampler_nucleus(void)
         CHECK(s && ds_sampler_sample(s, nan_logits, 4) == -1, "NaN logits (greedy %d): not -1", greedy);
         const int32_t t = s ? ds_sampler_sample(s, nan_logits + 2, 2) : -1;
         CHECK(greedy ? t == 1 : t == 0 || t == 1, "finite logits after NaN ones (greedy %d): %d", greedy, (int)t);
+        /* +Inf is that token; all -Inf (everything masked) is none */
+        const float inf_logits[4] = {0.0f, 1.0f, INFINITY, 2.0f}, masked[3] = {-INFINITY, -INFINITY, -INFINITY};
+        CHECK(s && ds_sampler_sample(s, inf_logits, 4) == 2, "+Inf logit (greedy %d)", greedy);
+        CHECK(s && ds_sampler_sample(s, masked, 3) == -1, "all -Inf (greedy %d)", greedy);
+        CHECK(ds_sampler_sample(NULL, inf_logits, 4) == -1 && (!s || ds_sampler_sample(s, NULL, 4) == -1),
+              "NULL sampler or logits");
         ds_sampler_free(s);
     }
 }
