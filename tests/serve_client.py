@@ -196,6 +196,20 @@ def check_completions(cl):
           "completion logprobs", lp)
     st, d = cl.json("POST", "/v1/completions", {"prompt": "The capital of", "max_tokens": 3, "temperature": 0})
     check(st == 200 and d["usage"]["completion_tokens"] == 3, "/v1/completions with text", d)
+    # a null max_completion_tokens beside max_tokens leaves max_tokens in force
+    st, d = cl.json("POST", "/v1/completions", {"prompt": [0, 33310, 3], "max_tokens": 2,
+                                                "max_completion_tokens": None, "temperature": 0})
+    check(st == 200 and d["usage"]["completion_tokens"] == 2, "max_tokens with a null max_completion_tokens", d)
+    # a stop string met on the last allowed token: the finish reason is stop
+    st, d = cl.json("POST", "/v1/completions", {"prompt": [0, 33310, 3], "max_tokens": 2, "temperature": 0})
+    text = d["choices"][0]["text"] if st == 200 else ""
+    first = cl.json("POST", "/v1/completions", {"prompt": [0, 33310, 3], "max_tokens": 1, "temperature": 0})[1]
+    second = text[len(first["choices"][0]["text"]):] if "choices" in first else ""
+    if second.strip():
+        st, d = cl.json("POST", "/v1/completions", {"prompt": [0, 33310, 3], "max_tokens": 2, "temperature": 0,
+                                                    "stop": [second.strip()]})
+        check(st == 200 and d["choices"][0]["finish_reason"] == "stop",
+              "stop string on the last allowed token finishes with stop", d)
 
 
 def check_chat_logprobs(cl):

@@ -250,7 +250,10 @@ static int parse_common(server *s, json_t *root, job_params *p, api_error *e)
             return -1;
         p->include_usage &= p->stream;
     }
-    const char *mt = json_object_get(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    /* max_completion_tokens when given (a null one is not given: clients
+     * send it so beside max_tokens) */
+    const json_t *mct = json_object_get(root, "max_completion_tokens");
+    const char *mt = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
     if ((rc = opt_int(root, mt, 1, 1 << 30, &ll, e)) < 0)
         return -1;
     p->max_tokens = rc ? (int)ll : 0;   /* checked against the context later */

@@ -412,7 +412,8 @@ static int stop_filter(job *j, sbuf *out, const char *text, size_t len, int fina
 
 static const char *finish_reason(const job *j)
 {
-    if (j->why == DS_FINISH_LENGTH)
+    /* a stop string met on the last token max_tokens allowed is a stop */
+    if (j->why == DS_FINISH_LENGTH && !j->stop_hit)
         return "length";
     return json_array_size(j->tool_calls) ? "tool_calls" : "stop";
 }
