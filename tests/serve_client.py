@@ -237,6 +237,16 @@ def check_errors(cl, max_body):
     expect_error(cl, 405, "GET on a POST endpoint", "GET", "/v1/chat/completions")
     expect_error(cl, 413, "huge body", "POST", "/v1/chat/completions", b"x" * (max_body + 4096))
     expect_error(cl, 400, "n = 2", "POST", "/v1/chat/completions", chat_body(n=2))
+    # parameters the server does not implement are refused, not ignored (their
+    # no-op values pass)
+    for k, v in (("echo", True), ("logit_bias", {"5": -100}), ("presence_penalty", 0.5),
+                 ("frequency_penalty", -1), ("best_of", 2), ("suffix", "x")):
+        st, d = cl.json("POST", "/v1/completions", {"prompt": [0, 5], "max_tokens": 1, k: v})
+        check(st == 400 and d["error"]["code"] == "unsupported_value" and d["error"]["param"] == k,
+              f"{k} = {v!r} is refused", f"{st} {d}")
+    st, d = cl.json("POST", "/v1/completions", {"prompt": [0, 5], "max_tokens": 1, "echo": False, "logit_bias": {},
+                                                "presence_penalty": 0, "frequency_penalty": 0.0, "best_of": 1})
+    check(st == 200, "their no-op values pass", f"{st} {d}")
     if expect_error(cl, 400, "prompt longer than the context", "POST", "/v1/chat/completions",
                     chat_body(content="hello " * 400)):
         st, d = cl.json("POST", "/v1/chat/completions", chat_body(content="hello " * 400))
@@ -341,6 +351,13 @@ def check_thinking_tools(cl):
     st, d = cl.json("POST", "/v1/chat/completions", chat_body(tools=tools, tool_choice="none"))
     check(st == 200 and d["usage"]["prompt_tokens"] == base, "tool_choice none hides the tools", d)
     expect_error(cl, 400, "tools of the wrong type", "POST", "/v1/chat/completions", chat_body(tools="x"))
+    expect_error(cl, 400, "a tool that is not a function", "POST", "/v1/chat/completions", chat_body(tools=[5]))
+    expect_error(cl, 400, "a tool without a name", "POST", "/v1/chat/completions",
+                 chat_body(tools=[{"type": "function", "function": {"name": 5}}]))
+    expect_error(cl, 400, "an unknown tool_choice", "POST", "/v1/chat/completions",
+                 chat_body(tools=tools, tool_choice="bogus"))
+    expect_error(cl, 400, "a tool_choice naming no tool", "POST", "/v1/chat/completions",
+                 chat_body(tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}))
 
 
 def check_queue_full(cl):

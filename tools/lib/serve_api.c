@@ -221,6 +221,38 @@ static int parse_stop(json_t *root, job_params *p, api_error *e)
     return 0;
 }
 
+/* Parameters this server does not implement are refused unless they hold
+ * their no-op value, so no answer silently ignores what a client asked for
+ * (n = 1 is checked with the others below). */
+static int refuse_unsupported(json_t *root, api_error *e)
+{
+    static const char *const zero[] = {"presence_penalty", "frequency_penalty"};
+    for (size_t i = 0; i < sizeof zero / sizeof *zero; i++) {
+        const json_t *v = json_object_get(root, zero[i]);
+        if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 0)) {
+            api_set_error(e, 400, "invalid_request_error", zero[i], "unsupported_value", "'%s' is not supported (0 only)",
+                          zero[i]);
+            return -1;
+        }
+    }
+    const json_t *echo = json_object_get(root, "echo"), *bias = json_object_get(root, "logit_bias"),
+                 *best = json_object_get(root, "best_of"), *suffix = json_object_get(root, "suffix");
+    const char *what = NULL;
+    if (echo && !json_is_null(echo) && !json_is_false(echo))
+        what = "echo";
+    else if (bias && !json_is_null(bias) && !(json_is_object(bias) && json_object_size(bias) == 0))
+        what = "logit_bias";
+    else if (best && !json_is_null(best) && !(json_is_integer(best) && json_integer_value(best) == 1))
+        what = "best_of";
+    else if (suffix && !json_is_null(suffix) && !(json_is_string(suffix) && json_string_length(suffix) == 0))
+        what = "suffix";
+    if (what) {
+        api_set_error(e, 400, "invalid_request_error", what, "unsupported_value", "'%s' is not supported", what);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_common(server *s, json_t *root, job_params *p, api_error *e)
 {
     long long ll;
@@ -230,7 +262,7 @@ static int parse_common(server *s, json_t *root, job_params *p, api_error *e)
         api_set_error(e, 400, "invalid_request_error", "model", "invalid_type", "'model' must be a string");
         return -1;
     }
-    if ((rc = opt_int(root, "n", 1, 1 << 20, &ll, e)) < 0)
+    if (refuse_unsupported(root, e) < 0 || (rc = opt_int(root, "n", 1, 1 << 20, &ll, e)) < 0)
         return -1;
     if (rc && ll != 1) {
         api_set_error(e, 400, "invalid_request_error", "n", "unsupported_value",
@@ -332,6 +364,42 @@ static int parse_thinking(server *s, json_t *root, int *thinking, api_error *e)
     return 0;
 }
 
+/* Each tool a function with a name; tool_choice none, auto, required or
+ * one of those functions. */
+static int check_tools(const json_t *tools, const json_t *choice, api_error *e)
+{
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t) {
+        const json_t *f = json_object_get(t, "function"), *type = json_object_get(t, "type");
+        if (!json_is_object(t) || (type && !(json_is_string(type) && strcmp(json_string_value(type), "function") == 0)) ||
+            !json_is_string(json_object_get(f, "name"))) {
+            api_set_error(e, 400, "invalid_request_error", "tools", "invalid_value",
+                          "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", i);
+            return -1;
+        }
+    }
+    if (json_is_string(choice)) {
+        const char *c = json_string_value(choice);
+        if (strcmp(c, "none") && strcmp(c, "auto") && strcmp(c, "required")) {
+            api_set_error(e, 400, "invalid_request_error", "tool_choice", "invalid_value",
+                          "'tool_choice' must be none, auto, required or a function");
+            return -1;
+        }
+    } else if (json_is_object(choice)) {
+        const json_t *name = json_object_get(json_object_get(choice, "function"), "name");
+        int found = 0;
+        json_array_foreach(tools, i, t) found |= json_is_string(name) &&
+                                                 json_equal(name, json_object_get(json_object_get(t, "function"), "name"));
+        if (!found) {
+            api_set_error(e, 400, "invalid_request_error", "tool_choice", "invalid_value",
+                          "'tool_choice' names no function of 'tools'");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* {"messages", "tools", "response_format"} for ds_chat_render. */
 static json_t *conversation(json_t *root, api_error *e)
 {
@@ -346,6 +414,8 @@ static json_t *conversation(json_t *root, api_error *e)
                       "'tool_choice' must be a string or an object");
         return NULL;
     }
+    if (check_tools(tools, choice, e) < 0)
+        return NULL;
     json_t *conv = json_pack("{s:O}", "messages", json_object_get(root, "messages"));
     /* tool_choice "none" hides the tools; any other choice offers them (the
      * model decides whether to call one) */
