@@ -137,6 +137,7 @@ static void *engine_main(void *arg)
             break;
         for (;;) {
             ds_error err;
+            jobs_cancel_gone(s);
             int left = ds_engine_step(s->engine, &err);
             update_rate(s);
             if (left < 0 && !s->cfg.quiet)

@@ -125,6 +125,9 @@ int job_prompt_tokens(const job *j);
 int job_completion_tokens(job *j);      /* -1 until the job is done */
 /* Cancels every live job (draining ran out of time). */
 void jobs_cancel_all(server *s);
+/* Cancels the requests whose client closed its connection (engine thread,
+ * between steps). */
+void jobs_cancel_gone(server *s);
 
 /* ---- request parsing (serve_api.c) ------------------------------------ */
 typedef struct api_error {

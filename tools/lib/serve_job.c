@@ -79,6 +79,7 @@ struct job {
     int refs;
     struct MHD_Connection *conn;
     int suspended, detached, done;
+    int gone;                     /* the client was seen to close its socket */
     struct job *prev, *next;      /* server's live list (under srv->mu) */
 
     /* engine-thread state: touched only by the token callback */
@@ -535,17 +536,22 @@ static void unlink_job(job *j)
  * end of the context, and only then was seen to be gone.  So the engine
  * thread peeks at the socket: end of file or an error means the client is
  * gone (bytes waiting, e.g. a pipelined request, do not).  conn is valid
- * while suspended is set, under j->mu. */
+ * while suspended is set, under j->mu (held by the callers). */
+static int conn_closed(job *j)
+{
+    if (j->gone || !j->suspended || !j->conn)
+        return 0;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(j->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char c;
+    ssize_t n = ci ? recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : 1;
+    j->gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    return j->gone;
+}
+
 static int client_gone(job *j)
 {
-    int gone = 0;
     pthread_mutex_lock(&j->mu);
-    if (!j->p.stream && j->suspended && j->conn) {
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(j->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        char c;
-        ssize_t n = ci ? recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : 1;
-        gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-    }
+    const int gone = !j->p.stream && conn_closed(j);
     pthread_mutex_unlock(&j->mu);
     if (gone) {
         pthread_mutex_lock(&j->srv->mu);
@@ -553,6 +559,26 @@ static int client_gone(job *j)
         pthread_mutex_unlock(&j->srv->mu);
     }
     return gone;
+}
+
+/* Between engine steps (engine thread): a prefill produces no token, so a
+ * client gone while its prompt is read, or while it waits in the queue, is
+ * found here, streaming or not (a suspended connection is not watched by
+ * libmicrohttpd), and its request cancelled instead of holding its slot
+ * through the prefill.  The list holds only jobs the engine still has. */
+void jobs_cancel_gone(server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    for (job *j = s->jobs; j; j = j->next) {
+        pthread_mutex_lock(&j->mu);
+        const int gone = conn_closed(j);
+        pthread_mutex_unlock(&j->mu);
+        if (gone) {
+            ds_engine_cancel(s->engine, j->eid);
+            s->disconnects++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* The engine's ds_token_fn (engine thread).  Non-zero asks the engine to
@@ -641,7 +667,7 @@ void job_detach(job *j)
     j->conn = NULL;
     j->suspended = 0;
     j->detached = 1;
-    int running = !j->done && j->eid != 0;
+    int running = !j->done && j->eid != 0 && !j->gone;   /* gone: cancelled and counted already */
     pthread_mutex_unlock(&j->mu);
     if (running) {
         ds_engine_cancel(j->srv->engine, j->eid);
