@@ -424,9 +424,10 @@ static void do_render(const opts *o)
     co.thinking = o->thinking;
     co.add_bos = !o->no_bos;
     ds_chat_format fmt = chat_format(o);
-    if (ds_chat_render(fmt, conv, len, &co, &prompt, &plen, &err))
+    const ds_status st = ds_chat_render(fmt, conv, len, &co, &prompt, &plen, &err);
+    free(conv);     /* before a failure's exit too: LeakSanitizer may not see it on the stack */
+    if (st != DS_OK)
         tool_die(tool_exit_code(err.code), "%s: %s", o->render, err.msg);
-    free(conv);
     if (!o->ids) {
         fwrite(prompt, 1, plen, stdout);
         free(prompt);
