@@ -90,6 +90,8 @@ typedef struct sbuf {
     char *p;
     size_t n, cap;
     int oom;
+    size_t *span;       /* [start, end) byte pairs of message text (add_text) */
+    int nspan, capspan;
 } sbuf;
 
 static void sb_add(sbuf *b, const char *s, size_t n)
@@ -122,7 +124,27 @@ static void sb_adds(sbuf *b, const char *s)
 static void sb_free(sbuf *b)
 {
     free(b->p);
+    free(b->span);
     memset(b, 0, sizeof *b);
+}
+
+/* Marks [start, b->n) as text a message carried (see ds_chat_encode). */
+static void sb_mark(sbuf *b, size_t start)
+{
+    if (b->oom || b->n == start)
+        return;
+    if (b->nspan == b->capspan) {
+        const int cap = b->capspan ? 2 * b->capspan : 16;
+        size_t *sp = realloc(b->span, sizeof(size_t) * 2 * (size_t)cap);
+        if (!sp) {
+            b->oom = 1;
+            return;
+        }
+        b->span = sp, b->capspan = cap;
+    }
+    b->span[2 * b->nspan] = start;
+    b->span[2 * b->nspan + 1] = b->n;
+    b->nspan++;
 }
 
 /* Hands the buffer to the caller (an empty string when nothing was added). */
@@ -300,11 +322,19 @@ static int role_is(const json_t *m, const char *role)
 
 /* Appends a message field as text: null or missing is empty, a list of
  * OpenAI content parts gives the concatenation of their text, any other
- * non-string value its JSON. */
+ * non-string value its JSON.  The bytes are marked as message text. */
+static void add_text_raw(sbuf *b, const json_t *v);
 static void add_text(sbuf *b, const json_t *v)
 {
     if (!v || json_is_null(v))
         return;
+    const size_t start = b->n;
+    add_text_raw(b, v);
+    sb_mark(b, start);
+}
+
+static void add_text_raw(sbuf *b, const json_t *v)
+{
     if (json_is_string(v)) {
         sb_add(b, json_string_value(v), json_string_length(v));
     } else if (json_is_array(v)) {
@@ -713,16 +743,13 @@ const char *ds_chat_format_name(ds_chat_format f)
     }
 }
 
-ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size_t len,
-                         const ds_chat_options *opt, char **prompt, size_t *prompt_len,
-                         ds_error *err)
+/* The rendered prompt in *b, message text marked. */
+static ds_status render(ds_chat_format fmt, const char *conversation_json, size_t len, const ds_chat_options *opt,
+                        sbuf *b, ds_error *err)
 {
     ds_chat_options defaults;
     json_t *msgs = NULL;
-    sbuf b = { 0 };
     ds_status st;
-    if (!conversation_json || !prompt)
-        return ds_fail(err, DS_ERR_INVALID_ARG, "chat: NULL conversation or output");
     if (fmt != DS_CHAT_AUTO && fmt != DS_CHAT_V3 && fmt != DS_CHAT_V32)
         return ds_fail(err, DS_ERR_INVALID_ARG, "chat: unknown chat format %d", (int)fmt);
     if (!opt) {
@@ -731,13 +758,108 @@ ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size
     }
     if ((st = load_conversation(conversation_json, len, fmt != DS_CHAT_V3, &msgs, err)) != DS_OK)
         return st;
-    st = fmt == DS_CHAT_V3 ? render_v3(&b, msgs, opt) : render_v32(&b, &msgs, opt, err);
+    st = fmt == DS_CHAT_V3 ? render_v3(b, msgs, opt) : render_v32(b, &msgs, opt, err);
     json_decref(msgs);
+    if (st == DS_OK && b->oom)
+        st = ds_fail(err, DS_ERR_NOMEM, "chat: out of memory");
+    return st;
+}
+
+ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size_t len,
+                         const ds_chat_options *opt, char **prompt, size_t *prompt_len,
+                         ds_error *err)
+{
+    sbuf b = { 0 };
+    if (!conversation_json || !prompt)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "chat: NULL conversation or output");
+    ds_status st = render(fmt, conversation_json, len, opt, &b, err);
     if (st != DS_OK) {
         sb_free(&b);
         return st;
     }
+    free(b.span);
+    b.span = NULL;
     return sb_finish(&b, prompt, prompt_len, err);
+}
+
+/* Whether message text p[0..n) spells an added token: its ids differ
+ * with and without added-token matching. */
+static ds_status spells_added(const ds_tokenizer *t, const char *p, size_t n, int *yes, ds_error *err)
+{
+    int32_t *a = NULL, *b = NULL;
+    int na = 0, nb = 0;
+    ds_status st = ds_tokenizer_encode(t, p, n, 1, &a, &na, err);
+    if (st == DS_OK)
+        st = ds_tokenizer_encode(t, p, n, -1, &b, &nb, err);
+    *yes = st == DS_OK && (na != nb || memcmp(a, b, sizeof(int32_t) * (size_t)na) != 0);
+    free(a), free(b);
+    return st;
+}
+
+/* Appends the ids of p[0..n) encoded with parse_special ps to *ids. */
+static ds_status encode_append(const ds_tokenizer *t, const char *p, size_t n, int ps, int32_t **ids, int *nids,
+                               ds_error *err)
+{
+    int32_t *part;
+    int np;
+    if (!n)
+        return DS_OK;
+    ds_status st = ds_tokenizer_encode(t, p, n, ps, &part, &np, err);
+    if (st != DS_OK)
+        return st;
+    int32_t *all = realloc(*ids, sizeof(int32_t) * (size_t)(*nids + np + 1));
+    if (!all) {
+        free(part);
+        return ds_fail(err, DS_ERR_NOMEM, "chat: out of memory");
+    }
+    memcpy(all + *nids, part, sizeof(int32_t) * (size_t)np);
+    *ids = all, *nids += np;
+    free(part);
+    return DS_OK;
+}
+
+ds_status ds_chat_encode(const ds_tokenizer *t, ds_chat_format fmt, const char *conversation_json, size_t len,
+                         const ds_chat_options *opt, int32_t **ids, int *n, char **prompt, size_t *prompt_len,
+                         ds_error *err)
+{
+    sbuf b = { 0 };
+    if (!t || !conversation_json || !ids || !n)
+        return ds_fail(err, DS_ERR_INVALID_ARG, "chat: NULL tokenizer, conversation or output");
+    *ids = NULL, *n = 0;
+    ds_status st = render(fmt, conversation_json, len, opt, &b, err);
+    int forged = 0;
+    for (int i = 0; st == DS_OK && i < b.nspan && !forged; i++)
+        st = spells_added(t, b.p + b.span[2 * i], b.span[2 * i + 1] - b.span[2 * i], &forged, err);
+    if (st == DS_OK && !forged) {
+        st = ds_tokenizer_encode(t, b.p ? b.p : "", b.n, 1, ids, n, err);
+    } else if (st == DS_OK) {
+        /* the template between the messages' text with its markers, the text
+         * itself recognising no added token */
+        size_t at = 0;
+        for (int i = 0; st == DS_OK && i <= b.nspan; i++) {
+            const size_t s0 = i < b.nspan ? b.span[2 * i] : b.n, s1 = i < b.nspan ? b.span[2 * i + 1] : b.n;
+            st = encode_append(t, b.p + at, s0 - at, 1, ids, n, err);
+            if (st == DS_OK)
+                st = encode_append(t, b.p + s0, s1 - s0, -1, ids, n, err);
+            at = s1;
+        }
+        if (st != DS_OK) {
+            free(*ids);
+            *ids = NULL, *n = 0;
+        }
+    }
+    if (st != DS_OK || !prompt) {
+        sb_free(&b);
+        return st;
+    }
+    free(b.span);
+    b.span = NULL;
+    st = sb_finish(&b, prompt, prompt_len, err);
+    if (st != DS_OK) {
+        free(*ids);
+        *ids = NULL, *n = 0;
+    }
+    return st;
 }
 
 /* ---- completion parser ------------------------------------------------------

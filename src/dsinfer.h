@@ -420,7 +420,8 @@ void ds_tokenizer_free(ds_tokenizer *t);
 int ds_tokenizer_vocab_size(const ds_tokenizer *t);
 /* Encodes len bytes of UTF-8 text (NUL bytes allowed); no BOS is added.
  * parse_special = 0 treats the text of special tokens as plain text (the
- * non-special added tokens such as <｜User｜> are still recognised).
+ * non-special added tokens such as <｜User｜> are still recognised); < 0
+ * recognises no added token at all (text a user wrote).
  * *ids is malloc'ed (free() it); invalid UTF-8 gives DS_ERR_INPUT. */
 ds_status ds_tokenizer_encode(const ds_tokenizer *t, const char *text, size_t len,
                               int parse_special, int32_t **ids, int *n, ds_error *err);
@@ -485,6 +486,15 @@ void ds_chat_options_init(ds_chat_options *o);
  * (defaults).  *prompt is malloc'ed and NUL-terminated; free() it. */
 ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size_t len,
                          const ds_chat_options *opt, char **prompt, size_t *prompt_len,
+                         ds_error *err);
+/* Renders as ds_chat_render and encodes the prompt with t: the template's
+ * markers as their tokens, the messages' text as plain text even where it
+ * spells a special or added token, so a message cannot forge a turn or an
+ * end of sentence.  Where no message spells one, the ids are those of
+ * encoding the whole prompt.  *ids is malloc'ed; prompt may be NULL (else
+ * *prompt is the rendered text, malloc'ed). */
+ds_status ds_chat_encode(const ds_tokenizer *t, ds_chat_format fmt, const char *conversation_json, size_t len,
+                         const ds_chat_options *opt, int32_t **ids, int *n, char **prompt, size_t *prompt_len,
                          ds_error *err);
 
 /* Parses a V3.2 completion (the generated text after the prompt) into an

@@ -1411,7 +1411,7 @@ static int is_space_byte(uint8_t b)
  * (bytes >= 0x80 count as word characters). */
 static int added_ok(const enc_ctx *c, const tk_added *a, const uint8_t *p, size_t n, size_t s, size_t e)
 {
-    if (a->special && !c->parse_special)
+    if (c->parse_special < 0 || (a->special && !c->parse_special))
         return 0;
     if (a->single_word && ((s > 0 && is_word_byte(p[s - 1])) || (e < n && is_word_byte(p[e]))))
         return 0;

@@ -471,15 +471,18 @@ static int32_t *encode_request(batch_run *run, const batch_request *r, int *n, c
         ds_chat_options co;
         ds_chat_options_init(&co);
         co.thinking = r->thinking;
-        if (ds_chat_render(run->fmt, r->conversation, strlen(r->conversation), &co, &text, &len, &err) != DS_OK) {
-            *code = "invalid_request";
+        /* message text never becomes a control token (a forged turn) */
+        const ds_status st = ds_chat_encode(run->tok, run->fmt, r->conversation, strlen(r->conversation), &co, &ids,
+                                            n, NULL, NULL, &err);
+        if (st != DS_OK) {
+            *code = err.code == DS_ERR_NOMEM ? "tokenizer_error" : "invalid_request";
             snprintf(msg, msg_len, "%s", err.msg);
             return NULL;
         }
-    } else {
-        text = batch_xstrdup(r->prompt);
-        len = strlen(text);
+        return ids;
     }
+    text = batch_xstrdup(r->prompt);
+    len = strlen(text);
     if (ds_tokenizer_encode(run->tok, text, len, 1, &ids, n, &err) != DS_OK) {
         *code = err.code == DS_ERR_INPUT ? "invalid_request" : "tokenizer_error";
         snprintf(msg, msg_len, "%s", err.msg);

@@ -424,21 +424,26 @@ static void do_render(const opts *o)
     co.thinking = o->thinking;
     co.add_bos = !o->no_bos;
     ds_chat_format fmt = chat_format(o);
-    const ds_status st = ds_chat_render(fmt, conv, len, &co, &prompt, &plen, &err);
-    free(conv);     /* before a failure's exit too: LeakSanitizer may not see it on the stack */
-    if (st != DS_OK)
-        tool_die(tool_exit_code(err.code), "%s: %s", o->render, err.msg);
     if (!o->ids) {
+        const ds_status st = ds_chat_render(fmt, conv, len, &co, &prompt, &plen, &err);
+        free(conv);     /* before a failure's exit too: LeakSanitizer may not see it on the stack */
+        if (st != DS_OK)
+            tool_die(tool_exit_code(err.code), "%s: %s", o->render, err.msg);
         fwrite(prompt, 1, plen, stdout);
         free(prompt);
         return;
     }
-    /* the rendered text carries its own BOS: encode it as is, specials parsed */
+    /* the ids the runtime feeds: the template's markers as tokens, message
+     * text as plain text (ds_chat_encode) */
     ds_tokenizer *t = load_tokenizer(o, fmt == DS_CHAT_V3 ? "tokenizer.json" : "tokenizer-v32.json");
     int32_t *ids;
     int n;
-    if (ds_tokenizer_encode(t, prompt, plen, 1, &ids, &n, &err))
-        tool_die_err(&err);
+    const ds_status st = ds_chat_encode(t, fmt, conv, len, &co, &ids, &n, &prompt, &plen, &err);
+    free(conv);
+    if (st != DS_OK) {
+        ds_tokenizer_free(t);
+        tool_die(tool_exit_code(err.code), "%s: %s", o->render, err.msg);
+    }
     if (o->json) {
         printf("{\"prompt\":");
         print_escaped(prompt, plen);

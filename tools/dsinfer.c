@@ -117,8 +117,7 @@ static int32_t *encode_chat(const ds_tokenizer *t, const char *model_dir, const 
 {
     ds_error err;
     ds_chat_options co;
-    char *conv, *text;
-    size_t len;
+    char *conv;
     int32_t *ids;
     json_t *msgs = json_array();
     /* json_pack refuses text that is not UTF-8 (NULL, which an append would
@@ -133,11 +132,9 @@ static int32_t *encode_chat(const ds_tokenizer *t, const char *model_dir, const 
         tool_die(EXIT_RUNTIME, "out of memory");
     ds_chat_options_init(&co);
     co.thinking = thinking;
-    if (ds_chat_render(model_chat_format(model_dir), conv, strlen(conv), &co, &text, &len, &err) != DS_OK)
+    /* message text never becomes a control token (a forged turn) */
+    if (ds_chat_encode(t, model_chat_format(model_dir), conv, strlen(conv), &co, &ids, n, NULL, NULL, &err) != DS_OK)
         tool_die_err(&err);
-    if (ds_tokenizer_encode(t, text, len, 1, &ids, n, &err) != DS_OK)
-        tool_die_err(&err);
-    free(text);
     free(conv);
     return ids;
 }

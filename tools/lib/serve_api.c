@@ -445,22 +445,21 @@ static int render_chat(server *s, json_t *root, job_params *p, api_error *e)
     json_t *conv = conversation(root, e);
     if (!conv)
         return -1;
-    char *text = json_dumps(conv, JSON_COMPACT), *prompt = NULL;
+    char *text = json_dumps(conv, JSON_COMPACT);
     json_decref(conv);
     ds_chat_options co;
     ds_chat_options_init(&co);
     co.thinking = p->thinking;
-    size_t plen;
     ds_error err;
     int rc = 0;
-    if (!text || ds_chat_render(s->chat_fmt, text, strlen(text), &co, &prompt, &plen, &err) != DS_OK ||
-        ds_tokenizer_encode(s->tok, prompt, plen, 1, &p->prompt, &p->n_prompt, &err) != DS_OK) {
+    /* message text never becomes a control token (a forged turn) */
+    if (!text || ds_chat_encode(s->tok, s->chat_fmt, text, strlen(text), &co, &p->prompt, &p->n_prompt, NULL, NULL,
+                                &err) != DS_OK) {
         api_set_error(e, 400, "invalid_request_error", "messages", NULL, "%s",
                       text ? err.msg : "the messages could not be serialised");
         rc = -1;
     }
     free(text);
-    free(prompt);
     return rc;
 }
 
