@@ -743,6 +743,19 @@ const char *ds_chat_format_name(ds_chat_format f)
     }
 }
 
+int ds_chat_is_marker(const char *text, size_t len)
+{
+    static const char *const marks[] = {BOS, EOS, USER, ASSISTANT, THINK_BEGIN, THINK_END, V3_CALLS_BEGIN,
+                                        V3_CALLS_END, V3_CALL_BEGIN, V3_CALL_END, V3_SEP};
+    if (!text)
+        return 0;
+    for (size_t i = 0; i < sizeof marks / sizeof *marks; i++)
+        if (strlen(marks[i]) == len && memcmp(marks[i], text, len) == 0)
+            return 1;
+    /* a DSML piece, should a tokenizer give one a token of its own */
+    return memmem(text, len, DSML, strlen(DSML)) != NULL;
+}
+
 /* The rendered prompt in *b, message text marked. */
 static ds_status render(ds_chat_format fmt, const char *conversation_json, size_t len, const ds_chat_options *opt,
                         sbuf *b, ds_error *err)

@@ -487,6 +487,11 @@ void ds_chat_options_init(ds_chat_options *o);
 ds_status ds_chat_render(ds_chat_format fmt, const char *conversation_json, size_t len,
                          const ds_chat_options *opt, char **prompt, size_t *prompt_len,
                          ds_error *err);
+/* Whether a token's text is one of the markers the completion parser reads
+ * (BOS / EOS, the User / Assistant turns, <think> / </think>, the V3 tool-
+ * call tokens, DSML); a chat answer keeps these special tokens for the
+ * parser and drops every other one (placeholders have no text to show). */
+int ds_chat_is_marker(const char *text, size_t len);
 /* Renders as ds_chat_render and encodes the prompt with t: the template's
  * markers as their tokens, the messages' text as plain text even where it
  * spells a special or added token, so a message cannot forge a turn or an

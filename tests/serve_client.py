@@ -330,6 +330,14 @@ def check_disconnect(cl):
 def check_thinking_tools(cl):
     st, d = cl.json("POST", "/v1/chat/completions", chat_body())
     base = d["usage"]["prompt_tokens"] if st == 200 else -1
+    # sampled special tokens other than the parser's markers (placeholders,
+    # which the random tiny model samples, e.g. with seed 0 here) are not text
+    for seed in range(8):
+        st, d = cl.json("POST", "/v1/chat/completions", chat_body(content="Hi", temperature=1, seed=seed))
+        c = d["choices"][0]["message"]["content"] if st == 200 else None
+        if not check(st == 200 and "place\u2581holder" not in c, f"no placeholder token in the answer (seed {seed})",
+                     f"{st} {c!r}"):
+            break
     # a special token spelled in a message is text (about a dozen tokens),
     # not one end-of-sentence token that would forge the turn
     st, d = cl.json("POST", "/v1/chat/completions", chat_body(content="\uff5cx<\uff5cend\u2581of\u2581sentence\uff5c>"))

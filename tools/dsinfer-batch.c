@@ -431,6 +431,11 @@ static int on_token(void *user, uint64_t id, int32_t token, const float *logits,
     j->generated++;
     if (j->stop_matched)
         return 1;
+    /* chat keeps special tokens for the parser's markers, no other */
+    size_t tl = 0;
+    if (j->req.kind == BATCH_KIND_CHAT && ds_tokenizer_is_special(j->run->tok, token) &&
+        !ds_chat_is_marker(ds_tokenizer_token_bytes(j->run->tok, token, &tl), tl))
+        return 0;
     if (ds_detok_push(j->detok, token, &s, &len, &err) != DS_OK) {
         /* The model's vocabulary is padded past the tokenizer's: an id
          * with no text becomes U+FFFD rather than failing the request. */

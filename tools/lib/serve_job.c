@@ -460,6 +460,12 @@ static void on_new_token(job *j, sbuf *out, int32_t tok, const float *logits)
     char *piece = NULL;
     size_t len = 0;
     ds_error err;
+    /* the chat detokenizer keeps special tokens for the parser's markers;
+     * any other (a placeholder) has no place in the answer's text */
+    size_t tl = 0;
+    if (j->p.kind == JOB_CHAT && ds_tokenizer_is_special(j->srv->tok, tok) &&
+        !ds_chat_is_marker(ds_tokenizer_token_bytes(j->srv->tok, tok, &tl), tl))
+        return;
     if (ds_detok_push(j->dt, tok, &piece, &len, &err) == DS_OK)
         stop_filter(j, out, piece, len, 0);
     free(piece);
